@@ -1,0 +1,399 @@
+//! The kernel/user contract of qtap.
+//!
+//! Everything that crosses a BPF map or the ring buffer is defined here, once:
+//! record layouts, map names, sizes and limits, kind and call numbers. Every
+//! type is `#[repr(C)]`, `Copy`, made of fixed-width integers and byte arrays,
+//! with explicit `_pad` fields and a compile-time size check, so the kernel
+//! (`bpfel-unknown-none`) and user space (`x86_64`) agree byte for byte.
+//!
+//! Kind and call numbers are explicit and never reused; a change that alters
+//! a layout bumps [`ABI_VERSION`].
+#![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+#[allow(unused_imports, reason = "re-exports whatever user-only helpers exist")]
+pub use user::*;
+
+/// Written into every record header; user space rejects other versions.
+pub const ABI_VERSION: u16 = 1;
+
+/// Sessions that can be active at once: one bit each in a `u64` mask.
+pub const MAX_SESSIONS: usize = 64;
+
+/// Map names, as the kernel object exports them.
+pub mod map {
+    /// `RingBuf`: every record, kernel to user.
+    pub const EVENTS: &str = "EVENTS";
+    /// `HashMap<u32 tgid, ProcSel>`: the selected processes.
+    pub const PROCS: &str = "PROCS";
+    /// `HashMap<ConnKey, Conn>`: what the kernel knows of each socket fd.
+    pub const CONNS: &str = "CONNS";
+    /// `HashMap<u64 pid_tgid, Pending>`: a syscall between enter and exit.
+    pub const PENDING: &str = "PENDING";
+    /// `Array<Config>` with one entry: the compiled filters.
+    pub const CONFIG: &str = "CONFIG";
+    /// `HashMap<PatternKey, u64>`: string and pid predicates to session masks.
+    pub const PATTERNS: &str = "PATTERNS";
+    /// `PerCpuArray<u64>` indexed by [`super::stat`]: kernel-side counters.
+    pub const STATS: &str = "STATS";
+    /// `PerCpuArray<ExecScratch>`: room to copy an exec filename.
+    pub const SCRATCH: &str = "SCRATCH";
+}
+
+/// Map sizes.
+pub mod limit {
+    /// Ring buffer bytes (a power of two, a multiple of the page size).
+    pub const RING_BYTES: u32 = 8 << 20;
+    /// Selected processes at once.
+    pub const PROCS: u32 = 32_768;
+    /// Socket fds tracked at once.
+    pub const CONNS: u32 = 65_536;
+    /// Syscalls in flight at once (one per thread).
+    pub const PENDING: u32 = 16_384;
+    /// Compiled string and pid predicates.
+    pub const PATTERNS: u32 = 4_096;
+    /// Bytes of an exec filename that are kept and matched.
+    pub const EXE_LEN: usize = 256;
+    /// Longest string predicate value (a longer one is a filter error).
+    pub const PATTERN_LEN: usize = 255;
+    /// Distinct lengths of `exe.contains` values across all sessions.
+    pub const CONTAINS_LENS: usize = 8;
+    /// `mmsghdr` entries whose `msg_len` is summed for sendmmsg/recvmmsg.
+    pub const MMSG_SUM: u32 = 16;
+}
+
+/// Indexes of the per-CPU kernel counters in [`map::STATS`].
+pub mod stat {
+    /// A record was dropped because the ring buffer was full.
+    pub const RING_FULL: u32 = 0;
+    /// A syscall's enter was not stored (pending table full).
+    pub const PENDING_FULL: u32 = 1;
+    /// A connection could not be stored (table full).
+    pub const CONNS_FULL: u32 = 2;
+    /// A forked child could not be selected (process table full).
+    pub const PROCS_FULL: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// Record kinds, grouped by family; never reused.
+pub mod kind {
+    /// A socket-family syscall ([`super::SyscallRecord`]).
+    pub const SYSCALL: u16 = 1;
+    /// A process replaced its image ([`super::ExecRecord`]).
+    pub const EXEC: u16 = 100;
+    /// A selected process forked ([`super::ForkRecord`]).
+    pub const FORK: u16 = 101;
+    /// A selected process exited ([`super::Header`] only).
+    pub const EXIT: u16 = 102;
+}
+
+/// The syscalls of the socket module, as carried in [`SyscallRecord::call`].
+pub mod call {
+    pub const SOCKET: u16 = 1;
+    pub const ACCEPT: u16 = 2;
+    pub const ACCEPT4: u16 = 3;
+    pub const CONNECT: u16 = 4;
+    pub const READ: u16 = 5;
+    pub const WRITE: u16 = 6;
+    pub const READV: u16 = 7;
+    pub const WRITEV: u16 = 8;
+    pub const SENDTO: u16 = 9;
+    pub const RECVFROM: u16 = 10;
+    pub const SENDMSG: u16 = 11;
+    pub const RECVMSG: u16 = 12;
+    pub const SENDMMSG: u16 = 13;
+    pub const RECVMMSG: u16 = 14;
+    pub const SENDFILE: u16 = 15;
+    pub const CLOSE: u16 = 16;
+    pub const BIND: u16 = 17;
+}
+
+/// Process predicates compiled into the kernel, as [`PatternKey::key`] and
+/// as indexes of [`Config::uses`].
+pub mod pred {
+    pub const EXE: u8 = 0;
+    pub const EXE_CONTAINS: u8 = 1;
+    pub const EXE_PREFIX: u8 = 2;
+    pub const EXE_SUFFIX: u8 = 3;
+    pub const COMM: u8 = 4;
+    pub const PID: u8 = 5;
+    /// Number of predicate keys.
+    pub const COUNT: usize = 6;
+}
+
+/// Event families a session can ask for, as indexes of [`Config::modules`].
+pub mod module {
+    pub const SOCKET: usize = 0;
+    pub const PROCESS: usize = 1;
+    /// Number of families the kernel gates on.
+    pub const COUNT: usize = 2;
+}
+
+/// `SyscallRecord::flags` bits.
+pub mod flag {
+    /// `conn` holds what the kernel knows of this fd.
+    pub const CONN_KNOWN: u8 = 1;
+    /// A `MSG_PEEK` read: the bytes will be read again.
+    pub const PEEK: u8 = 2;
+}
+
+/// `Conn::flags` bits.
+pub mod conn_flag {
+    pub const LOCAL_KNOWN: u8 = 1;
+    pub const REMOTE_KNOWN: u8 = 2;
+}
+
+/// `Conn::role` values.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
+    pub const LISTENER: u8 = 3;
+}
+
+/// `SyscallRecord::direction` values.
+pub mod direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+    /// Neither (socket, connect, close, …).
+    pub const NONE: u8 = 2;
+}
+
+/// Linux address families used here.
+pub mod family {
+    pub const UNIX: u16 = 1;
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
+/// Multiplier of the polynomial string hash shared by kernel and user space.
+pub const HASH_MUL: u64 = 0x0000_0100_0000_01b3;
+
+/// One step of the string hash: `h' = h * HASH_MUL + byte` (wrapping).
+#[inline(always)]
+#[must_use]
+pub const fn hash_step(h: u64, byte: u8) -> u64 {
+    h.wrapping_mul(HASH_MUL).wrapping_add(byte as u64)
+}
+
+/// Starts every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// One of [`kind`].
+    pub kind: u16,
+    /// [`ABI_VERSION`].
+    pub abi: u16,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// Sessions that selected the process when the record was made.
+    pub sessions: u64,
+    /// The task name.
+    pub comm: [u8; 16],
+}
+
+/// A socket address as the kernel saw it in a syscall argument.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addr {
+    /// [`family`] value, 0 when unknown.
+    pub family: u16,
+    /// Port in host byte order.
+    pub port: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// What the kernel knows of one socket fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub local: Addr,
+    pub remote: Addr,
+    /// Address family from `socket()` or the first address seen.
+    pub family: u16,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, … (0 when unknown).
+    pub sock_type: u16,
+    /// One of [`role`].
+    pub role: u8,
+    /// [`conn_flag`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`map::CONNS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of [`map::PROCS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcSel {
+    /// Sessions selecting this process.
+    pub sessions: u64,
+}
+
+/// Value of [`map::PENDING`]: a syscall's arguments kept from enter to exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub sessions: u64,
+    /// One of [`call`].
+    pub call: u16,
+    /// [`flag`] bits known at enter.
+    pub flags: u8,
+    pub _pad: u8,
+    pub fd: i32,
+    /// Call-specific pointers or values (a sockaddr, a vector, a family).
+    pub arg1: u64,
+    pub arg2: u64,
+    /// An address read at enter (connect, bind).
+    pub addr: Addr,
+    pub _pad2: u32,
+}
+
+/// A socket-module syscall, made at its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRecord {
+    pub hdr: Header,
+    /// The syscall's return value (negative: `-errno`).
+    pub ret: i64,
+    /// Bytes moved: `ret` for data calls, the summed `msg_len` for the
+    /// `*mmsg` calls, 0 for control calls and errors.
+    pub bytes: i64,
+    /// One of [`call`].
+    pub call: u16,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// [`flag`] bits.
+    pub flags: u8,
+    /// The fd the call was made on (for `socket`: the new fd).
+    pub fd: i32,
+    /// For accept: the returned fd; otherwise -1.
+    pub new_fd: i32,
+    pub _pad: u32,
+    /// The connection, valid when `flags & CONN_KNOWN`.
+    pub conn: Conn,
+}
+
+/// A selected process's exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub hdr: Header,
+    /// Bytes of `filename` used (without the terminating NUL).
+    pub filename_len: u32,
+    pub _pad: u32,
+    /// The path given to `execve`.
+    pub filename: [u8; limit::EXE_LEN],
+}
+
+/// A selected process's fork.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub hdr: Header,
+    /// The child's pid.
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`map::PATTERNS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PatternKey {
+    /// One of [`pred`].
+    pub key: u8,
+    pub _pad: [u8; 3],
+    /// Length of the matched string (0 for pids).
+    pub len: u32,
+    /// [`hash_step`] over the string, or the pid.
+    pub hash: u64,
+}
+
+/// The compiled filters of all sessions, the single entry of [`map::CONFIG`].
+///
+/// A process is selected by session `s` when bit `s` is in `active` and,
+/// for every predicate key `k` with bit `s` in `uses[k]`, one of the
+/// session's values for `k` matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Sessions in force.
+    pub active: u64,
+    /// Per predicate key: sessions that have a term with that key.
+    pub uses: [u64; pred::COUNT],
+    /// Per module: sessions that asked for that event family.
+    pub modules: [u64; module::COUNT],
+    /// Bit `l` set: some `exe.startsWith` value has length `l` (0..256).
+    pub prefix_lens: [u64; 4],
+    /// Bit `l` set: some `exe.endsWith` value has length `l`.
+    pub suffix_lens: [u64; 4],
+    /// Distinct lengths of `exe.contains` values; 0 ends the list.
+    pub contains_lens: [u32; limit::CONTAINS_LENS],
+    /// `HASH_MUL` to the power of each `contains_lens` entry.
+    pub contains_pows: [u64; limit::CONTAINS_LENS],
+    /// qtapd itself, never selected.
+    pub self_tgid: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU room for matching an exec filename: the filename, the
+/// per-predicate session masks it matched, and the state of the
+/// `bpf_loop` callback that walks it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecScratch {
+    pub buf: [u8; limit::EXE_LEN],
+    pub hits: [u64; pred::COUNT],
+    /// Running hash of the walk.
+    pub hash: u64,
+    /// `HASH_MUL` power of the walk (suffix) or of the window (contains).
+    pub power: u64,
+    /// Bytes of `buf` in use.
+    pub len: u32,
+    /// Window length of an `exe.contains` walk.
+    pub width: u32,
+}
+
+/// Offsets of tracepoint fields that differ between kernels, read by
+/// qtapd from tracefs `format` files and set as globals at load.
+pub mod offsets {
+    /// Global name: offset of `child_pid` in `sched_process_fork`.
+    pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
+    /// Global name: offset of `filename` (`__data_loc`) in `sched_process_exec`.
+    pub const EXEC_FILENAME: &str = "EXEC_FILENAME_OFF";
+    /// Global name: offset of `group_dead` in `sched_process_exit` (0: none).
+    pub const EXIT_GROUP_DEAD: &str = "EXIT_GROUP_DEAD_OFF";
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Header>() == 48);
+    assert!(core::mem::size_of::<Addr>() == 20);
+    assert!(core::mem::size_of::<Conn>() == 48);
+    assert!(core::mem::size_of::<ConnKey>() == 8);
+    assert!(core::mem::size_of::<ProcSel>() == 8);
+    assert!(core::mem::size_of::<Pending>() == 56);
+    assert!(core::mem::size_of::<SyscallRecord>() == 48 + 32 + 48);
+    assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
+    assert!(core::mem::size_of::<ForkRecord>() == 56);
+    assert!(core::mem::size_of::<PatternKey>() == 16);
+    assert!(core::mem::size_of::<Config>() == 8 + 48 + 16 + 32 + 32 + 32 + 64 + 8);
+    assert!(core::mem::align_of::<SyscallRecord>() == 8);
+};

@@ -1,0 +1,16 @@
+//! User-space side of the contract: `aya::Pod` for the types qtapd reads
+//! from or writes to maps. Only built with the `user` feature.
+
+use crate::{Config, Conn, ConnKey, PatternKey, ProcSel};
+
+// SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte
+// arrays with explicit padding fields, so every bit pattern is valid.
+unsafe impl aya::Pod for Config {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Conn {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ConnKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PatternKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ProcSel {}

@@ -1,0 +1,113 @@
+//! qtap's kernel programs: the maps, one thin entry point per hook, and the
+//! panic handler. The logic lives in `probes/`.
+//!
+//! Every program name is the name of the tracepoint it attaches to
+//! (`sys_enter_read` → `syscalls:sys_enter_read`, `sched_process_exec` →
+//! `sched:sched_process_exec`); qtapd attaches by that rule, so this file is
+//! the one list of hooks.
+#![no_std]
+#![no_main]
+
+mod probes;
+
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use qtap_common::{
+    call, limit, stat, Config, Conn, ConnKey, ExecScratch, PatternKey, Pending, ProcSel,
+};
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(limit::RING_BYTES, 0);
+#[map]
+static PROCS: HashMap<u32, ProcSel> = HashMap::with_max_entries(limit::PROCS, 0);
+// LRU: an entry whose close was never seen (a process killed with fds open)
+// ages out instead of filling the table; qtapd also purges on process exit.
+#[map]
+static CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(limit::CONNS, 0);
+#[map]
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(limit::PENDING, 0);
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static PATTERNS: HashMap<PatternKey, u64> = HashMap::with_max_entries(limit::PATTERNS, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+#[map]
+static SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of `child_pid` in `sched_process_fork`; set by qtapd from tracefs.
+#[no_mangle]
+static FORK_CHILD_PID_OFF: u32 = 20;
+/// Offset of the `filename` `__data_loc` in `sched_process_exec`.
+#[no_mangle]
+static EXEC_FILENAME_OFF: u32 = 8;
+/// Offset of `group_dead` in `sched_process_exit`, 0 when the kernel lacks it.
+#[no_mangle]
+static EXIT_GROUP_DEAD_OFF: u32 = 0;
+
+/// One enter and one exit program per syscall of the socket module.
+macro_rules! syscall_probes {
+    ($($call:ident => $enter:ident, $exit:ident;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            probes::syscall::enter(&ctx, call::$call);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            probes::syscall::exit(&ctx, call::$call);
+            0
+        }
+    )*};
+}
+
+syscall_probes! {
+    SOCKET => sys_enter_socket, sys_exit_socket;
+    BIND => sys_enter_bind, sys_exit_bind;
+    ACCEPT => sys_enter_accept, sys_exit_accept;
+    ACCEPT4 => sys_enter_accept4, sys_exit_accept4;
+    CONNECT => sys_enter_connect, sys_exit_connect;
+    READ => sys_enter_read, sys_exit_read;
+    WRITE => sys_enter_write, sys_exit_write;
+    READV => sys_enter_readv, sys_exit_readv;
+    WRITEV => sys_enter_writev, sys_exit_writev;
+    SENDTO => sys_enter_sendto, sys_exit_sendto;
+    RECVFROM => sys_enter_recvfrom, sys_exit_recvfrom;
+    SENDMSG => sys_enter_sendmsg, sys_exit_sendmsg;
+    RECVMSG => sys_enter_recvmsg, sys_exit_recvmsg;
+    SENDMMSG => sys_enter_sendmmsg, sys_exit_sendmmsg;
+    RECVMMSG => sys_enter_recvmmsg, sys_exit_recvmmsg;
+    SENDFILE => sys_enter_sendfile64, sys_exit_sendfile64;
+    CLOSE => sys_enter_close, sys_exit_close;
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    probes::process::exec(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    probes::process::fork(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    probes::process::exit(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

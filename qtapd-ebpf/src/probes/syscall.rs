@@ -1,0 +1,293 @@
+//! The socket module: `syscalls:sys_enter_*` / `sys_exit_*` for the network
+//! syscalls and the plain read/write family.
+//!
+//! Enter keeps the arguments in `PENDING` (keyed by pid_tgid); exit joins
+//! them with the return value, updates `CONNS`, and emits one
+//! `SyscallRecord`. A process that no session selects costs one map lookup
+//! at enter (`PROCS`) and one at exit (`PENDING`), and emits nothing.
+//!
+//! Syscall tracepoint layout (from tracefs `format`, stable across kernels):
+//! enter: `int __syscall_nr` at 8, then each argument as 8 bytes from 16;
+//! exit: `long ret` at 16.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    programs::TracePointContext,
+};
+use qtap_common::{
+    call, conn_flag, direction, family, flag, kind, limit, module, role, stat, Addr, Conn,
+    ConnKey, Pending, SyscallRecord,
+};
+
+use super::{count, header};
+use crate::{CONFIG, CONNS, EVENTS, PENDING, PROCS};
+
+const MSG_PEEK: u64 = 2;
+const SOCK_STREAM: u16 = 1;
+const EINPROGRESS: i64 = 115;
+/// Size of `struct mmsghdr` and the offset of its `msg_len`.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSGHDR_LEN_OFF: u64 = 56;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, index: usize) -> u64 {
+    // SAFETY: offsets inside the syscall enter record (see module doc).
+    unsafe { ctx.read_at::<u64>(16 + 8 * index) }.unwrap_or(0)
+}
+
+/// The `sys_enter_<call>` hook: keep the arguments for the exit.
+#[inline(always)]
+pub fn enter(ctx: &TracePointContext, call: u16) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(sel) = (unsafe { PROCS.get(&tgid) }) else {
+        return;
+    };
+    let sessions = sel.sessions & socket_sessions();
+    if sessions == 0 {
+        return;
+    }
+    let mut pending = Pending {
+        sessions,
+        call,
+        fd: arg(ctx, 0) as i32,
+        ..Pending::default()
+    };
+    match call {
+        call::SOCKET => {
+            pending.fd = -1;
+            pending.arg1 = arg(ctx, 0);
+            pending.arg2 = arg(ctx, 1);
+        }
+        call::CONNECT | call::BIND => pending.addr = read_sockaddr(arg(ctx, 1)),
+        call::ACCEPT | call::ACCEPT4 => pending.arg1 = arg(ctx, 1),
+        call::RECVFROM if arg(ctx, 3) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
+        call::RECVMSG if arg(ctx, 2) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
+        call::SENDMMSG | call::RECVMMSG => pending.arg1 = arg(ctx, 1),
+        _ => {}
+    }
+    if PENDING.insert(&id, &pending, 0).is_err() {
+        count(stat::PENDING_FULL);
+    }
+}
+
+/// Sessions that asked for the socket module.
+#[inline(always)]
+fn socket_sessions() -> u64 {
+    CONFIG.get(0).map_or(0, |c| c.modules[module::SOCKET])
+}
+
+/// The `sys_exit_<call>` hook: join with the enter and emit the record.
+#[inline(always)]
+pub fn exit(ctx: &TracePointContext, call: u16) {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING.get(&id) }).copied() else {
+        return;
+    };
+    let _ = PENDING.remove(&id);
+    if pending.call != call {
+        return;
+    }
+    let tgid = (id >> 32) as u32;
+    // SAFETY: offset of `ret` in the syscall exit record.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+
+    let mut record = SyscallRecord {
+        hdr: header(kind::SYSCALL, pending.sessions),
+        ret,
+        bytes: 0,
+        call,
+        direction: direction::NONE,
+        flags: pending.flags,
+        fd: pending.fd,
+        new_fd: -1,
+        _pad: 0,
+        conn: Conn::default(),
+    };
+    let key = ConnKey { tgid, fd: pending.fd as u32 };
+    let conn = match call {
+        call::SOCKET => on_socket(&mut record, &pending, tgid),
+        call::BIND => on_bind(&record, &pending, key),
+        call::CONNECT => on_connect(&record, &pending, key),
+        call::ACCEPT | call::ACCEPT4 => on_accept(&mut record, &pending, key),
+        call::CLOSE => {
+            let conn = known(key);
+            let _ = CONNS.remove(&key);
+            conn
+        }
+        _ => {
+            record.direction = data_direction(call);
+            record.bytes = if ret < 0 {
+                0
+            } else if call == call::SENDMMSG || call == call::RECVMMSG {
+                sum_mmsg(pending.arg1, ret as u64)
+            } else {
+                ret
+            };
+            known(key)
+        }
+    };
+    if let Some(conn) = conn {
+        record.conn = conn;
+        record.flags |= flag::CONN_KNOWN;
+    }
+    match EVENTS.reserve::<SyscallRecord>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+        }
+        None => count(stat::RING_FULL),
+    }
+}
+
+#[inline(always)]
+fn known(key: ConnKey) -> Option<Conn> {
+    // SAFETY: the value is copied out at once.
+    unsafe { CONNS.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn store(key: ConnKey, conn: &Conn) {
+    if CONNS.insert(&key, conn, 0).is_err() {
+        count(stat::CONNS_FULL);
+    }
+}
+
+/// `socket(family, type, protocol)`: a new fd, with its family and type.
+#[inline(always)]
+fn on_socket(record: &mut SyscallRecord, pending: &Pending, tgid: u32) -> Option<Conn> {
+    if record.ret < 0 {
+        return None;
+    }
+    record.fd = record.ret as i32;
+    let conn = Conn {
+        family: pending.arg1 as u16,
+        sock_type: (pending.arg2 & 0xf) as u16,
+        ..Conn::default()
+    };
+    store(ConnKey { tgid, fd: record.fd as u32 }, &conn);
+    Some(conn)
+}
+
+/// `bind(fd, addr, len)`: the fd's local address.
+#[inline(always)]
+fn on_bind(record: &SyscallRecord, pending: &Pending, key: ConnKey) -> Option<Conn> {
+    let mut conn = known(key).unwrap_or_default();
+    if record.ret == 0 && pending.addr.family != 0 {
+        conn.local = pending.addr;
+        conn.family = pending.addr.family;
+        conn.flags |= conn_flag::LOCAL_KNOWN;
+        store(key, &conn);
+    }
+    Some(conn)
+}
+
+/// `connect(fd, addr, len)`: the fd's peer; succeeded or in progress.
+#[inline(always)]
+fn on_connect(record: &SyscallRecord, pending: &Pending, key: ConnKey) -> Option<Conn> {
+    let mut conn = known(key).unwrap_or_default();
+    if pending.addr.family != 0 {
+        conn.remote = pending.addr;
+        conn.family = pending.addr.family;
+        conn.flags |= conn_flag::REMOTE_KNOWN;
+    }
+    conn.role = role::CLIENT;
+    if record.ret == 0 || record.ret == -EINPROGRESS {
+        store(key, &conn);
+    }
+    Some(conn)
+}
+
+/// `accept[4](fd, addr, addrlen[, flags])`: a new fd whose peer the kernel
+/// wrote to `addr` and whose local address is the listener's.
+#[inline(always)]
+fn on_accept(record: &mut SyscallRecord, pending: &Pending, key: ConnKey) -> Option<Conn> {
+    if record.ret < 0 {
+        return known(key);
+    }
+    record.new_fd = record.ret as i32;
+    let listener = known(key).unwrap_or_default();
+    let mut conn = Conn {
+        family: listener.family,
+        // accept() only works on connection-mode sockets; a listener opened
+        // before tracing began is unknown here but is surely a stream.
+        sock_type: if listener.sock_type == 0 { SOCK_STREAM } else { listener.sock_type },
+        role: role::SERVER,
+        ..Conn::default()
+    };
+    if listener.flags & conn_flag::LOCAL_KNOWN != 0 {
+        conn.local = listener.local;
+        conn.flags |= conn_flag::LOCAL_KNOWN;
+    }
+    if pending.arg1 != 0 {
+        let peer = read_sockaddr(pending.arg1);
+        if peer.family != 0 {
+            conn.remote = peer;
+            conn.family = peer.family;
+            conn.flags |= conn_flag::REMOTE_KNOWN;
+        }
+    }
+    store(ConnKey { tgid: key.tgid, fd: record.new_fd as u32 }, &conn);
+    Some(conn)
+}
+
+#[inline(always)]
+fn data_direction(call: u16) -> u8 {
+    match call {
+        call::READ | call::READV | call::RECVFROM | call::RECVMSG | call::RECVMMSG => {
+            direction::INGRESS
+        }
+        _ => direction::EGRESS,
+    }
+}
+
+/// Bytes moved by `sendmmsg`/`recvmmsg`: the `msg_len` of the first
+/// `messages` entries (at most `MMSG_SUM`).
+#[inline(always)]
+fn sum_mmsg(vec: u64, messages: u64) -> i64 {
+    let mut total: i64 = 0;
+    let mut i: u64 = 0;
+    while i < u64::from(limit::MMSG_SUM) && i < messages {
+        let at = (vec + i * MMSGHDR_SIZE + MMSGHDR_LEN_OFF) as *const u32;
+        // SAFETY: a user pointer read through the fault-tolerant helper.
+        if let Ok(len) = unsafe { bpf_probe_read_user(at) } {
+            total += i64::from(len);
+        }
+        i += 1;
+    }
+    total
+}
+
+/// Reads an IPv4/IPv6 (or just the family of any other) `sockaddr` from
+/// user memory. A null or unreadable pointer gives family 0.
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> Addr {
+    let mut addr = Addr::default();
+    if ptr == 0 {
+        return addr;
+    }
+    // SAFETY (all reads below): user pointers read through the
+    // fault-tolerant helper; a failed read leaves the field zero.
+    let Ok(fam) = (unsafe { bpf_probe_read_user(ptr as *const u16) }) else {
+        return addr;
+    };
+    addr.family = fam;
+    match fam {
+        family::INET | family::INET6 => {
+            if let Ok(port) = unsafe { bpf_probe_read_user((ptr + 2) as *const u16) } {
+                addr.port = u16::from_be(port);
+            }
+            if fam == family::INET {
+                if let Ok(ip) = unsafe { bpf_probe_read_user((ptr + 4) as *const [u8; 4]) } {
+                    addr.addr[..4].copy_from_slice(&ip);
+                }
+            } else if let Ok(ip) = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) } {
+                addr.addr = ip;
+            }
+        }
+        _ => {}
+    }
+    addr
+}

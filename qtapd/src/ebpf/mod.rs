@@ -1,0 +1,163 @@
+//! The kernel side as qtapd holds it: loads the object built by `build.rs`,
+//! attaches every program to the tracepoint it is named after, and owns the
+//! maps. Dropping [`Kernel`] detaches and unloads everything.
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use qtap_common::{map, offsets, stat, Config, Conn, ConnKey, PatternKey, ProcSel};
+
+use crate::{
+    filter::compile::{CompileError, Compiled},
+    tracefs::{self, TracefsError},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/qtapd"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("load the eBPF object: {0}")]
+    Load(#[source] Box<EbpfError>),
+    #[error("program {name}: {source}")]
+    Program { name: String, source: Box<ProgramError> },
+    #[error("the eBPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: Box<MapError> },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source: Box::new(source) }
+}
+
+/// Counters the kernel keeps (`qtap_common::stat`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub ring_full: u64,
+    pub pending_full: u64,
+    pub conns_full: u64,
+    pub procs_full: u64,
+}
+
+/// The loaded programs and the maps qtapd writes or reads.
+pub struct Kernel {
+    // Holds the programs and their links; dropped last.
+    _ebpf: Ebpf,
+    procs: HashMap<MapData, u32, ProcSel>,
+    conns: HashMap<MapData, ConnKey, Conn>,
+    config: Array<MapData, Config>,
+    patterns: HashMap<MapData, PatternKey, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    installed: Vec<PatternKey>,
+    attached: usize,
+}
+
+impl Kernel {
+    /// Loads and attaches everything; returns the kernel and the ring
+    /// buffer the reader consumes.
+    pub fn load() -> Result<(Kernel, RingBuf<MapData>), KernelError> {
+        let fork_child = tracefs::required_offset("sched", "sched_process_fork", "child_pid")?;
+        let exec_filename = tracefs::required_offset("sched", "sched_process_exec", "filename")?;
+        let exit_group_dead =
+            tracefs::field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(offsets::FORK_CHILD_PID, &fork_child, true)
+            .override_global(offsets::EXEC_FILENAME, &exec_filename, true)
+            .override_global(offsets::EXIT_GROUP_DEAD, &exit_group_dead, true)
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load(Box::new(e)))?;
+
+        let mut attached = 0;
+        for (name, program) in ebpf.programs_mut() {
+            let fail = |source| KernelError::Program { name: name.to_owned(), source: Box::new(source) };
+            let category = if name.starts_with("sys_") { "syscalls" } else { "sched" };
+            let tracepoint: &mut TracePoint = program.try_into().map_err(fail)?;
+            tracepoint.load().map_err(fail)?;
+            tracepoint.attach(category, name).map_err(fail)?;
+            attached += 1;
+        }
+
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::NoMap(name));
+        let ring = RingBuf::try_from(take(map::EVENTS)?).map_err(map_err(map::EVENTS))?;
+        let procs = HashMap::try_from(take(map::PROCS)?).map_err(map_err(map::PROCS))?;
+        let conns = HashMap::try_from(take(map::CONNS)?).map_err(map_err(map::CONNS))?;
+        let config = Array::try_from(take(map::CONFIG)?).map_err(map_err(map::CONFIG))?;
+        let patterns = HashMap::try_from(take(map::PATTERNS)?).map_err(map_err(map::PATTERNS))?;
+        let stats = PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS))?;
+        let kernel = Kernel {
+            _ebpf: ebpf,
+            procs,
+            conns,
+            config,
+            patterns,
+            stats,
+            installed: Vec::new(),
+            attached,
+        };
+        Ok((kernel, ring))
+    }
+
+    /// Number of programs attached.
+    #[must_use]
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Replaces the compiled filters: new patterns first, then the config
+    /// that refers to them, then the patterns no longer used.
+    pub fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
+        let keys: Vec<PatternKey> = compiled.patterns.keys().map(|&k| k.into()).collect();
+        for (&key, &mask) in &compiled.patterns {
+            self.patterns.insert(PatternKey::from(key), mask, 0).map_err(map_err(map::PATTERNS))?;
+        }
+        self.config.set(0, compiled.config, 0).map_err(map_err(map::CONFIG))?;
+        for old in std::mem::replace(&mut self.installed, keys.clone()) {
+            if !keys.contains(&old) {
+                self.patterns.remove(&old).map_err(map_err(map::PATTERNS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Selects an already-running process for `sessions`.
+    pub fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError> {
+        self.procs.insert(tgid, ProcSel { sessions }, 0).map_err(map_err(map::PROCS))
+    }
+
+    /// Drops a process from the selection (absent is fine).
+    pub fn deselect(&mut self, tgid: u32) {
+        let _ = self.procs.remove(&tgid);
+    }
+
+    /// The selected processes and their session masks.
+    pub fn selected(&self) -> Vec<(u32, u64)> {
+        self.procs.iter().filter_map(Result::ok).map(|(k, v)| (k, v.sessions)).collect()
+    }
+
+    /// Forgets the kernel's connection entries of an exited process.
+    pub fn forget_conns(&mut self, tgid: u32, fds: impl IntoIterator<Item = u32>) {
+        for fd in fds {
+            let _ = self.conns.remove(&ConnKey { tgid, fd });
+        }
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn stats(&self) -> KernelStats {
+        let sum = |index: u32| {
+            self.stats.get(&index, 0).map_or(0, |values| values.iter().sum::<u64>())
+        };
+        KernelStats {
+            ring_full: sum(stat::RING_FULL),
+            pending_full: sum(stat::PENDING_FULL),
+            conns_full: sum(stat::CONNS_FULL),
+            procs_full: sum(stat::PROCS_FULL),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Turns decoded kernel records into events: adds the exe of each process
+//! and the connection of each fd, from the kernel's own view first and from
+//! `/proc` once per fd otherwise. Caches live until the fd is closed or the
+//! process execs or exits.
+
+use std::collections::{HashMap, HashSet};
+
+use qtap_common::{conn_flag, flag, Conn, ExecRecord, ForkRecord, Header, SyscallRecord};
+
+use crate::{
+    events::{
+        addr_text, base, c_str, call_name, errno_name, family_name, is_data_call, role_name,
+        type_name, Clock, ConnInfo, Event,
+    },
+    procfs::{self, FdTarget},
+};
+
+/// Per-process and per-fd knowledge.
+#[derive(Default)]
+pub struct Enricher {
+    clock: Clock,
+    exes: HashMap<u32, String>,
+    /// Connections resolved from `/proc` (`None`: not a socket).
+    resolved: HashMap<(u32, i32), Option<ConnInfo>>,
+    /// fds with a kernel `CONNS` entry, per process, to purge at exit.
+    kernel_fds: HashMap<u32, HashSet<u32>>,
+}
+
+impl Enricher {
+    #[must_use]
+    pub fn new() -> Enricher {
+        Enricher::default()
+    }
+
+    /// The exe of `pid`: from its exec if seen, else `/proc`, once.
+    pub fn exe(&mut self, pid: u32) -> String {
+        self.exes.entry(pid).or_insert_with(|| procfs::exe(pid).unwrap_or_default()).clone()
+    }
+
+    pub fn syscall(&mut self, rec: &SyscallRecord) -> Event {
+        let hdr = &rec.hdr;
+        let name = call_name(rec.call);
+        let exe = self.exe(hdr.pid);
+        let mut event = base(
+            &self.clock,
+            hdr,
+            format!("syscall/{name}"),
+            format!("tracepoint/syscalls/sys_exit_{name}"),
+            exe,
+        );
+        event.fd = Some(rec.fd);
+        event.ret = Some(rec.ret);
+        event.error = errno_name(rec.ret);
+        if rec.new_fd >= 0 {
+            event.new_fd = Some(rec.new_fd);
+        }
+        if is_data_call(rec.call) {
+            event.direction = Some(rec.direction);
+            event.bytes = Some(rec.bytes);
+            event.peek = rec.flags & flag::PEEK != 0;
+        }
+        let conn = self.conn(rec);
+        event.ssl = Some(false);
+        event.protocol = Some("unknown");
+        event.open = Some(conn.is_some());
+        event.conn_info = Some(conn);
+        self.track(rec);
+        event
+    }
+
+    /// Keeps the caches in step with the fd table the record describes.
+    fn track(&mut self, rec: &SyscallRecord) {
+        use qtap_common::call;
+        let pid = rec.hdr.pid;
+        match rec.call {
+            call::CLOSE => {
+                self.resolved.remove(&(pid, rec.fd));
+                if let Some(fds) = self.kernel_fds.get_mut(&pid) {
+                    fds.remove(&(rec.fd as u32));
+                }
+            }
+            call::SOCKET | call::ACCEPT | call::ACCEPT4 if rec.ret >= 0 => {
+                let fd = if rec.new_fd >= 0 { rec.new_fd } else { rec.fd };
+                self.resolved.remove(&(pid, fd));
+                self.kernel_fds.entry(pid).or_default().insert(fd as u32);
+            }
+            call::CONNECT | call::BIND => {
+                self.kernel_fds.entry(pid).or_default().insert(rec.fd as u32);
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection of the record's fd (for accept: of the new fd).
+    fn conn(&mut self, rec: &SyscallRecord) -> Option<ConnInfo> {
+        let pid = rec.hdr.pid;
+        if rec.flags & flag::CONN_KNOWN != 0 {
+            let mut info = kernel_conn(&rec.conn);
+            if info.local.is_none() && info.family.starts_with("inet") {
+                // The kernel saw connect() but not the local port it chose.
+                let fd = if rec.new_fd >= 0 { rec.new_fd } else { rec.fd };
+                if let Some(Some(known)) = self.resolve(pid, fd) {
+                    info.local = known.local;
+                }
+            }
+            return Some(info);
+        }
+        self.resolve(pid, rec.fd).flatten()
+    }
+
+    /// `/proc` resolution, cached per (pid, fd). `None`: the process is
+    /// gone and nothing was cached.
+    fn resolve(&mut self, pid: u32, fd: i32) -> Option<Option<ConnInfo>> {
+        if let Some(known) = self.resolved.get(&(pid, fd)) {
+            return Some(known.clone());
+        }
+        let value = match procfs::fd_target(pid, fd) {
+            FdTarget::Socket(info) => Some(info),
+            FdTarget::UnknownSocket => Some(ConnInfo {
+                family: "unknown".into(),
+                sock_type: "unknown",
+                role: "unknown",
+                local: None,
+                remote: None,
+            }),
+            FdTarget::Other => None,
+            FdTarget::Gone => return None,
+        };
+        self.resolved.insert((pid, fd), value.clone());
+        Some(value)
+    }
+
+    pub fn exec(&mut self, rec: &ExecRecord) -> Event {
+        let len = (rec.filename_len as usize).min(rec.filename.len());
+        let filename = String::from_utf8_lossy(&rec.filename[..len]).into_owned();
+        self.forget(rec.hdr.pid);
+        self.exes.insert(rec.hdr.pid, filename.clone());
+        let mut event = self.process(&rec.hdr, "exec", filename.clone());
+        event.filename = Some(filename);
+        event
+    }
+
+    pub fn fork(&mut self, rec: &ForkRecord) -> Event {
+        let exe = self.exe(rec.hdr.pid);
+        self.exes.insert(rec.child_pid, exe.clone());
+        let mut event = self.process(&rec.hdr, "fork", exe);
+        event.child_pid = Some(rec.child_pid);
+        event
+    }
+
+    /// The process is gone: returns the fds whose kernel entries to purge.
+    pub fn exit(&mut self, hdr: &Header) -> (Event, Vec<u32>) {
+        let exe = self.exe(hdr.pid);
+        let event = self.process(hdr, "exit", exe);
+        let fds = self.forget(hdr.pid);
+        self.exes.remove(&hdr.pid);
+        (event, fds)
+    }
+
+    fn process(&self, hdr: &Header, what: &str, exe: String) -> Event {
+        base(
+            &self.clock,
+            hdr,
+            format!("process/{what}"),
+            format!("tracepoint/sched/sched_process_{what}"),
+            exe,
+        )
+    }
+
+    /// Drops what is cached about `pid`'s fds.
+    fn forget(&mut self, pid: u32) -> Vec<u32> {
+        self.resolved.retain(|(p, _), _| *p != pid);
+        self.kernel_fds.remove(&pid).map(|fds| fds.into_iter().collect()).unwrap_or_default()
+    }
+
+    /// The comm of a header, for filter checks.
+    #[must_use]
+    pub fn comm(hdr: &Header) -> String {
+        c_str(&hdr.comm)
+    }
+}
+
+/// `conn_info` from the kernel's `Conn`.
+fn kernel_conn(conn: &Conn) -> ConnInfo {
+    let addr = |known: u8, a| if conn.flags & known != 0 { addr_text(a) } else { None };
+    ConnInfo {
+        family: family_name(conn.family),
+        sock_type: type_name(conn.family, conn.sock_type),
+        role: role_name(conn.role),
+        local: addr(conn_flag::LOCAL_KNOWN, &conn.local),
+        remote: addr(conn_flag::REMOTE_KNOWN, &conn.remote),
+    }
+}

@@ -1,0 +1,315 @@
+//! The event as users see it (DESIGN.md §3): built from a decoded kernel
+//! record plus what enrichment knows (exe, connection), serialized to one
+//! JSON object per line.
+
+pub mod decode;
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use qtap_common::{call, direction, family, role, Addr, Header};
+use serde::Serialize;
+
+/// A connection as reported in `conn_info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnInfo {
+    /// `inet`, `inet6`, `unix`, or `family <n>`.
+    pub family: String,
+    /// `tcp`, `udp`, `stream`, `dgram`, … or `unknown`.
+    #[serde(rename = "type")]
+    pub sock_type: &'static str,
+    /// `client`, `server`, `listener` or `unknown`.
+    pub role: &'static str,
+    /// `ip:port` (`[ip6]:port`), a unix path, or null when unknown.
+    pub local: Option<String>,
+    pub remote: Option<String>,
+}
+
+impl ConnInfo {
+    #[must_use]
+    pub fn local_port(&self) -> Option<u16> {
+        port_of(self.local.as_deref())
+    }
+
+    #[must_use]
+    pub fn remote_port(&self) -> Option<u16> {
+        port_of(self.remote.as_deref())
+    }
+}
+
+fn port_of(addr: Option<&str>) -> Option<u16> {
+    addr?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// One event line.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// RFC 3339 with nanoseconds.
+    pub ts: String,
+    /// `syscall/writev`, `process/exec`, …
+    pub msg: String,
+    /// The hook that produced it: `tracepoint/syscalls/sys_exit_writev`.
+    pub caller: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub exe: String,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// The fd `accept`/`accept4` returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_fd: Option<i32>,
+    /// 0 ingress, 1 egress; absent for control calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<u8>,
+    /// Bytes moved; absent for control calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// The raw return value (`-errno` on failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    /// The errno name when `ret` is negative.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A `MSG_PEEK` read: these bytes will be read again, so totals skip it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub peek: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<bool>,
+    /// Present (possibly null) on socket-module events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_info: Option<Option<ConnInfo>>,
+    /// `process/exec`: the path given to exec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// `process/fork`: the new task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+}
+
+/// Converts kernel monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    boot: SystemTime,
+}
+
+impl Clock {
+    /// Reads `CLOCK_REALTIME - CLOCK_MONOTONIC` once.
+    #[must_use]
+    pub fn new() -> Clock {
+        let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `mono` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut mono) };
+        let since_boot = Duration::new(mono.tv_sec as u64, mono.tv_nsec as u32);
+        Clock { boot: SystemTime::now() - since_boot }
+    }
+
+    #[must_use]
+    pub fn at(&self, ts_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(ts_ns)
+    }
+
+    #[must_use]
+    pub fn rfc3339(&self, ts_ns: u64) -> String {
+        humantime::format_rfc3339_nanos(self.at(ts_ns)).to_string()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// The syscall name of a `qtap_common::call` number.
+#[must_use]
+pub fn call_name(c: u16) -> &'static str {
+    match c {
+        call::SOCKET => "socket",
+        call::ACCEPT => "accept",
+        call::ACCEPT4 => "accept4",
+        call::CONNECT => "connect",
+        call::READ => "read",
+        call::WRITE => "write",
+        call::READV => "readv",
+        call::WRITEV => "writev",
+        call::SENDTO => "sendto",
+        call::RECVFROM => "recvfrom",
+        call::SENDMSG => "sendmsg",
+        call::RECVMSG => "recvmsg",
+        call::SENDMMSG => "sendmmsg",
+        call::RECVMMSG => "recvmmsg",
+        call::SENDFILE => "sendfile64",
+        call::CLOSE => "close",
+        call::BIND => "bind",
+        _ => "unknown",
+    }
+}
+
+/// Whether `c` moves bytes (and so has `bytes` and `direction`).
+#[must_use]
+pub fn is_data_call(c: u16) -> bool {
+    !matches!(c, call::SOCKET | call::ACCEPT | call::ACCEPT4 | call::CONNECT | call::CLOSE | call::BIND)
+}
+
+/// `"EAGAIN"` for `-11`.
+#[must_use]
+pub fn errno_name(ret: i64) -> Option<String> {
+    (ret < 0).then(|| {
+        let errno = nix::errno::Errno::from_raw((-ret) as i32);
+        if errno == nix::errno::Errno::UnknownErrno {
+            format!("errno {}", -ret)
+        } else {
+            format!("{errno:?}")
+        }
+    })
+}
+
+/// The text of a NUL-padded kernel string.
+#[must_use]
+pub fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The common fields of every event.
+#[must_use]
+pub fn base(clock: &Clock, hdr: &Header, msg: String, caller: String, exe: String) -> Event {
+    Event {
+        ts: clock.rfc3339(hdr.ts_ns),
+        msg,
+        caller,
+        pid: hdr.pid,
+        tid: hdr.tid,
+        exe,
+        comm: c_str(&hdr.comm),
+        fd: None,
+        new_fd: None,
+        direction: None,
+        bytes: None,
+        ret: None,
+        error: None,
+        peek: false,
+        ssl: None,
+        protocol: None,
+        open: None,
+        conn_info: None,
+        filename: None,
+        child_pid: None,
+    }
+}
+
+/// `family` as shown in `conn_info`.
+#[must_use]
+pub fn family_name(f: u16) -> String {
+    match f {
+        family::UNIX => "unix".into(),
+        family::INET => "inet".into(),
+        family::INET6 => "inet6".into(),
+        other => format!("family {other}"),
+    }
+}
+
+#[must_use]
+pub fn role_name(r: u8) -> &'static str {
+    match r {
+        role::CLIENT => "client",
+        role::SERVER => "server",
+        role::LISTENER => "listener",
+        _ => "unknown",
+    }
+}
+
+/// `SOCK_*` as shown in `conn_info.type`, refined by family.
+#[must_use]
+pub fn type_name(fam: u16, sock_type: u16) -> &'static str {
+    let inet = fam == family::INET || fam == family::INET6;
+    match (sock_type, inet) {
+        (1, true) => "tcp",
+        (2, true) => "udp",
+        (3, _) => "raw",
+        (1, false) => "stream",
+        (2, false) => "dgram",
+        (5, _) => "seqpacket",
+        _ => "unknown",
+    }
+}
+
+/// `ip:port` for a kernel address, `None` when it holds no IP address.
+#[must_use]
+pub fn addr_text(addr: &Addr) -> Option<String> {
+    match addr.family {
+        family::INET => {
+            let ip = Ipv4Addr::new(addr.addr[0], addr.addr[1], addr.addr[2], addr.addr[3]);
+            Some(format!("{ip}:{}", addr.port))
+        }
+        family::INET6 => Some(format!("[{}]:{}", Ipv6Addr::from(addr.addr), addr.port)),
+        _ => None,
+    }
+}
+
+/// `"ingress"`/`"egress"` for the console view.
+#[must_use]
+pub fn direction_name(d: u8) -> &'static str {
+    if d == direction::INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
+}
+
+impl fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unknown = "?";
+        write!(
+            f,
+            "{} {} {} {} -> {}",
+            self.family,
+            self.sock_type,
+            self.role,
+            self.local.as_deref().unwrap_or(unknown),
+            self.remote.as_deref().unwrap_or(unknown)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(errno_name(-11).as_deref(), Some("EAGAIN"));
+        assert_eq!(errno_name(5), None);
+        assert_eq!(call_name(call::WRITEV), "writev");
+        assert!(is_data_call(call::SENDFILE));
+        assert!(!is_data_call(call::ACCEPT4));
+        assert_eq!(type_name(family::INET, 1), "tcp");
+        assert_eq!(type_name(family::UNIX, 1), "stream");
+    }
+
+    #[test]
+    fn addresses() {
+        let v4 = Addr { family: family::INET, port: 8080, addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        assert_eq!(addr_text(&v4).as_deref(), Some("127.0.0.1:8080"));
+        let mut v6 = Addr { family: family::INET6, port: 443, ..Addr::default() };
+        v6.addr[15] = 1;
+        assert_eq!(addr_text(&v6).as_deref(), Some("[::1]:443"));
+        assert_eq!(addr_text(&Addr::default()), None);
+    }
+
+    #[test]
+    fn clock_is_monotonic_offset() {
+        let clock = Clock::new();
+        let a = clock.at(1_000);
+        assert_eq!(clock.at(2_000).duration_since(a).unwrap(), Duration::from_nanos(1_000));
+        assert!(clock.rfc3339(0).ends_with('Z'));
+    }
+}

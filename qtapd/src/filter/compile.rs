@@ -1,0 +1,185 @@
+//! Compiles the filters of all sessions into the kernel's selection tables:
+//! one `Config` and the `PATTERNS` entries (see `qtap_common::Config` for
+//! how the kernel combines them at exec).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use qtap_common::{hash_step, limit, pred, Config, PatternKey, HASH_MUL};
+
+use super::{Filter, StrKey};
+
+/// The tables for the kernel, ready to be written.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub config: Config,
+    pub patterns: BTreeMap<PatternKeyOrd, u64>,
+}
+
+/// `PatternKey` with an order, so the compiled tables are deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PatternKeyOrd {
+    pub key: u8,
+    pub len: u32,
+    pub hash: u64,
+}
+
+impl From<PatternKeyOrd> for PatternKey {
+    fn from(k: PatternKeyOrd) -> Self {
+        PatternKey { key: k.key, _pad: [0; 3], len: k.len, hash: k.hash }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("the active filters use {0} distinct `exe.contains` lengths; the kernel matches at most {max}", max = limit::CONTAINS_LENS)]
+    TooManyContainsLengths(usize),
+    #[error("the active filters need {0} kernel patterns; the limit is {max}", max = limit::PATTERNS)]
+    TooManyPatterns(usize),
+    #[error("session slot {0} is out of range")]
+    BadSlot(usize),
+}
+
+/// The string hash the kernel computes (`qtap_common::hash_step`).
+#[must_use]
+pub fn hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |h, &b| hash_step(h, b))
+}
+
+fn pred_of(key: StrKey) -> u8 {
+    match key {
+        StrKey::Exe => pred::EXE,
+        StrKey::ExeContains => pred::EXE_CONTAINS,
+        StrKey::ExeStartsWith => pred::EXE_PREFIX,
+        StrKey::ExeEndsWith => pred::EXE_SUFFIX,
+        StrKey::Comm => pred::COMM,
+    }
+}
+
+fn set_len_bit(bits: &mut [u64; 4], len: usize) {
+    bits[(len >> 6) & 3] |= 1 << (len & 63);
+}
+
+/// Compiles `(slot, filter)` pairs; slot `s` is bit `s` of every mask.
+pub fn compile<'a>(
+    sessions: impl IntoIterator<Item = (usize, &'a Filter)>,
+    self_tgid: u32,
+) -> Result<Compiled, CompileError> {
+    let mut out = Compiled::default();
+    out.config.self_tgid = self_tgid;
+    let mut contains_lens = BTreeSet::new();
+    for (slot, filter) in sessions {
+        if slot >= qtap_common::MAX_SESSIONS {
+            return Err(CompileError::BadSlot(slot));
+        }
+        let bit = 1u64 << slot;
+        let cfg = &mut out.config;
+        cfg.active |= bit;
+        for module in filter.modules() {
+            cfg.modules[module.index()] |= bit;
+        }
+        for key in [
+            StrKey::Exe,
+            StrKey::ExeContains,
+            StrKey::ExeStartsWith,
+            StrKey::ExeEndsWith,
+            StrKey::Comm,
+        ] {
+            let p = pred_of(key);
+            for value in filter.strings(key) {
+                let len = value.len();
+                cfg.uses[p as usize] |= bit;
+                match key {
+                    StrKey::ExeStartsWith => set_len_bit(&mut cfg.prefix_lens, len),
+                    StrKey::ExeEndsWith => set_len_bit(&mut cfg.suffix_lens, len),
+                    StrKey::ExeContains => {
+                        contains_lens.insert(len);
+                    }
+                    StrKey::Exe | StrKey::Comm => {}
+                }
+                let k = PatternKeyOrd { key: p, len: len as u32, hash: hash(value.as_bytes()) };
+                *out.patterns.entry(k).or_default() |= bit;
+            }
+        }
+        for pid in filter.pids() {
+            out.config.uses[pred::PID as usize] |= bit;
+            let k = PatternKeyOrd { key: pred::PID, len: 0, hash: u64::from(pid) };
+            *out.patterns.entry(k).or_default() |= bit;
+        }
+    }
+    if contains_lens.len() > limit::CONTAINS_LENS {
+        return Err(CompileError::TooManyContainsLengths(contains_lens.len()));
+    }
+    if out.patterns.len() > limit::PATTERNS as usize {
+        return Err(CompileError::TooManyPatterns(out.patterns.len()));
+    }
+    for (i, len) in contains_lens.into_iter().enumerate() {
+        out.config.contains_lens[i] = len as u32;
+        out.config.contains_pows[i] = (0..len).fold(1u64, |p, _| p.wrapping_mul(HASH_MUL));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's rolling window hash, written the way the probe runs it.
+    fn rolling_hits(exe: &[u8], width: usize, pow: u64) -> Vec<u64> {
+        let mut h = 0u64;
+        let mut hits = Vec::new();
+        for i in 0..exe.len() {
+            h = hash_step(h, exe[i]);
+            if i >= width {
+                h = h.wrapping_sub(u64::from(exe[i - width]).wrapping_mul(pow));
+            }
+            if i + 1 >= width {
+                hits.push(h);
+            }
+        }
+        hits
+    }
+
+    #[test]
+    fn contains_hash_matches_the_rolling_window() {
+        let f = Filter::parse("exe.contains:curl").unwrap();
+        let c = compile([(3, &f)], 1).unwrap();
+        assert_eq!(c.config.active, 1 << 3);
+        assert_eq!(c.config.uses[pred::EXE_CONTAINS as usize], 1 << 3);
+        assert_eq!(c.config.contains_lens[0], 4);
+        let windows = rolling_hits(b"/usr/bin/curl", 4, c.config.contains_pows[0]);
+        assert!(windows.contains(&hash(b"curl")));
+        let key = PatternKeyOrd { key: pred::EXE_CONTAINS, len: 4, hash: hash(b"curl") };
+        assert_eq!(c.patterns.get(&key), Some(&(1 << 3)));
+    }
+
+    #[test]
+    fn suffix_hash_matches_the_backward_pass() {
+        let exe = b"/usr/sbin/nginx";
+        let (mut g, mut p) = (0u64, 1u64);
+        for &b in exe[exe.len() - 5..].iter().rev() {
+            g = g.wrapping_add(u64::from(b).wrapping_mul(p));
+            p = p.wrapping_mul(HASH_MUL);
+        }
+        assert_eq!(g, hash(b"nginx"));
+    }
+
+    #[test]
+    fn sessions_share_patterns_and_modules_are_masked() {
+        let a = Filter::parse("mod:process,exe:/bin/a").unwrap();
+        let b = Filter::parse("exe:/bin/a,pid:5").unwrap();
+        let c = compile([(0, &a), (1, &b)], 1).unwrap();
+        assert_eq!(c.config.active, 0b11);
+        assert_eq!(c.config.modules[qtap_common::module::SOCKET], 0b10);
+        assert_eq!(c.config.modules[qtap_common::module::PROCESS], 0b01);
+        assert_eq!(c.config.uses[pred::PID as usize], 0b10);
+        let key = PatternKeyOrd { key: pred::EXE, len: 6, hash: hash(b"/bin/a") };
+        assert_eq!(c.patterns.get(&key), Some(&0b11));
+    }
+
+    #[test]
+    fn too_many_contains_lengths_is_an_error() {
+        let text: Vec<String> = (1..=9).map(|n| format!("exe.contains:{}", "x".repeat(n))).collect();
+        let f = Filter::parse(&text.join(",")).unwrap();
+        assert_eq!(compile([(0, &f)], 1), Err(CompileError::TooManyContainsLengths(9)));
+    }
+}

@@ -1,0 +1,367 @@
+//! Filter strings (DESIGN.md §4): parsing with precise errors, display in
+//! canonical form, and exact evaluation in user space. `compile` turns a
+//! set of session filters into the kernel's tables.
+//!
+//! Grammar: `term[,term…]`, each `key:value`, the value being everything
+//! after the first `:`. Terms with the same key are ORed; different keys
+//! are ANDed. `mod:` terms add up; none means `mod:socket`.
+
+pub mod compile;
+
+use std::fmt;
+
+use qtap_common::limit;
+
+/// Every key the grammar knows, in the order error messages list them.
+pub const KEYS: &[&str] =
+    &["mod", "exe", "exe.contains", "exe.startsWith", "exe.endsWith", "comm", "pid", "port"];
+
+/// Longest `comm` the kernel keeps (`TASK_COMM_LEN` - 1).
+const COMM_MAX: usize = 15;
+
+/// An event family a filter can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Module {
+    /// Network syscalls.
+    Socket,
+    /// exec, fork and exit of selected processes.
+    Process,
+}
+
+impl Module {
+    pub const ALL: [Module; 2] = [Module::Socket, Module::Process];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::Socket => "socket",
+            Module::Process => "process",
+        }
+    }
+
+    /// Index in `qtap_common::Config::modules`.
+    #[must_use]
+    pub fn index(self) -> usize {
+        match self {
+            Module::Socket => qtap_common::module::SOCKET,
+            Module::Process => qtap_common::module::PROCESS,
+        }
+    }
+}
+
+/// A process predicate key; the value is matched against the exec path,
+/// the task name or the pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StrKey {
+    Exe,
+    ExeContains,
+    ExeStartsWith,
+    ExeEndsWith,
+    Comm,
+}
+
+impl StrKey {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            StrKey::Exe => "exe",
+            StrKey::ExeContains => "exe.contains",
+            StrKey::ExeStartsWith => "exe.startsWith",
+            StrKey::ExeEndsWith => "exe.endsWith",
+            StrKey::Comm => "comm",
+        }
+    }
+
+    fn matches(self, value: &[u8], exe: &[u8], comm: &[u8]) -> bool {
+        match self {
+            StrKey::Exe => exe == value,
+            StrKey::ExeContains => exe.windows(value.len()).any(|w| w == value),
+            StrKey::ExeStartsWith => exe.starts_with(value),
+            StrKey::ExeEndsWith => exe.ends_with(value),
+            StrKey::Comm => comm == value,
+        }
+    }
+}
+
+/// One parsed term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Term {
+    Mod(Module),
+    Str(StrKey, String),
+    Pid(u32),
+    Port(u16),
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Term::Mod(m) => write!(f, "mod:{}", m.name()),
+            Term::Str(k, v) => write!(f, "{}:{v}", k.name()),
+            Term::Pid(p) => write!(f, "pid:{p}"),
+            Term::Port(p) => write!(f, "port:{p}"),
+        }
+    }
+}
+
+/// A parsed, valid filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    terms: Vec<Term>,
+}
+
+/// Why a filter string was rejected. `position` counts terms from 1.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("the filter is empty; give at least one term such as `mod:socket` or `exe.contains:curl`")]
+    Empty,
+    #[error("term {position} `{term}` is empty (two commas in a row, or a trailing comma?)")]
+    EmptyTerm { position: usize, term: String },
+    #[error("term {position} `{term}` has no `:`; terms are `key:value`, valid keys: {}", KEYS.join(", "))]
+    NoColon { position: usize, term: String },
+    #[error("term {position} `{term}`: unknown key `{key}`; valid keys: {}", KEYS.join(", "))]
+    UnknownKey { position: usize, term: String, key: String },
+    #[error("term {position} `{term}`: unknown module `{value}`; valid modules: socket, process")]
+    UnknownModule { position: usize, term: String, value: String },
+    #[error("term {position} `{term}`: the value is empty")]
+    EmptyValue { position: usize, term: String },
+    #[error("term {position} `{term}`: `{value}` is not a valid {what}")]
+    BadNumber { position: usize, term: String, value: String, what: &'static str },
+    #[error("term {position} `{term}`: the value is {len} bytes, the limit is {max}")]
+    TooLong { position: usize, term: String, len: usize, max: usize },
+    #[error("term {position} `{term}`: control characters are not allowed in a filter")]
+    Control { position: usize, term: String },
+}
+
+impl Filter {
+    /// Parses a filter string; see the module doc for the grammar.
+    pub fn parse(text: &str) -> Result<Filter, FilterError> {
+        if text.trim().is_empty() {
+            return Err(FilterError::Empty);
+        }
+        let terms = text
+            .split(',')
+            .enumerate()
+            .map(|(i, raw)| parse_term(i + 1, raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Filter { terms })
+    }
+
+    /// The modules asked for (`socket` when none is named).
+    #[must_use]
+    pub fn modules(&self) -> Vec<Module> {
+        let mut mods: Vec<Module> = self
+            .terms
+            .iter()
+            .filter_map(|t| if let Term::Mod(m) = t { Some(*m) } else { None })
+            .collect();
+        if mods.is_empty() {
+            mods.push(Module::Socket);
+        }
+        mods.sort();
+        mods.dedup();
+        mods
+    }
+
+    #[must_use]
+    pub fn wants(&self, module: Module) -> bool {
+        self.modules().contains(&module)
+    }
+
+    /// Values of one string key.
+    pub fn strings(&self, key: StrKey) -> impl Iterator<Item = &str> {
+        self.terms.iter().filter_map(move |t| match t {
+            Term::Str(k, v) if *k == key => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.terms.iter().filter_map(|t| if let Term::Pid(p) = t { Some(*p) } else { None })
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.terms.iter().filter_map(|t| if let Term::Port(p) = t { Some(*p) } else { None })
+    }
+
+    /// Whether no term restricts processes: every process is selected.
+    #[must_use]
+    pub fn selects_all(&self) -> bool {
+        !self.terms.iter().any(|t| matches!(t, Term::Str(..) | Term::Pid(_)))
+    }
+
+    /// Exact evaluation of the process predicates.
+    #[must_use]
+    pub fn matches_process(&self, exe: &[u8], comm: &[u8], pid: u32) -> bool {
+        let str_keys = [
+            StrKey::Exe,
+            StrKey::ExeContains,
+            StrKey::ExeStartsWith,
+            StrKey::ExeEndsWith,
+            StrKey::Comm,
+        ];
+        let strings_ok = str_keys.iter().all(|&key| {
+            let mut values = self.strings(key).peekable();
+            values.peek().is_none() || values.any(|v| key.matches(v.as_bytes(), exe, comm))
+        });
+        let mut pids = self.pids().peekable();
+        strings_ok && (pids.peek().is_none() || pids.any(|p| p == pid))
+    }
+
+    /// Exact evaluation of the connection predicates; `None` ports (not a
+    /// network socket, or unknown) pass only when no `port` term is given.
+    #[must_use]
+    pub fn matches_ports(&self, local: Option<u16>, remote: Option<u16>) -> bool {
+        let mut ports = self.ports().peekable();
+        ports.peek().is_none() || ports.any(|p| Some(p) == local || Some(p) == remote)
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, term) in self.terms.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{term}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
+    let term = raw.to_owned();
+    if raw.chars().any(char::is_control) {
+        return Err(FilterError::Control { position, term });
+    }
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(FilterError::EmptyTerm { position, term });
+    }
+    let Some((key, value)) = trimmed.split_once(':') else {
+        return Err(FilterError::NoColon { position, term });
+    };
+    let key = key.trim();
+    if !KEYS.contains(&key) {
+        return Err(FilterError::UnknownKey { position, term, key: key.to_owned() });
+    }
+    if value.is_empty() {
+        return Err(FilterError::EmptyValue { position, term });
+    }
+    let number = |what: &'static str| FilterError::BadNumber {
+        position,
+        term: term.clone(),
+        value: value.to_owned(),
+        what,
+    };
+    let string = |key: StrKey, max: usize| {
+        if value.len() > max {
+            Err(FilterError::TooLong { position, term: term.clone(), len: value.len(), max })
+        } else {
+            Ok(Term::Str(key, value.to_owned()))
+        }
+    };
+    match key {
+        "mod" => match value {
+            "socket" => Ok(Term::Mod(Module::Socket)),
+            "process" => Ok(Term::Mod(Module::Process)),
+            _ => Err(FilterError::UnknownModule { position, term, value: value.to_owned() }),
+        },
+        "exe" => string(StrKey::Exe, limit::EXE_LEN - 1),
+        "exe.contains" => string(StrKey::ExeContains, limit::PATTERN_LEN),
+        "exe.startsWith" => string(StrKey::ExeStartsWith, limit::PATTERN_LEN),
+        "exe.endsWith" => string(StrKey::ExeEndsWith, limit::PATTERN_LEN),
+        "comm" => string(StrKey::Comm, COMM_MAX),
+        "pid" => match value.parse::<u32>() {
+            Ok(pid) if pid > 0 => Ok(Term::Pid(pid)),
+            _ => Err(number("pid (1 to 4294967295)")),
+        },
+        "port" => match value.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Term::Port(port)),
+            _ => Err(number("port (1 to 65535)")),
+        },
+        _ => unreachable!("every key of KEYS is handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modules_and_predicates() {
+        let f = Filter::parse("mod:socket,exe.contains:curl,pid:42,port:8080").unwrap();
+        assert_eq!(f.modules(), vec![Module::Socket]);
+        assert_eq!(f.strings(StrKey::ExeContains).collect::<Vec<_>>(), vec!["curl"]);
+        assert_eq!(f.pids().collect::<Vec<_>>(), vec![42]);
+        assert_eq!(f.ports().collect::<Vec<_>>(), vec![8080]);
+        assert!(!f.selects_all());
+    }
+
+    #[test]
+    fn no_mod_means_socket_and_mods_add_up() {
+        assert_eq!(Filter::parse("exe:/bin/x").unwrap().modules(), vec![Module::Socket]);
+        let f = Filter::parse("mod:process,mod:socket").unwrap();
+        assert_eq!(f.modules(), vec![Module::Socket, Module::Process]);
+        assert!(f.selects_all());
+    }
+
+    #[test]
+    fn value_is_everything_after_the_first_colon() {
+        let f = Filter::parse("exe.contains:a:b").unwrap();
+        assert_eq!(f.strings(StrKey::ExeContains).collect::<Vec<_>>(), vec!["a:b"]);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let text = "mod:socket,exe.endsWith:/curl,comm:curl,pid:7,port:443";
+        let f = Filter::parse(text).unwrap();
+        assert_eq!(f.to_string(), text);
+        assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
+    }
+
+    #[test]
+    fn same_key_ors_different_keys_and() {
+        let f = Filter::parse("exe.contains:curl,exe.contains:wget,comm:curl").unwrap();
+        assert!(f.matches_process(b"/usr/bin/curl", b"curl", 1));
+        assert!(!f.matches_process(b"/usr/bin/wget", b"wget", 1));
+        assert!(f.matches_process(b"/usr/bin/wget", b"curl", 1));
+        let f = Filter::parse("exe.startsWith:/usr/,exe.endsWith:nginx,pid:9").unwrap();
+        assert!(f.matches_process(b"/usr/sbin/nginx", b"nginx", 9));
+        assert!(!f.matches_process(b"/usr/sbin/nginx", b"nginx", 8));
+        assert!(!f.matches_process(b"/opt/nginx", b"nginx", 9));
+    }
+
+    #[test]
+    fn ports_match_either_end() {
+        let f = Filter::parse("port:80").unwrap();
+        assert!(f.matches_ports(Some(80), Some(5555)));
+        assert!(f.matches_ports(None, Some(80)));
+        assert!(!f.matches_ports(None, None));
+        assert!(Filter::parse("mod:socket").unwrap().matches_ports(None, None));
+    }
+
+    fn err(text: &str) -> FilterError {
+        Filter::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn each_error_class_names_the_term() {
+        assert_eq!(err(""), FilterError::Empty);
+        assert!(matches!(err("mod:socket,,exe:x"), FilterError::EmptyTerm { position: 2, .. }));
+        assert!(matches!(err("curl"), FilterError::NoColon { position: 1, .. }));
+        let e = err("mod:socket,exe.contain:curl");
+        assert!(matches!(e, FilterError::UnknownKey { position: 2, ref key, .. } if key == "exe.contain"));
+        let msg = e.to_string();
+        assert!(msg.contains("term 2 `exe.contain:curl`"), "{msg}");
+        assert!(msg.contains("exe.contains, exe.startsWith"), "{msg}");
+        assert!(matches!(err("mod:sockets"), FilterError::UnknownModule { position: 1, .. }));
+        assert!(matches!(err("exe:"), FilterError::EmptyValue { position: 1, .. }));
+        assert!(matches!(err("pid:abc"), FilterError::BadNumber { .. }));
+        assert!(matches!(err("pid:0"), FilterError::BadNumber { .. }));
+        assert!(matches!(err("port:70000"), FilterError::BadNumber { .. }));
+        assert!(matches!(err("comm:a-very-long-task-name"), FilterError::TooLong { max: 15, .. }));
+        let long = format!("exe.contains:{}", "a".repeat(300));
+        assert!(matches!(err(&long), FilterError::TooLong { .. }));
+        assert!(matches!(err("exe:a\u{7}b"), FilterError::Control { .. }));
+    }
+}

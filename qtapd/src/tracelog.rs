@@ -1,0 +1,130 @@
+//! The `--bpf-trace` sink: one line per event on stdout, in the encoding
+//! of `--log-encoding`, printed when `--log-level` is `info` or more
+//! verbose (as Qtap's flag does). Daemon diagnostics go to stderr.
+
+use std::io::{self, Write};
+
+use clap::ValueEnum;
+
+use crate::events::{direction_name, Event};
+
+/// `--log-encoding`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Encoding {
+    /// `ts<TAB>INFO<TAB>caller<TAB>msg<TAB>{fields}`, like zap's console encoder.
+    Console,
+    /// One JSON object per line, for `jq`.
+    Json,
+}
+
+/// Writes events to stdout.
+pub struct TraceLog {
+    encoding: Encoding,
+    out: io::Stdout,
+}
+
+impl TraceLog {
+    #[must_use]
+    pub fn new(encoding: Encoding) -> TraceLog {
+        TraceLog { encoding, out: io::stdout() }
+    }
+
+    /// Writes one event; an error means stdout is gone (a closed pipe).
+    pub fn emit(&mut self, event: &Event) -> io::Result<()> {
+        let line = render(self.encoding, event);
+        let mut out = self.out.lock();
+        out.write_all(line.as_bytes())?;
+        out.flush()
+    }
+}
+
+/// One rendered line, with its newline.
+#[must_use]
+pub fn render(encoding: Encoding, event: &Event) -> String {
+    match encoding {
+        Encoding::Json => {
+            let mut line = serde_json::to_string(event).unwrap_or_else(|e| {
+                format!("{{\"msg\":\"unrenderable event\",\"error\":{:?}}}", e.to_string())
+            });
+            line.push('\n');
+            line
+        }
+        Encoding::Console => {
+            let mut fields = serde_json::to_value(event).unwrap_or_default();
+            if let Some(map) = fields.as_object_mut() {
+                for key in ["ts", "msg", "caller"] {
+                    map.remove(key);
+                }
+                if let Some(d) = event.direction {
+                    map.insert("direction".into(), direction_name(d).into());
+                }
+            }
+            format!("{}\tINFO\t{}\t{}\t{}\n", event.ts, event.caller, event.msg, fields)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{base, Clock, ConnInfo};
+    use qtap_common::Header;
+
+    fn event() -> Event {
+        let hdr = Header { pid: 10, tid: 11, comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0", ..Header::default() };
+        let mut e = base(&Clock::new(), &hdr, "syscall/writev".into(), "tracepoint/syscalls/sys_exit_writev".into(), "/usr/sbin/nginx".into());
+        e.fd = Some(3);
+        e.direction = Some(1);
+        e.bytes = Some(238);
+        e.ret = Some(238);
+        e.ssl = Some(false);
+        e.protocol = Some("unknown");
+        e.open = Some(true);
+        e.conn_info = Some(Some(ConnInfo {
+            family: "inet".into(),
+            sock_type: "tcp",
+            role: "server",
+            local: Some("127.0.0.1:8080".into()),
+            remote: Some("127.0.0.1:40000".into()),
+        }));
+        e
+    }
+
+    #[test]
+    fn json_has_the_design_fields() {
+        let line = render(Encoding::Json, &event());
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["msg"], "syscall/writev");
+        assert_eq!(v["caller"], "tracepoint/syscalls/sys_exit_writev");
+        assert_eq!((v["pid"].as_u64(), v["tid"].as_u64(), v["fd"].as_i64()), (Some(10), Some(11), Some(3)));
+        assert_eq!((v["exe"].as_str(), v["comm"].as_str()), (Some("/usr/sbin/nginx"), Some("nginx")));
+        assert_eq!((v["direction"].as_u64(), v["bytes"].as_i64()), (Some(1), Some(238)));
+        assert_eq!((v["ssl"].as_bool(), v["open"].as_bool()), (Some(false), Some(true)));
+        assert_eq!(v["protocol"], "unknown");
+        assert_eq!(v["conn_info"]["remote"], "127.0.0.1:40000");
+        assert_eq!(v["conn_info"]["type"], "tcp");
+        assert!(v.get("peek").is_none() && v.get("error").is_none());
+    }
+
+    #[test]
+    fn json_null_conn_info_for_files() {
+        let mut e = event();
+        e.conn_info = Some(None);
+        e.open = Some(false);
+        let v: serde_json::Value = serde_json::from_str(&render(Encoding::Json, &e)).unwrap();
+        assert!(v["conn_info"].is_null() && v.as_object().unwrap().contains_key("conn_info"));
+        assert_eq!(v["open"], false);
+    }
+
+    #[test]
+    fn console_line_is_zap_like() {
+        let line = render(Encoding::Console, &event());
+        let cols: Vec<&str> = line.trim_end().split('\t').collect();
+        assert_eq!(cols.len(), 5, "{line}");
+        assert_eq!(&cols[1..4], ["INFO", "tracepoint/syscalls/sys_exit_writev", "syscall/writev"]);
+        let fields: serde_json::Value = serde_json::from_str(cols[4]).unwrap();
+        assert_eq!(fields["direction"], "egress");
+        assert_eq!(fields["fd"], 3);
+    }
+}
