@@ -396,4 +396,34 @@ const _: () = {
     assert!(core::mem::size_of::<PatternKey>() == 16);
     assert!(core::mem::size_of::<Config>() == 8 + 48 + 16 + 32 + 32 + 32 + 64 + 8);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
+    // Offsets user space relies on when it reads a record's fields.
+    assert!(core::mem::offset_of!(Header, ts_ns) == 16);
+    assert!(core::mem::offset_of!(Header, comm) == 32);
+    assert!(core::mem::offset_of!(SyscallRecord, ret) == 48);
+    assert!(core::mem::offset_of!(SyscallRecord, fd) == 68);
+    assert!(core::mem::offset_of!(SyscallRecord, conn) == 80);
+    assert!(core::mem::offset_of!(ExecRecord, filename) == 56);
+    assert!(core::mem::offset_of!(Conn, remote) == 20);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout checks above run at compile time for both targets; this
+    /// repeats the sizes at test time so a layout change shows in tests.
+    #[test]
+    fn record_sizes() {
+        assert_eq!(core::mem::size_of::<Header>(), 48);
+        assert_eq!(core::mem::size_of::<SyscallRecord>(), 128);
+        assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
+        assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
+        assert_eq!(core::mem::size_of::<Config>(), 240);
+    }
+
+    #[test]
+    fn hash_step_is_polynomial() {
+        let h = hash_step(hash_step(0, b'a'), b'b');
+        assert_eq!(h, u64::from(b'a').wrapping_mul(HASH_MUL) + u64::from(b'b'));
+    }
+}

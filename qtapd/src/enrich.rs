@@ -97,9 +97,13 @@ impl Enricher {
         if rec.flags & flag::CONN_KNOWN != 0 {
             let mut info = kernel_conn(&rec.conn);
             if info.local.is_none() && info.family.starts_with("inet") {
-                // The kernel saw connect() but not the local port it chose.
-                let fd = if rec.new_fd >= 0 { rec.new_fd } else { rec.fd };
-                if let Some(Some(known)) = self.resolve(pid, fd) {
+                // The kernel saw connect() but not the local port the
+                // system chose, or accept() on a listener bound before
+                // tracing began (or by a parent, as nginx's master binds
+                // for its workers). An accepted socket's local address is
+                // its listener's, and the listener outlives the
+                // connection, so resolve that one.
+                if let Some(Some(known)) = self.resolve(pid, rec.fd) {
                     info.local = known.local;
                 }
             }

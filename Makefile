@@ -1,0 +1,44 @@
+# qtap's single entry point. On a fresh machine:
+#   make run    install what is missing, build, trace curl requests live
+#   make test   install what is missing, build, run every test (unit and
+#               privileged end-to-end; needs root)
+#
+# `make run FILTER='mod:socket,exe.contains:nginx'` traces something else;
+# `DEMO=0` turns off the built-in curl traffic.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+FILTER ?= mod:socket,mod:process,exe.contains:curl
+ENCODING ?= console
+DEMO ?= 1
+BPF_LINKER_VERSION := 0.10.1
+# Debian packages the build, the demo and the tests use.
+DEB_PACKAGES := curl nginx-light python3 iproute2
+QTAPD := target/release/qtapd
+
+.PHONY: all deps build run test unit e2e lint clean
+
+all: build
+
+deps:
+	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES)
+
+build: deps
+	cargo build --release --locked -p qtapd -p qtapctl
+
+run: build
+	@FILTER='$(FILTER)' ENCODING='$(ENCODING)' DEMO='$(DEMO)' scripts/run.sh $(QTAPD)
+
+# Every test: unit tests of all crates and the privileged end-to-end tests,
+# which start the real qtapd (built above) against the real kernel.
+test: build
+	cargo test --release --locked --workspace --exclude qtap-tests
+	QTAPD_BIN=$(CURDIR)/$(QTAPD) cargo test --release --locked -p qtap-tests -- --test-threads=1
+
+lint: deps
+	cargo fmt --all --check
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean
