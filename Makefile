@@ -33,12 +33,12 @@ run: build
 # Every test: unit tests of all crates and the privileged end-to-end tests,
 # which start the real qtapd (built above) against the real kernel.
 test: build
-	cargo test --release --locked --workspace --exclude qtap-tests
+	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
 	QTAPD_BIN=$(CURDIR)/$(QTAPD) cargo test --release --locked -p qtap-tests -- --test-threads=1
 
 lint: deps
 	cargo fmt --all --check
-	cargo clippy --release --locked --workspace --all-targets -- -D warnings
+	cargo clippy --release --locked --workspace --exclude qtapd-ebpf --all-targets -- -D warnings
 
 clean:
 	cargo clean

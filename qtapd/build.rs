@@ -6,7 +6,11 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../qtapd-ebpf");
     aya_build::build_ebpf(
-        [Package { name: "qtapd-ebpf", root_dir: root, ..Package::default() }],
+        [Package {
+            name: "qtapd-ebpf",
+            root_dir: root,
+            ..Package::default()
+        }],
         Toolchain::default(),
     )
 }

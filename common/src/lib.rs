@@ -9,6 +9,8 @@
 //! Kind and call numbers are explicit and never reused; a change that alters
 //! a layout bumps [`ABI_VERSION`].
 #![no_std]
+// `_pad` fields are public so both sides can build records with literals.
+#![allow(clippy::pub_underscore_fields)]
 
 #[cfg(feature = "user")]
 extern crate std;
@@ -176,6 +178,10 @@ pub mod family {
 pub const HASH_MUL: u64 = 0x0000_0100_0000_01b3;
 
 /// One step of the string hash: `h' = h * HASH_MUL + byte` (wrapping).
+#[expect(
+    clippy::inline_always,
+    reason = "called in BPF loop bodies, where a call costs verifier work"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn hash_step(h: u64, byte: u8) -> u64 {

@@ -20,7 +20,10 @@ pub async fn bpf_trace(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if tracefs::ensure_mounted()? {
-        info!(path = tracefs::TRACEFS, "tracefs was not mounted; mounted it");
+        info!(
+            path = tracefs::TRACEFS,
+            "tracefs was not mounted; mounted it"
+        );
     }
     if filter.selects_all() {
         warn!(%filter, "no process predicate: every process is traced; this is very verbose");

@@ -34,7 +34,10 @@ impl Enricher {
 
     /// The exe of `pid`: from its exec if seen, else `/proc`, once.
     pub fn exe(&mut self, pid: u32) -> String {
-        self.exes.entry(pid).or_insert_with(|| procfs::exe(pid).unwrap_or_default()).clone()
+        self.exes
+            .entry(pid)
+            .or_insert_with(|| procfs::exe(pid).unwrap_or_default())
+            .clone()
     }
 
     pub fn syscall(&mut self, rec: &SyscallRecord) -> Event {
@@ -85,7 +88,10 @@ impl Enricher {
                 self.kernel_fds.entry(pid).or_default().insert(fd as u32);
             }
             call::CONNECT | call::BIND => {
-                self.kernel_fds.entry(pid).or_default().insert(rec.fd as u32);
+                self.kernel_fds
+                    .entry(pid)
+                    .or_default()
+                    .insert(rec.fd as u32);
             }
             _ => {}
         }
@@ -103,20 +109,20 @@ impl Enricher {
                 // for its workers). An accepted socket's local address is
                 // its listener's, and the listener outlives the
                 // connection, so resolve that one.
-                if let Some(Some(known)) = self.resolve(pid, rec.fd) {
-                    info.local = known.local;
+                if let Some(listener_or_self) = self.resolve(pid, rec.fd) {
+                    info.local = listener_or_self.local;
                 }
             }
             return Some(info);
         }
-        self.resolve(pid, rec.fd).flatten()
+        self.resolve(pid, rec.fd)
     }
 
-    /// `/proc` resolution, cached per (pid, fd). `None`: the process is
-    /// gone and nothing was cached.
-    fn resolve(&mut self, pid: u32, fd: i32) -> Option<Option<ConnInfo>> {
+    /// `/proc` resolution, cached per (pid, fd) unless the process or fd
+    /// was already gone. `None`: not a socket, or gone.
+    fn resolve(&mut self, pid: u32, fd: i32) -> Option<ConnInfo> {
         if let Some(known) = self.resolved.get(&(pid, fd)) {
-            return Some(known.clone());
+            return known.clone();
         }
         let value = match procfs::fd_target(pid, fd) {
             FdTarget::Socket(info) => Some(info),
@@ -131,7 +137,7 @@ impl Enricher {
             FdTarget::Gone => return None,
         };
         self.resolved.insert((pid, fd), value.clone());
-        Some(value)
+        value
     }
 
     pub fn exec(&mut self, rec: &ExecRecord) -> Event {
@@ -174,7 +180,10 @@ impl Enricher {
     /// Drops what is cached about `pid`'s fds.
     fn forget(&mut self, pid: u32) -> Vec<u32> {
         self.resolved.retain(|(p, _), _| *p != pid);
-        self.kernel_fds.remove(&pid).map(|fds| fds.into_iter().collect()).unwrap_or_default()
+        self.kernel_fds
+            .remove(&pid)
+            .map(|fds| fds.into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// The comm of a header, for filter checks.
@@ -186,7 +195,13 @@ impl Enricher {
 
 /// `conn_info` from the kernel's `Conn`.
 fn kernel_conn(conn: &Conn) -> ConnInfo {
-    let addr = |known: u8, a| if conn.flags & known != 0 { addr_text(a) } else { None };
+    let addr = |known: u8, a| {
+        if conn.flags & known != 0 {
+            addr_text(a)
+        } else {
+            None
+        }
+    };
     ConnInfo {
         family: family_name(conn.family),
         sock_type: type_name(conn.family, conn.sock_type),

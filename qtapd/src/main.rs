@@ -17,7 +17,10 @@ use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, level_filters::LevelFilter};
 
-use crate::{filter::Filter, tracelog::{Encoding, TraceLog}};
+use crate::{
+    filter::Filter,
+    tracelog::{Encoding, TraceLog},
+};
 
 /// qtapd traces the network syscalls of selected processes with eBPF.
 ///
@@ -85,7 +88,9 @@ fn main() -> ExitCode {
 }
 
 fn run(filter: Filter, log: Option<TraceLog>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -99,7 +104,10 @@ fn run(filter: Filter, log: Option<TraceLog>) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -14,8 +14,11 @@ use crate::events::ConnInfo;
 /// Every numeric entry of `/proc`.
 #[must_use]
 pub fn pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// `/proc/<pid>/exe`, resolved.
@@ -52,13 +55,19 @@ pub fn fd_target(pid: u32, fd: i32) -> FdTarget {
         return FdTarget::Gone;
     };
     let link = link.to_string_lossy();
-    let Some(inode) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) else {
+    let Some(inode) = link
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    else {
         return FdTarget::Other;
     };
     let net = format!("/proc/{pid}/net");
-    for (table, sock_type, v6) in
-        [("tcp", "tcp", false), ("tcp6", "tcp", true), ("udp", "udp", false), ("udp6", "udp", true)]
-    {
+    for (table, sock_type, v6) in [
+        ("tcp", "tcp", false),
+        ("tcp6", "tcp", true),
+        ("udp", "udp", false),
+        ("udp6", "udp", true),
+    ] {
         if let Some(info) = find_inet(&Path::new(&net).join(table), inode, sock_type, v6) {
             return FdTarget::Socket(info);
         }
@@ -94,16 +103,22 @@ fn find_inet(path: &Path, inode: &str, sock_type: &'static str, v6: bool) -> Opt
 }
 
 fn parse_inet(text: &str, inode: &str, sock_type: &'static str, v6: bool) -> Option<ConnInfo> {
-    let rows: Vec<Vec<&str>> =
-        text.lines().skip(1).map(|l| l.split_whitespace().collect()).filter(|f: &Vec<&str>| f.len() > 9).collect();
+    const TCP_LISTEN: &str = "0A";
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() > 9)
+        .collect();
     let row = rows.iter().find(|f| f[9] == inode)?;
     let (local, local_port) = inet_addr(row[1], v6)?;
     let (remote, _) = inet_addr(row[2], v6)?;
-    const TCP_LISTEN: &str = "0A";
     let role = if sock_type == "tcp" && row[3] == TCP_LISTEN {
         "listener"
     } else if sock_type == "tcp"
-        && rows.iter().any(|f| f[3] == TCP_LISTEN && inet_addr(f[1], v6).is_some_and(|(_, p)| p == local_port))
+        && rows.iter().any(|f| {
+            f[3] == TCP_LISTEN && inet_addr(f[1], v6).is_some_and(|(_, p)| p == local_port)
+        })
     {
         "server"
     } else if sock_type == "tcp" {
@@ -124,8 +139,11 @@ fn parse_inet(text: &str, inode: &str, sock_type: &'static str, v6: bool) -> Opt
 /// Finds `inode` in `/proc/net/unix`.
 fn find_unix(path: &Path, inode: &str) -> Option<ConnInfo> {
     let text = fs::read_to_string(path).ok()?;
-    let fields: Vec<&str> =
-        text.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f.get(6) == Some(&inode))?;
+    let fields: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(6) == Some(&inode))?;
     let sock_type = match fields.get(4).copied() {
         Some("0001") => "stream",
         Some("0002") => "dgram",
@@ -154,11 +172,20 @@ mod tests {
     #[test]
     fn parses_proc_net_tcp_with_roles() {
         let l = parse_inet(TCP, "111", "tcp", false).unwrap();
-        assert_eq!((l.role, l.local.as_deref(), l.remote.as_deref()), ("listener", Some("127.0.0.1:8080"), None));
+        assert_eq!(
+            (l.role, l.local.as_deref(), l.remote.as_deref()),
+            ("listener", Some("127.0.0.1:8080"), None)
+        );
         let s = parse_inet(TCP, "222", "tcp", false).unwrap();
-        assert_eq!((s.role, s.remote.as_deref()), ("server", Some("127.0.0.1:53410")));
+        assert_eq!(
+            (s.role, s.remote.as_deref()),
+            ("server", Some("127.0.0.1:53410"))
+        );
         let c = parse_inet(TCP, "333", "tcp", false).unwrap();
-        assert_eq!((c.role, c.local.as_deref()), ("client", Some("127.0.0.1:53410")));
+        assert_eq!(
+            (c.role, c.local.as_deref()),
+            ("client", Some("127.0.0.1:53410"))
+        );
         assert_eq!(parse_inet(TCP, "999", "tcp", false), None);
     }
 
@@ -170,9 +197,9 @@ mod tests {
 
     #[test]
     fn resolves_own_fds() {
+        use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        use std::os::fd::AsRawFd;
         let me = std::process::id();
         match fd_target(me, listener.as_raw_fd()) {
             FdTarget::Socket(info) => {

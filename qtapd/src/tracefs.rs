@@ -26,7 +26,13 @@ pub fn ensure_mounted() -> Result<bool, TracefsError> {
     let target = c"/sys/kernel/tracing";
     // SAFETY: static, NUL-terminated arguments; no data pointer.
     let rc = unsafe {
-        libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(TracefsError::Mount(io::Error::last_os_error()));
@@ -37,8 +43,10 @@ pub fn ensure_mounted() -> Result<bool, TracefsError> {
 /// Offset of `field` in the record of `category/name`.
 pub fn field_offset(category: &str, name: &str, field: &str) -> Result<Option<u32>, TracefsError> {
     let path = format!("{TRACEFS}/events/{category}/{name}/format");
-    let text =
-        fs::read_to_string(&path).map_err(|source| TracefsError::Read { path: path.clone(), source })?;
+    let text = fs::read_to_string(&path).map_err(|source| TracefsError::Read {
+        path: path.clone(),
+        source,
+    })?;
     Ok(parse_offset(&text, field))
 }
 
@@ -60,7 +68,12 @@ fn parse_offset(format: &str, field: &str) -> Option<u32> {
         if ident != field {
             return None;
         }
-        rest.trim().strip_prefix("offset:")?.split(';').next()?.parse().ok()
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .parse()
+            .ok()
     })
 }
 

@@ -26,7 +26,10 @@ pub struct TraceLog {
 impl TraceLog {
     #[must_use]
     pub fn new(encoding: Encoding) -> TraceLog {
-        TraceLog { encoding, out: io::stdout() }
+        TraceLog {
+            encoding,
+            out: io::stdout(),
+        }
     }
 
     /// Writes one event; an error means stdout is gone (a closed pipe).
@@ -44,7 +47,10 @@ pub fn render(encoding: Encoding, event: &Event) -> String {
     match encoding {
         Encoding::Json => {
             let mut line = serde_json::to_string(event).unwrap_or_else(|e| {
-                format!("{{\"msg\":\"unrenderable event\",\"error\":{:?}}}", e.to_string())
+                format!(
+                    "{{\"msg\":\"unrenderable event\",\"error\":{:?}}}",
+                    e.to_string()
+                )
             });
             line.push('\n');
             line
@@ -59,7 +65,10 @@ pub fn render(encoding: Encoding, event: &Event) -> String {
                     map.insert("direction".into(), direction_name(d).into());
                 }
             }
-            format!("{}\tINFO\t{}\t{}\t{}\n", event.ts, event.caller, event.msg, fields)
+            format!(
+                "{}\tINFO\t{}\t{}\t{}\n",
+                event.ts, event.caller, event.msg, fields
+            )
         }
     }
 }
@@ -71,8 +80,19 @@ mod tests {
     use qtap_common::Header;
 
     fn event() -> Event {
-        let hdr = Header { pid: 10, tid: 11, comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0", ..Header::default() };
-        let mut e = base(&Clock::new(), &hdr, "syscall/writev".into(), "tracepoint/syscalls/sys_exit_writev".into(), "/usr/sbin/nginx".into());
+        let hdr = Header {
+            pid: 10,
+            tid: 11,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            ..Header::default()
+        };
+        let mut e = base(
+            &Clock::new(),
+            &hdr,
+            "syscall/writev".into(),
+            "tracepoint/syscalls/sys_exit_writev".into(),
+            "/usr/sbin/nginx".into(),
+        );
         e.fd = Some(3);
         e.direction = Some(1);
         e.bytes = Some(238);
@@ -97,10 +117,22 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["msg"], "syscall/writev");
         assert_eq!(v["caller"], "tracepoint/syscalls/sys_exit_writev");
-        assert_eq!((v["pid"].as_u64(), v["tid"].as_u64(), v["fd"].as_i64()), (Some(10), Some(11), Some(3)));
-        assert_eq!((v["exe"].as_str(), v["comm"].as_str()), (Some("/usr/sbin/nginx"), Some("nginx")));
-        assert_eq!((v["direction"].as_u64(), v["bytes"].as_i64()), (Some(1), Some(238)));
-        assert_eq!((v["ssl"].as_bool(), v["open"].as_bool()), (Some(false), Some(true)));
+        assert_eq!(
+            (v["pid"].as_u64(), v["tid"].as_u64(), v["fd"].as_i64()),
+            (Some(10), Some(11), Some(3))
+        );
+        assert_eq!(
+            (v["exe"].as_str(), v["comm"].as_str()),
+            (Some("/usr/sbin/nginx"), Some("nginx"))
+        );
+        assert_eq!(
+            (v["direction"].as_u64(), v["bytes"].as_i64()),
+            (Some(1), Some(238))
+        );
+        assert_eq!(
+            (v["ssl"].as_bool(), v["open"].as_bool()),
+            (Some(false), Some(true))
+        );
         assert_eq!(v["protocol"], "unknown");
         assert_eq!(v["conn_info"]["remote"], "127.0.0.1:40000");
         assert_eq!(v["conn_info"]["type"], "tcp");
@@ -122,7 +154,14 @@ mod tests {
         let line = render(Encoding::Console, &event());
         let cols: Vec<&str> = line.trim_end().split('\t').collect();
         assert_eq!(cols.len(), 5, "{line}");
-        assert_eq!(&cols[1..4], ["INFO", "tracepoint/syscalls/sys_exit_writev", "syscall/writev"]);
+        assert_eq!(
+            &cols[1..4],
+            [
+                "INFO",
+                "tracepoint/syscalls/sys_exit_writev",
+                "syscall/writev"
+            ]
+        );
         let fields: serde_json::Value = serde_json::from_str(cols[4]).unwrap();
         assert_eq!(fields["direction"], "egress");
         assert_eq!(fields["fd"], 3);

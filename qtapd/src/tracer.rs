@@ -65,7 +65,10 @@ impl Tracer {
             let (Some(exe), Some(comm)) = (procfs::exe(pid), procfs::comm(pid)) else {
                 continue;
             };
-            if self.filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid) {
+            if self
+                .filter
+                .matches_process(exe.as_bytes(), comm.as_bytes(), pid)
+            {
                 self.kernel.select(pid, BIT)?;
                 selected += 1;
             }
@@ -91,9 +94,16 @@ impl Tracer {
                 if rec.hdr.sessions & BIT == 0 {
                     return Ok(());
                 }
-                if !self.filter.matches_process(name.as_bytes(), comm.as_bytes(), rec.hdr.pid) {
+                if !self
+                    .filter
+                    .matches_process(name.as_bytes(), comm.as_bytes(), rec.hdr.pid)
+                {
                     // The kernel matches by hash; a collision lands here.
-                    debug!(pid = rec.hdr.pid, exe = name, "kernel selection not confirmed; deselecting");
+                    debug!(
+                        pid = rec.hdr.pid,
+                        exe = name,
+                        "kernel selection not confirmed; deselecting"
+                    );
                     self.kernel.deselect(rec.hdr.pid);
                     return Ok(());
                 }
@@ -134,7 +144,10 @@ impl Tracer {
         let before = self.reported;
         let deltas: HashMap<&str, u64> = [
             ("kernel ring full", now.ring_full - before.ring_full),
-            ("pending-syscall table full", now.pending_full - before.pending_full),
+            (
+                "pending-syscall table full",
+                now.pending_full - before.pending_full,
+            ),
             ("connection table full", now.conns_full - before.conns_full),
             ("process table full", now.procs_full - before.procs_full),
             ("malformed record", self.malformed - self.reported_malformed),

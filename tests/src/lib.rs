@@ -74,8 +74,9 @@ impl Daemon {
         let sink = Arc::clone(&events);
         thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("qtapd printed a line that is not JSON ({e}): {line}"));
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("qtapd printed a line that is not JSON ({e}): {line}")
+                });
                 sink.lock().unwrap().push(value);
             }
         });
@@ -88,15 +89,22 @@ impl Daemon {
                 log.push('\n');
             }
         });
-        let mut daemon = Daemon { child, events, stderr };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut daemon = Daemon {
+            child,
+            events,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             if daemon.stderr.lock().unwrap().contains(READY) {
                 return Ok(daemon);
             }
             if let Some(status) = daemon.child.try_wait()? {
                 thread::sleep(Duration::from_millis(200));
-                bail!("qtapd exited with {status} before it was ready:\n{}", daemon.stderr());
+                bail!(
+                    "qtapd exited with {status} before it was ready:\n{}",
+                    daemon.stderr()
+                );
             }
             if Instant::now() > deadline {
                 bail!("qtapd not ready after 60 s:\n{}", daemon.stderr());
@@ -136,7 +144,11 @@ impl Drop for Daemon {
 /// Events of one process.
 #[must_use]
 pub fn of_pid(events: &[Value], pid: u32) -> Vec<Value> {
-    events.iter().filter(|e| e["pid"].as_u64() == Some(u64::from(pid))).cloned().collect()
+    events
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+        .cloned()
+        .collect()
 }
 
 /// The syscall name of an event (`syscall/writev` → `writev`).
@@ -160,4 +172,11 @@ pub fn bytes_on(events: &[Value], fd: i64, calls: &[&str]) -> i64 {
 
 /// Read-side and write-side syscall names.
 pub const READS: &[&str] = &["read", "readv", "recvfrom", "recvmsg", "recvmmsg"];
-pub const WRITES: &[&str] = &["write", "writev", "sendto", "sendmsg", "sendmmsg", "sendfile64"];
+pub const WRITES: &[&str] = &[
+    "write",
+    "writev",
+    "sendto",
+    "sendmsg",
+    "sendmmsg",
+    "sendfile64",
+];

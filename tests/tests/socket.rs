@@ -64,7 +64,11 @@ fn curl_connect_request_response_and_close_on_one_fd() {
         mine.iter().any(|e| e["msg"] == "process/exec"),
         "curl's exec was not seen: selection must happen at exec"
     );
-    assert!(mine.iter().all(|e| e["exe"].as_str().unwrap_or("").ends_with("curl")), "{mine:?}");
+    assert!(
+        mine.iter()
+            .all(|e| e["exe"].as_str().unwrap_or("").ends_with("curl")),
+        "{mine:?}"
+    );
     let remote = format!("127.0.0.1:{port}");
     let connect = find(&mine, "connect")
         .into_iter()
@@ -83,10 +87,22 @@ fn curl_connect_request_response_and_close_on_one_fd() {
             .position(|e| syscall(e) == Some("close") && e["fd"].as_i64() == Some(fd))
             .unwrap_or_else(|| panic!("fd {fd} was never closed in {mine:#?}"));
     let conn = &mine[start..=end];
-    assert_eq!(bytes_on(conn, fd, WRITES), request_len as i64, "request bytes on fd {fd}");
-    assert_eq!(bytes_on(conn, fd, READS), response_len as i64, "response bytes on fd {fd}");
+    assert_eq!(
+        bytes_on(conn, fd, WRITES),
+        request_len as i64,
+        "request bytes on fd {fd}"
+    );
+    assert_eq!(
+        bytes_on(conn, fd, READS),
+        response_len as i64,
+        "response bytes on fd {fd}"
+    );
     for e in conn.iter().filter(|e| e["fd"].as_i64() == Some(fd)) {
-        assert_eq!(e["conn_info"]["remote"], remote.as_str(), "conn_info on {e}");
+        assert_eq!(
+            e["conn_info"]["remote"],
+            remote.as_str(),
+            "conn_info on {e}"
+        );
         assert_eq!(e["ssl"], false);
         assert_eq!(e["open"], true);
     }
@@ -95,7 +111,11 @@ fn curl_connect_request_response_and_close_on_one_fd() {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Nginx {
@@ -151,7 +171,10 @@ fn nginx_accept_request_response_and_access_log() {
     if !privileged() {
         return;
     }
-    assert!(Path::new("/usr/sbin/nginx").exists(), "nginx missing: make test installs it");
+    assert!(
+        Path::new("/usr/sbin/nginx").exists(),
+        "nginx missing: make test installs it"
+    );
     let port = free_port();
     let daemon = Daemon::start("mod:socket,exe.contains:nginx").unwrap();
     let nginx = Nginx::start(port);
@@ -168,8 +191,10 @@ fn nginx_accept_request_response_and_access_log() {
         .filter(|e| e["exe"].as_str().is_some_and(|x| x.ends_with("nginx")))
         .cloned()
         .collect();
-    let accepts: Vec<&Value> =
-        nginx_events.iter().filter(|e| matches!(syscall(e), Some("accept4" | "accept"))).collect();
+    let accepts: Vec<&Value> = nginx_events
+        .iter()
+        .filter(|e| matches!(syscall(e), Some("accept4" | "accept")))
+        .collect();
     let local = format!("127.0.0.1:{port}");
     let served = accepts
         .iter()
@@ -197,19 +222,32 @@ fn nginx_accept_request_response_and_access_log() {
         .collect();
     let response = on_fd
         .iter()
-        .find(|e| matches!(syscall(e), Some("writev" | "sendfile64" | "write" | "sendto")))
+        .find(|e| {
+            matches!(
+                syscall(e),
+                Some("writev" | "sendfile64" | "write" | "sendto")
+            )
+        })
         .unwrap_or_else(|| panic!("no response write on fd {fd}: {on_fd:#?}"));
     assert!(response["bytes"].as_i64().unwrap() > "hello from nginx\n".len() as i64);
     assert_eq!(response["direction"], 1);
     assert_eq!(response["conn_info"]["local"], local.as_str());
 
     assert!(access_log.contains("GET /qtap"), "access log: {access_log}");
-    let log_line = access_log.lines().find(|l| l.contains("GET /qtap")).unwrap();
+    let log_line = access_log
+        .lines()
+        .find(|l| l.contains("GET /qtap"))
+        .unwrap();
     let log_write = nginx_events
         .iter()
         .filter(|e| syscall(e) == Some("write") && e["pid"].as_u64() == Some(pid))
         .find(|e| e["bytes"].as_i64() == Some(log_line.len() as i64 + 1))
-        .unwrap_or_else(|| panic!("no access-log write of {} bytes: {nginx_events:#?}", log_line.len() + 1));
+        .unwrap_or_else(|| {
+            panic!(
+                "no access-log write of {} bytes: {nginx_events:#?}",
+                log_line.len() + 1
+            )
+        });
     assert!(log_write["conn_info"].is_null(), "{log_write}");
     assert_eq!(log_write["open"], false);
     assert_ne!(log_write["fd"].as_i64(), Some(fd));
@@ -233,7 +271,10 @@ fn unselected_processes_emit_nothing() {
     run_curl(&url);
     server.join().unwrap();
     let events = daemon.stop().unwrap();
-    assert!(events.is_empty(), "a filter that selects nothing printed {events:#?}");
+    assert!(
+        events.is_empty(),
+        "a filter that selects nothing printed {events:#?}"
+    );
 
     // A filter that selects curl: python's requests to the same server
     // are not traced, curl's are.
@@ -243,7 +284,10 @@ fn unselected_processes_emit_nothing() {
         serve_once(&listener)
     });
     let python = Command::new("python3")
-        .args(["-c", &format!("import urllib.request; urllib.request.urlopen('{url}').read()")])
+        .args([
+            "-c",
+            &format!("import urllib.request; urllib.request.urlopen('{url}').read()"),
+        ])
         .spawn()
         .expect("python3");
     let python_pid = python.id();
@@ -251,9 +295,17 @@ fn unselected_processes_emit_nothing() {
     let curl_pid = run_curl(&url);
     server.join().unwrap();
     let events = daemon.stop().unwrap();
-    assert!(of_pid(&events, python_pid).is_empty(), "python was traced: {events:#?}");
+    assert!(
+        of_pid(&events, python_pid).is_empty(),
+        "python was traced: {events:#?}"
+    );
     assert!(!of_pid(&events, curl_pid).is_empty(), "curl was not traced");
-    assert!(events.iter().all(|e| e["pid"].as_u64() == Some(u64::from(curl_pid))), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["pid"].as_u64() == Some(u64::from(curl_pid))),
+        "{events:#?}"
+    );
 }
 
 #[test]
@@ -273,7 +325,10 @@ fn bad_filters_exit_non_zero_naming_the_term() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "filter {filter:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("`{term}`")), "filter {filter:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{term}`")),
+            "filter {filter:?}: {stderr}"
+        );
         assert!(out.stdout.is_empty());
     }
 }

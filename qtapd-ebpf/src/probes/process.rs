@@ -25,8 +25,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use qtap_common::{
-    hash_step, kind, limit, pred, stat, Config, ExecRecord, ExecScratch, ForkRecord, Header, PatternKey,
-    ProcSel, HASH_MUL,
+    hash_step, kind, limit, pred, stat, Config, ExecRecord, ExecScratch, ForkRecord, Header,
+    PatternKey, ProcSel, HASH_MUL,
 };
 
 use super::{count, header};
@@ -62,7 +62,9 @@ pub fn exec(ctx: &TracePointContext) {
     if (cfg.active == 0 && before == 0) || tgid == cfg.self_tgid {
         return;
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let scratch = unsafe { &mut *scratch };
 
@@ -106,7 +108,12 @@ pub fn exec(ctx: &TracePointContext) {
 
 #[inline(always)]
 fn lookup(key: u8, len: usize, hash: u64) -> u64 {
-    let key = PatternKey { key, _pad: [0; 3], len: len as u32, hash };
+    let key = PatternKey {
+        key,
+        _pad: [0; 3],
+        len: len as u32,
+        hash,
+    };
     // SAFETY: the value is copied out at once.
     unsafe { PATTERNS.get(&key) }.copied().unwrap_or(0)
 }
@@ -140,7 +147,9 @@ fn step_state() -> Option<(&'static mut ExecScratch, &'static Config)> {
 /// `exe.startsWith` length; ends with the hash of the whole filename.
 #[inline(never)]
 extern "C" fn prefix_step(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some((s, cfg)) = step_state() else { return 1 };
+    let Some((s, cfg)) = step_state() else {
+        return 1;
+    };
     let i = i as usize;
     s.hash = hash_step(s.hash, byte_at(&s.buf, i));
     if has_len(&cfg.prefix_lens, i + 1) {
@@ -153,10 +162,14 @@ extern "C" fn prefix_step(i: u64, _ctx: *mut c_void) -> i64 {
 /// `exe.endsWith` length.
 #[inline(never)]
 extern "C" fn suffix_step(j: u64, _ctx: *mut c_void) -> i64 {
-    let Some((s, cfg)) = step_state() else { return 1 };
+    let Some((s, cfg)) = step_state() else {
+        return 1;
+    };
     let j = j as usize;
     let at = (s.len as usize).wrapping_sub(1 + j);
-    s.hash = s.hash.wrapping_add(u64::from(byte_at(&s.buf, at)).wrapping_mul(s.power));
+    s.hash = s
+        .hash
+        .wrapping_add(u64::from(byte_at(&s.buf, at)).wrapping_mul(s.power));
     s.power = s.power.wrapping_mul(HASH_MUL);
     if has_len(&cfg.suffix_lens, j + 1) {
         s.hits[pred::EXE_SUFFIX as usize] |= lookup(pred::EXE_SUFFIX, j + 1, s.hash);
@@ -246,7 +259,11 @@ pub fn fork(ctx: &TracePointContext) {
         count(stat::PROCS_FULL);
         return;
     }
-    let record = ForkRecord { hdr: header(kind::FORK, sel.sessions), child_pid: child, _pad: 0 };
+    let record = ForkRecord {
+        hdr: header(kind::FORK, sel.sessions),
+        child_pid: child,
+        _pad: 0,
+    };
     if EVENTS.output::<ForkRecord>(&record, 0).is_err() {
         count(stat::RING_FULL);
     }

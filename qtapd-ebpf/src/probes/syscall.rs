@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use qtap_common::{
-    call, conn_flag, direction, family, flag, kind, limit, module, role, stat, Addr, Conn,
-    ConnKey, Pending, SyscallRecord,
+    call, conn_flag, direction, family, flag, kind, limit, module, role, stat, Addr, Conn, ConnKey,
+    Pending, SyscallRecord,
 };
 
 use super::{count, header};
@@ -106,7 +106,10 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         _pad: 0,
         conn: Conn::default(),
     };
-    let key = ConnKey { tgid, fd: pending.fd as u32 };
+    let key = ConnKey {
+        tgid,
+        fd: pending.fd as u32,
+    };
     let conn = match call {
         call::SOCKET => on_socket(&mut record, &pending, tgid),
         call::BIND => on_bind(&record, &pending, key),
@@ -167,7 +170,13 @@ fn on_socket(record: &mut SyscallRecord, pending: &Pending, tgid: u32) -> Option
         sock_type: (pending.arg2 & 0xf) as u16,
         ..Conn::default()
     };
-    store(ConnKey { tgid, fd: record.fd as u32 }, &conn);
+    store(
+        ConnKey {
+            tgid,
+            fd: record.fd as u32,
+        },
+        &conn,
+    );
     Some(conn)
 }
 
@@ -213,7 +222,11 @@ fn on_accept(record: &mut SyscallRecord, pending: &Pending, key: ConnKey) -> Opt
         family: listener.family,
         // accept() only works on connection-mode sockets; a listener opened
         // before tracing began is unknown here but is surely a stream.
-        sock_type: if listener.sock_type == 0 { SOCK_STREAM } else { listener.sock_type },
+        sock_type: if listener.sock_type == 0 {
+            SOCK_STREAM
+        } else {
+            listener.sock_type
+        },
         role: role::SERVER,
         ..Conn::default()
     };
@@ -229,7 +242,13 @@ fn on_accept(record: &mut SyscallRecord, pending: &Pending, key: ConnKey) -> Opt
             conn.flags |= conn_flag::REMOTE_KNOWN;
         }
     }
-    store(ConnKey { tgid: key.tgid, fd: record.new_fd as u32 }, &conn);
+    store(
+        ConnKey {
+            tgid: key.tgid,
+            fd: record.new_fd as u32,
+        },
+        &conn,
+    );
     Some(conn)
 }
 

@@ -25,19 +25,32 @@ pub enum KernelError {
     #[error("load the eBPF object: {0}")]
     Load(#[source] Box<EbpfError>),
     #[error("program {name}: {source}")]
-    Program { name: String, source: Box<ProgramError> },
+    Program {
+        name: String,
+        source: Box<ProgramError>,
+    },
     #[error("the eBPF object has no map {0}")]
     NoMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: Box<MapError> },
+    Map {
+        name: &'static str,
+        source: Box<MapError>,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
-    move |source| KernelError::Map { name, source: Box::new(source) }
+    move |source| KernelError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// Counters the kernel keeps (`qtap_common::stat`), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "each field counts a table that was full"
+)]
 pub struct KernelStats {
     pub ring_full: u64,
     pub pending_full: u64,
@@ -76,8 +89,15 @@ impl Kernel {
 
         let mut attached = 0;
         for (name, program) in ebpf.programs_mut() {
-            let fail = |source| KernelError::Program { name: name.to_owned(), source: Box::new(source) };
-            let category = if name.starts_with("sys_") { "syscalls" } else { "sched" };
+            let fail = |source| KernelError::Program {
+                name: name.to_owned(),
+                source: Box::new(source),
+            };
+            let category = if name.starts_with("sys_") {
+                "syscalls"
+            } else {
+                "sched"
+            };
             let tracepoint: &mut TracePoint = program.try_into().map_err(fail)?;
             tracepoint.load().map_err(fail)?;
             tracepoint.attach(category, name).map_err(fail)?;
@@ -115,9 +135,13 @@ impl Kernel {
     pub fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
         let keys: Vec<PatternKey> = compiled.patterns.keys().map(|&k| k.into()).collect();
         for (&key, &mask) in &compiled.patterns {
-            self.patterns.insert(PatternKey::from(key), mask, 0).map_err(map_err(map::PATTERNS))?;
+            self.patterns
+                .insert(PatternKey::from(key), mask, 0)
+                .map_err(map_err(map::PATTERNS))?;
         }
-        self.config.set(0, compiled.config, 0).map_err(map_err(map::CONFIG))?;
+        self.config
+            .set(0, compiled.config, 0)
+            .map_err(map_err(map::CONFIG))?;
         for old in std::mem::replace(&mut self.installed, keys.clone()) {
             if !keys.contains(&old) {
                 self.patterns.remove(&old).map_err(map_err(map::PATTERNS))?;
@@ -128,17 +152,14 @@ impl Kernel {
 
     /// Selects an already-running process for `sessions`.
     pub fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError> {
-        self.procs.insert(tgid, ProcSel { sessions }, 0).map_err(map_err(map::PROCS))
+        self.procs
+            .insert(tgid, ProcSel { sessions }, 0)
+            .map_err(map_err(map::PROCS))
     }
 
     /// Drops a process from the selection (absent is fine).
     pub fn deselect(&mut self, tgid: u32) {
         let _ = self.procs.remove(&tgid);
-    }
-
-    /// The selected processes and their session masks.
-    pub fn selected(&self) -> Vec<(u32, u64)> {
-        self.procs.iter().filter_map(Result::ok).map(|(k, v)| (k, v.sessions)).collect()
     }
 
     /// Forgets the kernel's connection entries of an exited process.
@@ -151,7 +172,9 @@ impl Kernel {
     /// The kernel's counters, summed over CPUs.
     pub fn stats(&self) -> KernelStats {
         let sum = |index: u32| {
-            self.stats.get(&index, 0).map_or(0, |values| values.iter().sum::<u64>())
+            self.stats
+                .get(&index, 0)
+                .map_or(0, |values| values.iter().sum::<u64>())
         };
         KernelStats {
             ring_full: sum(stat::RING_FULL),

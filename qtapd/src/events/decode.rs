@@ -15,22 +15,14 @@ pub enum Record {
     Exit(Header),
 }
 
-impl Record {
-    #[must_use]
-    pub fn header(&self) -> &Header {
-        match self {
-            Record::Syscall(r) => &r.hdr,
-            Record::Exec(r) => &r.hdr,
-            Record::Fork(r) => &r.hdr,
-            Record::Exit(h) => h,
-        }
-    }
-}
-
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than its {what} ({need} bytes)")]
-    Short { what: &'static str, len: usize, need: usize },
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("record ABI version {0}, expected {ABI_VERSION}")]
     Abi(u16),
     #[error("unknown record kind {0}")]
@@ -41,7 +33,11 @@ pub enum DecodeError {
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { what, len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: `bytes` holds at least `size_of::<T>()` bytes, and every `T`
     // used here is a `#[repr(C)]` plain-old-data record from
@@ -70,13 +66,21 @@ mod tests {
 
     fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain-old-data record.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn syscall() -> SyscallRecord {
         SyscallRecord {
-            hdr: Header { kind: kind::SYSCALL, abi: ABI_VERSION, pid: 7, tid: 8, ..Header::default() },
+            hdr: Header {
+                kind: kind::SYSCALL,
+                abi: ABI_VERSION,
+                pid: 7,
+                tid: 8,
+                ..Header::default()
+            },
             ret: 42,
             bytes: 42,
             fd: 3,
@@ -88,7 +92,12 @@ mod tests {
     fn decodes_each_kind() {
         let rec = syscall();
         assert_eq!(decode(&bytes_of(&rec)), Ok(Record::Syscall(rec)));
-        let exit = Header { kind: kind::EXIT, abi: ABI_VERSION, pid: 9, ..Header::default() };
+        let exit = Header {
+            kind: kind::EXIT,
+            abi: ABI_VERSION,
+            pid: 9,
+            ..Header::default()
+        };
         assert_eq!(decode(&bytes_of(&exit)), Ok(Record::Exit(exit)));
     }
 
@@ -96,7 +105,10 @@ mod tests {
     fn truncated_records_are_errors() {
         let bytes = bytes_of(&syscall());
         for len in [0, 1, 47, 48, 127] {
-            assert!(matches!(decode(&bytes[..len]), Err(DecodeError::Short { .. })), "len {len}");
+            assert!(
+                matches!(decode(&bytes[..len]), Err(DecodeError::Short { .. })),
+                "len {len}"
+            );
         }
     }
 

@@ -25,7 +25,12 @@ pub struct PatternKeyOrd {
 
 impl From<PatternKeyOrd> for PatternKey {
     fn from(k: PatternKeyOrd) -> Self {
-        PatternKey { key: k.key, _pad: [0; 3], len: k.len, hash: k.hash }
+        PatternKey {
+            key: k.key,
+            _pad: [0; 3],
+            len: k.len,
+            hash: k.hash,
+        }
     }
 }
 
@@ -96,13 +101,21 @@ pub fn compile<'a>(
                     }
                     StrKey::Exe | StrKey::Comm => {}
                 }
-                let k = PatternKeyOrd { key: p, len: len as u32, hash: hash(value.as_bytes()) };
+                let k = PatternKeyOrd {
+                    key: p,
+                    len: len as u32,
+                    hash: hash(value.as_bytes()),
+                };
                 *out.patterns.entry(k).or_default() |= bit;
             }
         }
         for pid in filter.pids() {
             out.config.uses[pred::PID as usize] |= bit;
-            let k = PatternKeyOrd { key: pred::PID, len: 0, hash: u64::from(pid) };
+            let k = PatternKeyOrd {
+                key: pred::PID,
+                len: 0,
+                hash: u64::from(pid),
+            };
             *out.patterns.entry(k).or_default() |= bit;
         }
     }
@@ -148,7 +161,11 @@ mod tests {
         assert_eq!(c.config.contains_lens[0], 4);
         let windows = rolling_hits(b"/usr/bin/curl", 4, c.config.contains_pows[0]);
         assert!(windows.contains(&hash(b"curl")));
-        let key = PatternKeyOrd { key: pred::EXE_CONTAINS, len: 4, hash: hash(b"curl") };
+        let key = PatternKeyOrd {
+            key: pred::EXE_CONTAINS,
+            len: 4,
+            hash: hash(b"curl"),
+        };
         assert_eq!(c.patterns.get(&key), Some(&(1 << 3)));
     }
 
@@ -172,14 +189,23 @@ mod tests {
         assert_eq!(c.config.modules[qtap_common::module::SOCKET], 0b10);
         assert_eq!(c.config.modules[qtap_common::module::PROCESS], 0b01);
         assert_eq!(c.config.uses[pred::PID as usize], 0b10);
-        let key = PatternKeyOrd { key: pred::EXE, len: 6, hash: hash(b"/bin/a") };
+        let key = PatternKeyOrd {
+            key: pred::EXE,
+            len: 6,
+            hash: hash(b"/bin/a"),
+        };
         assert_eq!(c.patterns.get(&key), Some(&0b11));
     }
 
     #[test]
     fn too_many_contains_lengths_is_an_error() {
-        let text: Vec<String> = (1..=9).map(|n| format!("exe.contains:{}", "x".repeat(n))).collect();
+        let text: Vec<String> = (1..=9)
+            .map(|n| format!("exe.contains:{}", "x".repeat(n)))
+            .collect();
         let f = Filter::parse(&text.join(",")).unwrap();
-        assert_eq!(compile([(0, &f)], 1), Err(CompileError::TooManyContainsLengths(9)));
+        assert_eq!(
+            compile([(0, &f)], 1),
+            Err(CompileError::TooManyContainsLengths(9))
+        );
     }
 }

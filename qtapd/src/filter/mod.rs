@@ -3,8 +3,9 @@
 //! set of session filters into the kernel's tables.
 //!
 //! Grammar: `term[,term…]`, each `key:value`, the value being everything
-//! after the first `:`. Terms with the same key are ORed; different keys
-//! are ANDed. `mod:` terms add up; none means `mod:socket`.
+//! after the first `:`. Terms with the same key are alternatives (any may
+//! match); terms with different keys must all match. `mod:` terms add up;
+//! none means `mod:socket`.
 
 pub mod compile;
 
@@ -13,8 +14,16 @@ use std::fmt;
 use qtap_common::limit;
 
 /// Every key the grammar knows, in the order error messages list them.
-pub const KEYS: &[&str] =
-    &["mod", "exe", "exe.contains", "exe.startsWith", "exe.endsWith", "comm", "pid", "port"];
+pub const KEYS: &[&str] = &[
+    "mod",
+    "exe",
+    "exe.contains",
+    "exe.startsWith",
+    "exe.endsWith",
+    "comm",
+    "pid",
+    "port",
+];
 
 /// Longest `comm` the kernel keeps (`TASK_COMM_LEN` - 1).
 const COMM_MAX: usize = 15;
@@ -29,8 +38,6 @@ pub enum Module {
 }
 
 impl Module {
-    pub const ALL: [Module; 2] = [Module::Socket, Module::Process];
-
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -112,22 +119,42 @@ pub struct Filter {
 /// Why a filter string was rejected. `position` counts terms from 1.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
-    #[error("the filter is empty; give at least one term such as `mod:socket` or `exe.contains:curl`")]
+    #[error(
+        "the filter is empty; give at least one term such as `mod:socket` or `exe.contains:curl`"
+    )]
     Empty,
     #[error("term {position} `{term}` is empty (two commas in a row, or a trailing comma?)")]
     EmptyTerm { position: usize, term: String },
     #[error("term {position} `{term}` has no `:`; terms are `key:value`, valid keys: {}", KEYS.join(", "))]
     NoColon { position: usize, term: String },
     #[error("term {position} `{term}`: unknown key `{key}`; valid keys: {}", KEYS.join(", "))]
-    UnknownKey { position: usize, term: String, key: String },
+    UnknownKey {
+        position: usize,
+        term: String,
+        key: String,
+    },
     #[error("term {position} `{term}`: unknown module `{value}`; valid modules: socket, process")]
-    UnknownModule { position: usize, term: String, value: String },
+    UnknownModule {
+        position: usize,
+        term: String,
+        value: String,
+    },
     #[error("term {position} `{term}`: the value is empty")]
     EmptyValue { position: usize, term: String },
     #[error("term {position} `{term}`: `{value}` is not a valid {what}")]
-    BadNumber { position: usize, term: String, value: String, what: &'static str },
+    BadNumber {
+        position: usize,
+        term: String,
+        value: String,
+        what: &'static str,
+    },
     #[error("term {position} `{term}`: the value is {len} bytes, the limit is {max}")]
-    TooLong { position: usize, term: String, len: usize, max: usize },
+    TooLong {
+        position: usize,
+        term: String,
+        len: usize,
+        max: usize,
+    },
     #[error("term {position} `{term}`: control characters are not allowed in a filter")]
     Control { position: usize, term: String },
 }
@@ -176,17 +203,28 @@ impl Filter {
     }
 
     pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.terms.iter().filter_map(|t| if let Term::Pid(p) = t { Some(*p) } else { None })
+        self.terms
+            .iter()
+            .filter_map(|t| if let Term::Pid(p) = t { Some(*p) } else { None })
     }
 
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
-        self.terms.iter().filter_map(|t| if let Term::Port(p) = t { Some(*p) } else { None })
+        self.terms.iter().filter_map(|t| {
+            if let Term::Port(p) = t {
+                Some(*p)
+            } else {
+                None
+            }
+        })
     }
 
     /// Whether no term restricts processes: every process is selected.
     #[must_use]
     pub fn selects_all(&self) -> bool {
-        !self.terms.iter().any(|t| matches!(t, Term::Str(..) | Term::Pid(_)))
+        !self
+            .terms
+            .iter()
+            .any(|t| matches!(t, Term::Str(..) | Term::Pid(_)))
     }
 
     /// Exact evaluation of the process predicates.
@@ -242,7 +280,11 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
     };
     let key = key.trim();
     if !KEYS.contains(&key) {
-        return Err(FilterError::UnknownKey { position, term, key: key.to_owned() });
+        return Err(FilterError::UnknownKey {
+            position,
+            term,
+            key: key.to_owned(),
+        });
     }
     if value.is_empty() {
         return Err(FilterError::EmptyValue { position, term });
@@ -255,7 +297,12 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
     };
     let string = |key: StrKey, max: usize| {
         if value.len() > max {
-            Err(FilterError::TooLong { position, term: term.clone(), len: value.len(), max })
+            Err(FilterError::TooLong {
+                position,
+                term: term.clone(),
+                len: value.len(),
+                max,
+            })
         } else {
             Ok(Term::Str(key, value.to_owned()))
         }
@@ -264,7 +311,11 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
         "mod" => match value {
             "socket" => Ok(Term::Mod(Module::Socket)),
             "process" => Ok(Term::Mod(Module::Process)),
-            _ => Err(FilterError::UnknownModule { position, term, value: value.to_owned() }),
+            _ => Err(FilterError::UnknownModule {
+                position,
+                term,
+                value: value.to_owned(),
+            }),
         },
         "exe" => string(StrKey::Exe, limit::EXE_LEN - 1),
         "exe.contains" => string(StrKey::ExeContains, limit::PATTERN_LEN),
@@ -291,7 +342,10 @@ mod tests {
     fn parses_modules_and_predicates() {
         let f = Filter::parse("mod:socket,exe.contains:curl,pid:42,port:8080").unwrap();
         assert_eq!(f.modules(), vec![Module::Socket]);
-        assert_eq!(f.strings(StrKey::ExeContains).collect::<Vec<_>>(), vec!["curl"]);
+        assert_eq!(
+            f.strings(StrKey::ExeContains).collect::<Vec<_>>(),
+            vec!["curl"]
+        );
         assert_eq!(f.pids().collect::<Vec<_>>(), vec![42]);
         assert_eq!(f.ports().collect::<Vec<_>>(), vec![8080]);
         assert!(!f.selects_all());
@@ -299,7 +353,10 @@ mod tests {
 
     #[test]
     fn no_mod_means_socket_and_mods_add_up() {
-        assert_eq!(Filter::parse("exe:/bin/x").unwrap().modules(), vec![Module::Socket]);
+        assert_eq!(
+            Filter::parse("exe:/bin/x").unwrap().modules(),
+            vec![Module::Socket]
+        );
         let f = Filter::parse("mod:process,mod:socket").unwrap();
         assert_eq!(f.modules(), vec![Module::Socket, Module::Process]);
         assert!(f.selects_all());
@@ -308,7 +365,10 @@ mod tests {
     #[test]
     fn value_is_everything_after_the_first_colon() {
         let f = Filter::parse("exe.contains:a:b").unwrap();
-        assert_eq!(f.strings(StrKey::ExeContains).collect::<Vec<_>>(), vec!["a:b"]);
+        assert_eq!(
+            f.strings(StrKey::ExeContains).collect::<Vec<_>>(),
+            vec!["a:b"]
+        );
     }
 
     #[test]
@@ -337,7 +397,9 @@ mod tests {
         assert!(f.matches_ports(Some(80), Some(5555)));
         assert!(f.matches_ports(None, Some(80)));
         assert!(!f.matches_ports(None, None));
-        assert!(Filter::parse("mod:socket").unwrap().matches_ports(None, None));
+        assert!(Filter::parse("mod:socket")
+            .unwrap()
+            .matches_ports(None, None));
     }
 
     fn err(text: &str) -> FilterError {
@@ -347,19 +409,36 @@ mod tests {
     #[test]
     fn each_error_class_names_the_term() {
         assert_eq!(err(""), FilterError::Empty);
-        assert!(matches!(err("mod:socket,,exe:x"), FilterError::EmptyTerm { position: 2, .. }));
-        assert!(matches!(err("curl"), FilterError::NoColon { position: 1, .. }));
+        assert!(matches!(
+            err("mod:socket,,exe:x"),
+            FilterError::EmptyTerm { position: 2, .. }
+        ));
+        assert!(matches!(
+            err("curl"),
+            FilterError::NoColon { position: 1, .. }
+        ));
         let e = err("mod:socket,exe.contain:curl");
-        assert!(matches!(e, FilterError::UnknownKey { position: 2, ref key, .. } if key == "exe.contain"));
+        assert!(
+            matches!(e, FilterError::UnknownKey { position: 2, ref key, .. } if key == "exe.contain")
+        );
         let msg = e.to_string();
         assert!(msg.contains("term 2 `exe.contain:curl`"), "{msg}");
         assert!(msg.contains("exe.contains, exe.startsWith"), "{msg}");
-        assert!(matches!(err("mod:sockets"), FilterError::UnknownModule { position: 1, .. }));
-        assert!(matches!(err("exe:"), FilterError::EmptyValue { position: 1, .. }));
+        assert!(matches!(
+            err("mod:sockets"),
+            FilterError::UnknownModule { position: 1, .. }
+        ));
+        assert!(matches!(
+            err("exe:"),
+            FilterError::EmptyValue { position: 1, .. }
+        ));
         assert!(matches!(err("pid:abc"), FilterError::BadNumber { .. }));
         assert!(matches!(err("pid:0"), FilterError::BadNumber { .. }));
         assert!(matches!(err("port:70000"), FilterError::BadNumber { .. }));
-        assert!(matches!(err("comm:a-very-long-task-name"), FilterError::TooLong { max: 15, .. }));
+        assert!(matches!(
+            err("comm:a-very-long-task-name"),
+            FilterError::TooLong { max: 15, .. }
+        ));
         let long = format!("exe.contains:{}", "a".repeat(300));
         assert!(matches!(err(&long), FilterError::TooLong { .. }));
         assert!(matches!(err("exe:a\u{7}b"), FilterError::Control { .. }));
