@@ -280,8 +280,8 @@ pub struct SyscallRecord {
     pub hdr: Header,
     /// The syscall's return value (negative: `-errno`).
     pub ret: i64,
-    /// Bytes moved: `ret` for data calls, the summed `msg_len` for the
-    /// `*mmsg` calls, 0 for control calls and errors.
+    /// Bytes moved: `ret` for data calls (so `-errno` on failure), the
+    /// summed `msg_len` for the `*mmsg` calls, 0 for control calls.
     pub bytes: i64,
     /// One of [`call`].
     pub call: u16,

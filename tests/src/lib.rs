@@ -158,7 +158,7 @@ pub fn syscall(event: &Value) -> Option<&str> {
 }
 
 /// Sum of `bytes` over events on `fd` whose syscall is in `calls`,
-/// leaving out `MSG_PEEK` reads.
+/// leaving out `MSG_PEEK` reads and failed calls (`bytes` is `-errno`).
 #[must_use]
 pub fn bytes_on(events: &[Value], fd: i64, calls: &[&str]) -> i64 {
     events
@@ -167,6 +167,7 @@ pub fn bytes_on(events: &[Value], fd: i64, calls: &[&str]) -> i64 {
         .filter(|e| syscall(e).is_some_and(|c| calls.contains(&c)))
         .filter(|e| e["peek"].as_bool() != Some(true))
         .filter_map(|e| e["bytes"].as_i64())
+        .filter(|&b| b >= 0)
         .sum()
 }
 

@@ -211,6 +211,7 @@ fn nginx_accept_request_response_and_access_log() {
                 .filter(same)
                 .filter(|e| syscall(e).is_some_and(|c| READS.contains(&c)))
                 .filter_map(|e| e["bytes"].as_i64())
+                .filter(|&b| b > 0)
                 .sum();
             (read > 0).then_some((pid, fd))
         })

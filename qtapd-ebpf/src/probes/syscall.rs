@@ -123,7 +123,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         _ => {
             record.direction = data_direction(call);
             record.bytes = if ret < 0 {
-                0
+                ret
             } else if call == call::SENDMMSG || call == call::RECVMMSG {
                 sum_mmsg(pending.arg1, ret as u64)
             } else {
