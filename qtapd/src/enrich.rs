@@ -58,15 +58,15 @@ impl Enricher {
             event.new_fd = Some(rec.new_fd);
         }
         if is_data_call(rec.call) {
-            event.direction = Some(rec.direction);
+            event.direction = Some(u32::from(rec.direction));
             event.bytes = Some(rec.bytes);
             event.peek = rec.flags & flag::PEEK != 0;
         }
         let conn = self.conn(rec);
         event.ssl = Some(false);
-        event.protocol = Some("unknown");
+        event.protocol = Some("unknown".into());
         event.open = Some(conn.is_some());
-        event.conn_info = Some(conn);
+        event.conn_info = conn;
         self.track(rec);
         event
     }
@@ -128,8 +128,8 @@ impl Enricher {
             FdTarget::Socket(info) => Some(info),
             FdTarget::UnknownSocket => Some(ConnInfo {
                 family: "unknown".into(),
-                sock_type: "unknown",
-                role: "unknown",
+                r#type: "unknown".into(),
+                role: "unknown".into(),
                 local: None,
                 remote: None,
             }),
@@ -204,8 +204,8 @@ fn kernel_conn(conn: &Conn) -> ConnInfo {
     };
     ConnInfo {
         family: family_name(conn.family),
-        sock_type: type_name(conn.family, conn.sock_type),
-        role: role_name(conn.role),
+        r#type: type_name(conn.family, conn.sock_type).into(),
+        role: role_name(conn.role).into(),
         local: addr(conn_flag::LOCAL_KNOWN, &conn.local),
         remote: addr(conn_flag::REMOTE_KNOWN, &conn.remote),
     }

@@ -129,8 +129,8 @@ fn parse_inet(text: &str, inode: &str, sock_type: &'static str, v6: bool) -> Opt
     let connected = !remote.starts_with("0.0.0.0:0") && !remote.starts_with("[::]:0");
     Some(ConnInfo {
         family: if v6 { "inet6" } else { "inet" }.into(),
-        sock_type,
-        role,
+        r#type: sock_type.into(),
+        role: role.into(),
         local: Some(local),
         remote: connected.then_some(remote),
     })
@@ -152,8 +152,8 @@ fn find_unix(path: &Path, inode: &str) -> Option<ConnInfo> {
     };
     Some(ConnInfo {
         family: "unix".into(),
-        sock_type,
-        role: "unknown",
+        r#type: sock_type.into(),
+        role: "unknown".into(),
         local: fields.get(7).map(|p| (*p).to_owned()),
         remote: None,
     })
@@ -173,17 +173,17 @@ mod tests {
     fn parses_proc_net_tcp_with_roles() {
         let l = parse_inet(TCP, "111", "tcp", false).unwrap();
         assert_eq!(
-            (l.role, l.local.as_deref(), l.remote.as_deref()),
+            (l.role.as_str(), l.local.as_deref(), l.remote.as_deref()),
             ("listener", Some("127.0.0.1:8080"), None)
         );
         let s = parse_inet(TCP, "222", "tcp", false).unwrap();
         assert_eq!(
-            (s.role, s.remote.as_deref()),
+            (s.role.as_str(), s.remote.as_deref()),
             ("server", Some("127.0.0.1:53410"))
         );
         let c = parse_inet(TCP, "333", "tcp", false).unwrap();
         assert_eq!(
-            (c.role, c.local.as_deref()),
+            (c.role.as_str(), c.local.as_deref()),
             ("client", Some("127.0.0.1:53410"))
         );
         assert_eq!(parse_inet(TCP, "999", "tcp", false), None);

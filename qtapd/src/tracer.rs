@@ -12,7 +12,7 @@ use crate::{
     enrich::Enricher,
     events::{
         decode::{decode, Record},
-        Event,
+        local_port, remote_port, Event,
     },
     filter::{compile::compile, Filter, Module},
     procfs,
@@ -130,11 +130,8 @@ impl Tracer {
     }
 
     fn passes_ports(&self, event: &Event) -> bool {
-        let conn = event.conn_info.as_ref().and_then(Option::as_ref);
-        self.filter.matches_ports(
-            conn.and_then(crate::events::ConnInfo::local_port),
-            conn.and_then(crate::events::ConnInfo::remote_port),
-        )
+        let conn = event.conn_info.as_ref();
+        self.filter.matches_ports(conn.and_then(local_port), conn.and_then(remote_port))
     }
 
     /// Logs what was lost since the last call: records the kernel could

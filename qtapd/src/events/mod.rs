@@ -1,101 +1,32 @@
-//! The event as users see it (DESIGN.md §3): built from a decoded kernel
-//! record plus what enrichment knows (exe, connection), serialized to one
-//! JSON object per line.
+//! The event as users see it (DESIGN.md §3, the `qtap.v1.Event` message):
+//! helpers that build it from a decoded kernel record. Enrichment adds the
+//! exe and the connection; `qtap_proto::json` gives its JSON form.
 
 pub mod decode;
 
 use std::{
-    fmt,
     net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
 
 use qtap_common::{call, direction, family, role, Addr, Header};
-use serde::Serialize;
 
-/// A connection as reported in `conn_info`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ConnInfo {
-    /// `inet`, `inet6`, `unix`, or `family <n>`.
-    pub family: String,
-    /// `tcp`, `udp`, `stream`, `dgram`, … or `unknown`.
-    #[serde(rename = "type")]
-    pub sock_type: &'static str,
-    /// `client`, `server`, `listener` or `unknown`.
-    pub role: &'static str,
-    /// `ip:port` (`[ip6]:port`), a unix path, or null when unknown.
-    pub local: Option<String>,
-    pub remote: Option<String>,
+pub use qtap_proto::v1::{ConnInfo, Event};
+
+/// The local port of a connection, when its address has one.
+#[must_use]
+pub fn local_port(conn: &ConnInfo) -> Option<u16> {
+    port_of(conn.local.as_deref())
 }
 
-impl ConnInfo {
-    #[must_use]
-    pub fn local_port(&self) -> Option<u16> {
-        port_of(self.local.as_deref())
-    }
-
-    #[must_use]
-    pub fn remote_port(&self) -> Option<u16> {
-        port_of(self.remote.as_deref())
-    }
+/// The remote port of a connection, when its address has one.
+#[must_use]
+pub fn remote_port(conn: &ConnInfo) -> Option<u16> {
+    port_of(conn.remote.as_deref())
 }
 
 fn port_of(addr: Option<&str>) -> Option<u16> {
     addr?.rsplit_once(':')?.1.parse().ok()
-}
-
-/// One event line.
-#[derive(Clone, Debug, Serialize)]
-pub struct Event {
-    /// RFC 3339 with nanoseconds.
-    pub ts: String,
-    /// `syscall/writev`, `process/exec`, …
-    pub msg: String,
-    /// The hook that produced it: `tracepoint/syscalls/sys_exit_writev`.
-    pub caller: String,
-    pub pid: u32,
-    pub tid: u32,
-    pub exe: String,
-    pub comm: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fd: Option<i32>,
-    /// The fd `accept`/`accept4` returned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_fd: Option<i32>,
-    /// 0 ingress, 1 egress; absent for control calls.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<u8>,
-    /// Bytes moved; absent for control calls.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<i64>,
-    /// The raw return value (`-errno` on failure).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ret: Option<i64>,
-    /// The errno name when `ret` is negative.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// A `MSG_PEEK` read: these bytes will be read again, so totals skip it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub peek: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssl: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub open: Option<bool>,
-    /// Present (possibly null) on socket-module events.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[expect(
-        clippy::option_option,
-        reason = "absent on process events, null for a file or pipe"
-    )]
-    pub conn_info: Option<Option<ConnInfo>>,
-    /// `process/exec`: the path given to exec.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filename: Option<String>,
-    /// `process/fork`: the new task.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub child_pid: Option<u32>,
 }
 
 /// Converts kernel monotonic timestamps to wall-clock time.
@@ -202,19 +133,7 @@ pub fn base(clock: &Clock, hdr: &Header, msg: String, caller: String, exe: Strin
         tid: hdr.tid,
         exe,
         comm: c_str(&hdr.comm),
-        fd: None,
-        new_fd: None,
-        direction: None,
-        bytes: None,
-        ret: None,
-        error: None,
-        peek: false,
-        ssl: None,
-        protocol: None,
-        open: None,
-        conn_info: None,
-        filename: None,
-        child_pid: None,
+        ..Event::default()
     }
 }
 
@@ -269,26 +188,11 @@ pub fn addr_text(addr: &Addr) -> Option<String> {
 
 /// `"ingress"`/`"egress"` for the console view.
 #[must_use]
-pub fn direction_name(d: u8) -> &'static str {
-    if d == direction::INGRESS {
+pub fn direction_name(d: u32) -> &'static str {
+    if d == u32::from(direction::INGRESS) {
         "ingress"
     } else {
         "egress"
-    }
-}
-
-impl fmt::Display for ConnInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unknown = "?";
-        write!(
-            f,
-            "{} {} {} {} -> {}",
-            self.family,
-            self.sock_type,
-            self.role,
-            self.local.as_deref().unwrap_or(unknown),
-            self.remote.as_deref().unwrap_or(unknown)
-        )
     }
 }
 
