@@ -9,7 +9,10 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out.join("qtap_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    std::fs::write(
+        out.join("qtap_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -125,8 +125,10 @@ pub mod pred {
     pub const EXE_SUFFIX: u8 = 3;
     pub const COMM: u8 = 4;
     pub const PID: u8 = 5;
+    /// The real uid of the process at exec.
+    pub const UID: u8 = 6;
     /// Number of predicate keys.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 }
 
 /// Event families a session can ask for, as indexes of [`Config::modules`].
@@ -305,7 +307,8 @@ pub struct ExecRecord {
     pub hdr: Header,
     /// Bytes of `filename` used (without the terminating NUL).
     pub filename_len: u32,
-    pub _pad: u32,
+    /// The real uid of the process.
+    pub uid: u32,
     /// The path given to `execve`.
     pub filename: [u8; limit::EXE_LEN],
 }
@@ -400,7 +403,7 @@ const _: () = {
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
     assert!(core::mem::size_of::<PatternKey>() == 16);
-    assert!(core::mem::size_of::<Config>() == 8 + 48 + 16 + 32 + 32 + 32 + 64 + 8);
+    assert!(core::mem::size_of::<Config>() == 8 + 56 + 16 + 32 + 32 + 32 + 64 + 8);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
     // Offsets user space relies on when it reads a record's fields.
     assert!(core::mem::offset_of!(Header, ts_ns) == 16);
@@ -424,7 +427,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SyscallRecord>(), 128);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 240);
+        assert_eq!(core::mem::size_of::<Config>(), 248);
     }
 
     #[test]

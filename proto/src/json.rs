@@ -51,7 +51,10 @@ pub fn event(e: &Event) -> Value {
     opt("protocol", e.protocol.clone().map(Value::from));
     opt("open", e.open.map(Value::from));
     if is_socket_event(e) {
-        m.insert("conn_info".into(), e.conn_info.as_ref().map_or(Value::Null, conn_info));
+        m.insert(
+            "conn_info".into(),
+            e.conn_info.as_ref().map_or(Value::Null, conn_info),
+        );
     }
     let mut opt = |key: &str, value: Option<Value>| {
         if let Some(v) = value {
@@ -102,10 +105,16 @@ mod tests {
     fn socket_event_fields() {
         let v = event(&writev());
         assert_eq!(v["msg"], "syscall/writev");
-        assert_eq!((v["pid"].as_u64(), v["fd"].as_i64(), v["bytes"].as_i64()), (Some(10), Some(3), Some(238)));
+        assert_eq!(
+            (v["pid"].as_u64(), v["fd"].as_i64(), v["bytes"].as_i64()),
+            (Some(10), Some(3), Some(238))
+        );
         assert_eq!(v["conn_info"]["type"], "tcp");
         assert_eq!(v["conn_info"]["remote"], "127.0.0.1:40000");
-        assert_eq!((v["ssl"].as_bool(), v["open"].as_bool()), (Some(false), Some(true)));
+        assert_eq!(
+            (v["ssl"].as_bool(), v["open"].as_bool()),
+            (Some(false), Some(true))
+        );
         for absent in ["peek", "error", "new_fd", "session", "seq", "filename"] {
             assert!(v.get(absent).is_none(), "{absent} in {v}");
         }
@@ -118,7 +127,11 @@ mod tests {
         e.open = Some(false);
         let v = event(&e);
         assert!(v.as_object().unwrap().contains_key("conn_info") && v["conn_info"].is_null());
-        let exec = Event { msg: "process/exec".into(), filename: Some("/usr/bin/curl".into()), ..Event::default() };
+        let exec = Event {
+            msg: "process/exec".into(),
+            filename: Some("/usr/bin/curl".into()),
+            ..Event::default()
+        };
         let v = event(&exec);
         assert!(v.get("conn_info").is_none());
         assert_eq!(v["filename"], "/usr/bin/curl");
@@ -126,8 +139,15 @@ mod tests {
 
     #[test]
     fn session_and_seq_when_delivered_for_a_session() {
-        let e = Event { session: "s1".into(), seq: 7, ..writev() };
+        let e = Event {
+            session: "s1".into(),
+            seq: 7,
+            ..writev()
+        };
         let v = event(&e);
-        assert_eq!((v["session"].as_str(), v["seq"].as_u64()), (Some("s1"), Some(7)));
+        assert_eq!(
+            (v["session"].as_str(), v["seq"].as_u64()),
+            (Some("s1"), Some(7))
+        );
     }
 }

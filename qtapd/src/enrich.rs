@@ -9,8 +9,8 @@ use qtap_common::{conn_flag, flag, Conn, ExecRecord, ForkRecord, Header, Syscall
 
 use crate::{
     events::{
-        addr_text, base, c_str, call_name, errno_name, family_name, is_data_call, role_name,
-        type_name, Clock, ConnInfo, Event,
+        addr_text, base, call_name, errno_name, family_name, is_data_call, role_name, type_name,
+        Clock, ConnInfo, Event,
     },
     procfs::{self, FdTarget},
 };
@@ -184,12 +184,6 @@ impl Enricher {
             .remove(&pid)
             .map(|fds| fds.into_iter().collect())
             .unwrap_or_default()
-    }
-
-    /// The comm of a header, for filter checks.
-    #[must_use]
-    pub fn comm(hdr: &Header) -> String {
-        c_str(&hdr.comm)
     }
 }
 

@@ -3,40 +3,44 @@
 
 mod daemon;
 mod ebpf;
+mod engine;
 mod enrich;
 mod events;
 mod filter;
+mod grpc;
 mod procfs;
 mod tracefs;
 mod tracelog;
-mod tracer;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, level_filters::LevelFilter};
 
 use crate::{
+    daemon::ServeConfig,
     filter::Filter,
     tracelog::{Encoding, TraceLog},
 };
 
 /// qtapd traces the network syscalls of selected processes with eBPF.
 ///
-/// Today it runs in `--bpf-trace` mode: the filter selects processes and
-/// event families, and each event is written to stdout, one per line.
+/// By default it serves trace sessions over gRPC on a unix socket (use
+/// `qtapctl`). With `--bpf-trace` it traces one filter and prints each
+/// event to stdout instead.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about)]
 struct Args {
-    /// What to trace, e.g. `mod:socket,exe.contains:curl`.
+    /// Trace this filter and print events to stdout, e.g.
+    /// `mod:socket,exe.contains:curl`.
     ///
     /// Terms are `key:value`, comma-separated. Keys: mod (socket, process),
-    /// exe, exe.contains, exe.startsWith, exe.endsWith, comm, pid, port.
-    /// The same key twice is OR, different keys AND. Without a process
-    /// term every process is traced.
+    /// exe, exe.contains, exe.startsWith, exe.endsWith, comm, pid, uid,
+    /// port. The same key twice is OR, different keys AND. Without a
+    /// process term every process is traced.
     #[arg(long, value_name = "FILTER")]
-    bpf_trace: String,
+    bpf_trace: Option<String>,
     /// error and warn print no traces; info prints every trace; debug
     /// adds the daemon's own debug lines.
     #[arg(long, value_enum, default_value_t = Level::Info)]
@@ -44,6 +48,15 @@ struct Args {
     /// Encoding of traces (stdout) and daemon logs (stderr).
     #[arg(long, value_enum, default_value_t = Encoding::Console)]
     log_encoding: Encoding,
+    /// The gRPC unix socket (service mode).
+    #[arg(long, env = "QTAP_SOCKET", default_value = "/run/qtap/qtapd.sock")]
+    socket: PathBuf,
+    /// Group that may use the socket (created if missing).
+    #[arg(long, default_value = "qtap")]
+    socket_group: String,
+    /// Seconds a session may have no follower before it is stopped.
+    #[arg(long, default_value_t = 600)]
+    idle_timeout: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -69,7 +82,7 @@ impl From<Level> for LevelFilter {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = match Filter::parse(&args.bpf_trace) {
+    let filter = match args.bpf_trace.as_deref().map(Filter::parse).transpose() {
         Ok(filter) => filter,
         Err(e) => {
             eprintln!("qtapd: invalid --bpf-trace filter: {e}");
@@ -77,8 +90,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(args.log_level, args.log_encoding);
-    let log = (args.log_level >= Level::Info).then(|| TraceLog::new(args.log_encoding));
-    match run(filter, log) {
+    match run(args, filter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -87,7 +99,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(filter: Filter, log: Option<TraceLog>) -> anyhow::Result<()> {
+fn run(args: Args, filter: Option<Filter>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -98,7 +110,20 @@ fn run(filter: Filter, log: Option<TraceLog>) -> anyhow::Result<()> {
             wait_for_signal().await;
             signals.cancel();
         });
-        daemon::bpf_trace(filter, log, shutdown).await
+        match filter {
+            Some(filter) => {
+                let log = (args.log_level >= Level::Info).then(|| TraceLog::new(args.log_encoding));
+                daemon::bpf_trace(filter, log, shutdown).await
+            }
+            None => {
+                let config = ServeConfig {
+                    socket: args.socket,
+                    group: args.socket_group,
+                    idle_timeout: Duration::from_secs(args.idle_timeout),
+                };
+                daemon::serve(config, shutdown).await
+            }
+        }
     })
 }
 

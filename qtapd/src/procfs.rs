@@ -35,6 +35,14 @@ pub fn comm(pid: u32) -> Option<String> {
     Some(text.trim_end_matches('\n').to_owned())
 }
 
+/// The real uid of `pid` (first field of `Uid:` in `/proc/<pid>/status`).
+#[must_use]
+pub fn uid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// What an fd refers to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FdTarget {
@@ -211,5 +219,7 @@ mod tests {
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(fd_target(me, file.as_raw_fd()), FdTarget::Other);
         assert_eq!(fd_target(me, 99_999), FdTarget::Gone);
+        // SAFETY: no preconditions.
+        assert_eq!(uid(me), Some(unsafe { libc::getuid() }));
     }
 }

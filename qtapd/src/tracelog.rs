@@ -27,7 +27,10 @@ pub struct TraceLog {
 impl TraceLog {
     #[must_use]
     pub fn new(encoding: Encoding) -> TraceLog {
-        TraceLog { encoding, out: io::stdout() }
+        TraceLog {
+            encoding,
+            out: io::stdout(),
+        }
     }
 
     /// Writes one event; an error means stdout is gone (a closed pipe).
@@ -54,7 +57,10 @@ pub fn render(encoding: Encoding, event: &Event) -> String {
                     map.insert("direction".into(), direction_name(d).into());
                 }
             }
-            format!("{}\tINFO\t{}\t{}\t{}\n", event.ts, event.caller, event.msg, fields)
+            format!(
+                "{}\tINFO\t{}\t{}\t{}\n",
+                event.ts, event.caller, event.msg, fields
+            )
         }
     }
 }
@@ -66,7 +72,12 @@ mod tests {
     use qtap_common::Header;
 
     fn event() -> Event {
-        let hdr = Header { pid: 10, tid: 11, comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0", ..Header::default() };
+        let hdr = Header {
+            pid: 10,
+            tid: 11,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            ..Header::default()
+        };
         let mut e = base(
             &Clock::new(),
             &hdr,
@@ -96,7 +107,10 @@ mod tests {
         let line = render(Encoding::Json, &event());
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!((v["exe"].as_str(), v["comm"].as_str()), (Some("/usr/sbin/nginx"), Some("nginx")));
+        assert_eq!(
+            (v["exe"].as_str(), v["comm"].as_str()),
+            (Some("/usr/sbin/nginx"), Some("nginx"))
+        );
         assert_eq!(v["conn_info"]["local"], "127.0.0.1:8080");
     }
 
@@ -105,7 +119,14 @@ mod tests {
         let line = render(Encoding::Console, &event());
         let cols: Vec<&str> = line.trim_end().split('\t').collect();
         assert_eq!(cols.len(), 5, "{line}");
-        assert_eq!(&cols[1..4], ["INFO", "tracepoint/syscalls/sys_exit_writev", "syscall/writev"]);
+        assert_eq!(
+            &cols[1..4],
+            [
+                "INFO",
+                "tracepoint/syscalls/sys_exit_writev",
+                "syscall/writev"
+            ]
+        );
         let fields: serde_json::Value = serde_json::from_str(cols[4]).unwrap();
         assert_eq!(fields["direction"], "egress");
         assert_eq!(fields["fd"], 3);

@@ -19,7 +19,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_loop,
+        bpf_probe_read_kernel_str_bytes,
     },
     programs::TracePointContext,
     EbpfContext,
@@ -77,8 +78,9 @@ pub fn exec(ctx: &TracePointContext) {
         Err(_) => 0,
     };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let uid = bpf_get_current_uid_gid() as u32;
 
-    let sessions = select(cfg, scratch, len & EXE_MASK, &comm, tgid);
+    let sessions = select(cfg, scratch, len & EXE_MASK, &comm, tgid, uid);
     if sessions == 0 {
         if before == 0 {
             return;
@@ -97,7 +99,7 @@ pub fn exec(ctx: &TracePointContext) {
             unsafe {
                 (*record).hdr = header(kind::EXEC, sessions);
                 (*record).filename_len = (len & EXE_MASK) as u32;
-                (*record)._pad = 0;
+                (*record).uid = uid;
                 (*record).filename = scratch.buf;
             }
             entry.submit(0);
@@ -196,11 +198,21 @@ extern "C" fn contains_step(i: u64, _ctx: *mut c_void) -> i64 {
 /// The sessions whose filters select an image with this filename, comm
 /// and pid (see `qtap_common::Config` for the rule).
 #[inline(always)]
-fn select(cfg: &Config, scratch: &mut ExecScratch, len: usize, comm: &[u8; 16], tgid: u32) -> u64 {
+fn select(
+    cfg: &Config,
+    scratch: &mut ExecScratch,
+    len: usize,
+    comm: &[u8; 16],
+    tgid: u32,
+    uid: u32,
+) -> u64 {
     scratch.hits = [0; pred::COUNT];
     scratch.len = len as u32;
     if cfg.uses[pred::PID as usize] != 0 {
         scratch.hits[pred::PID as usize] = lookup(pred::PID, 0, u64::from(tgid));
+    }
+    if cfg.uses[pred::UID as usize] != 0 {
+        scratch.hits[pred::UID as usize] = lookup(pred::UID, 0, u64::from(uid));
     }
     if cfg.uses[pred::COMM as usize] != 0 {
         let mut hash = 0;

@@ -162,6 +162,17 @@ impl Kernel {
         let _ = self.procs.remove(&tgid);
     }
 
+    /// The selected processes (and threads, see the fork probe) with
+    /// their session masks.
+    #[must_use]
+    pub fn selected(&self) -> Vec<(u32, u64)> {
+        self.procs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.sessions))
+            .collect()
+    }
+
     /// Forgets the kernel's connection entries of an exited process.
     pub fn forget_conns(&mut self, tgid: u32, fds: impl IntoIterator<Item = u32>) {
         for fd in fds {

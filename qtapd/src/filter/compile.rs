@@ -109,6 +109,15 @@ pub fn compile<'a>(
                 *out.patterns.entry(k).or_default() |= bit;
             }
         }
+        for uid in filter.uids() {
+            out.config.uses[pred::UID as usize] |= bit;
+            let k = PatternKeyOrd {
+                key: pred::UID,
+                len: 0,
+                hash: u64::from(uid),
+            };
+            *out.patterns.entry(k).or_default() |= bit;
+        }
         for pid in filter.pids() {
             out.config.uses[pred::PID as usize] |= bit;
             let k = PatternKeyOrd {

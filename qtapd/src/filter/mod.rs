@@ -22,6 +22,7 @@ pub const KEYS: &[&str] = &[
     "exe.endsWith",
     "comm",
     "pid",
+    "uid",
     "port",
 ];
 
@@ -96,6 +97,7 @@ pub enum Term {
     Mod(Module),
     Str(StrKey, String),
     Pid(u32),
+    Uid(u32),
     Port(u16),
 }
 
@@ -105,6 +107,7 @@ impl fmt::Display for Term {
             Term::Mod(m) => write!(f, "mod:{}", m.name()),
             Term::Str(k, v) => write!(f, "{}:{v}", k.name()),
             Term::Pid(p) => write!(f, "pid:{p}"),
+            Term::Uid(u) => write!(f, "uid:{u}"),
             Term::Port(p) => write!(f, "port:{p}"),
         }
     }
@@ -208,6 +211,26 @@ impl Filter {
             .filter_map(|t| if let Term::Pid(p) = t { Some(*p) } else { None })
     }
 
+    pub fn uids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.terms
+            .iter()
+            .filter_map(|t| if let Term::Uid(u) = t { Some(*u) } else { None })
+    }
+
+    /// The same filter restricted to processes of `uid` (added as a term,
+    /// so it is ANDed with everything else).
+    #[must_use]
+    pub fn restricted_to_uid(&self, uid: u32) -> Filter {
+        let mut terms: Vec<Term> = self
+            .terms
+            .iter()
+            .filter(|t| !matches!(t, Term::Uid(_)))
+            .cloned()
+            .collect();
+        terms.push(Term::Uid(uid));
+        Filter { terms }
+    }
+
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.terms.iter().filter_map(|t| {
             if let Term::Port(p) = t {
@@ -224,12 +247,12 @@ impl Filter {
         !self
             .terms
             .iter()
-            .any(|t| matches!(t, Term::Str(..) | Term::Pid(_)))
+            .any(|t| matches!(t, Term::Str(..) | Term::Pid(_) | Term::Uid(_)))
     }
 
     /// Exact evaluation of the process predicates.
     #[must_use]
-    pub fn matches_process(&self, exe: &[u8], comm: &[u8], pid: u32) -> bool {
+    pub fn matches_process(&self, exe: &[u8], comm: &[u8], pid: u32, uid: u32) -> bool {
         let str_keys = [
             StrKey::Exe,
             StrKey::ExeContains,
@@ -242,7 +265,10 @@ impl Filter {
             values.peek().is_none() || values.any(|v| key.matches(v.as_bytes(), exe, comm))
         });
         let mut pids = self.pids().peekable();
-        strings_ok && (pids.peek().is_none() || pids.any(|p| p == pid))
+        let mut uids = self.uids().peekable();
+        strings_ok
+            && (pids.peek().is_none() || pids.any(|p| p == pid))
+            && (uids.peek().is_none() || uids.any(|u| u == uid))
     }
 
     /// Exact evaluation of the connection predicates; `None` ports (not a
@@ -326,6 +352,10 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
             Ok(pid) if pid > 0 => Ok(Term::Pid(pid)),
             _ => Err(number("pid (1 to 4294967295)")),
         },
+        "uid" => match value.parse::<u32>() {
+            Ok(uid) => Ok(Term::Uid(uid)),
+            _ => Err(number("uid (0 to 4294967295)")),
+        },
         "port" => match value.parse::<u16>() {
             Ok(port) if port > 0 => Ok(Term::Port(port)),
             _ => Err(number("port (1 to 65535)")),
@@ -382,13 +412,20 @@ mod tests {
     #[test]
     fn same_key_ors_different_keys_and() {
         let f = Filter::parse("exe.contains:curl,exe.contains:wget,comm:curl").unwrap();
-        assert!(f.matches_process(b"/usr/bin/curl", b"curl", 1));
-        assert!(!f.matches_process(b"/usr/bin/wget", b"wget", 1));
-        assert!(f.matches_process(b"/usr/bin/wget", b"curl", 1));
+        assert!(f.matches_process(b"/usr/bin/curl", b"curl", 1, 0));
+        assert!(!f.matches_process(b"/usr/bin/wget", b"wget", 1, 0));
+        assert!(f.matches_process(b"/usr/bin/wget", b"curl", 1, 0));
         let f = Filter::parse("exe.startsWith:/usr/,exe.endsWith:nginx,pid:9").unwrap();
-        assert!(f.matches_process(b"/usr/sbin/nginx", b"nginx", 9));
-        assert!(!f.matches_process(b"/usr/sbin/nginx", b"nginx", 8));
-        assert!(!f.matches_process(b"/opt/nginx", b"nginx", 9));
+        assert!(f.matches_process(b"/usr/sbin/nginx", b"nginx", 9, 0));
+        let mine = f.restricted_to_uid(1000);
+        assert!(!mine.matches_process(b"/usr/sbin/nginx", b"nginx", 9, 0));
+        assert!(mine.matches_process(b"/usr/sbin/nginx", b"nginx", 9, 1000));
+        assert_eq!(
+            mine.to_string(),
+            "exe.startsWith:/usr/,exe.endsWith:nginx,pid:9,uid:1000"
+        );
+        assert!(!f.matches_process(b"/usr/sbin/nginx", b"nginx", 8, 0));
+        assert!(!f.matches_process(b"/opt/nginx", b"nginx", 9, 0));
     }
 
     #[test]

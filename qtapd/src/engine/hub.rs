@@ -1,0 +1,416 @@
+//! The sessions and their followers. Owns, per session, the filter, the
+//! kernel slot (bit of every session mask), the counters and the follower
+//! queues. Delivery never waits: each follower has a bounded channel fed
+//! with `try_send`; a full queue counts the event as lost for that
+//! follower, and the count is sent as a `lost` item as soon as the queue
+//! has room again, before the next event, so the stream always says how
+//! much it is missing.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use qtap_common::MAX_SESSIONS;
+use qtap_proto::v1::{
+    follow_item::Item, Event, FollowItem, Heartbeat, LossStage, Lost, Session as SessionInfo,
+};
+use tokio::sync::mpsc;
+
+use crate::filter::Filter;
+
+/// Who started a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+}
+
+/// How a session was started.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub filter: Filter,
+    pub name: String,
+    pub owner: Owner,
+    pub idle_timeout: Duration,
+    /// Ends when its last follower leaves (a `follow --filter` session).
+    pub ephemeral: bool,
+}
+
+struct Follower {
+    tx: mpsc::Sender<FollowItem>,
+    /// Events dropped since the last `lost` item this follower got.
+    unreported: u64,
+}
+
+/// Outcome of offering one item to a follower.
+enum Offer {
+    Sent,
+    Full,
+    Gone,
+}
+
+impl Follower {
+    fn offer(&mut self, item: Item) -> Offer {
+        if self.unreported > 0 {
+            let lost = Item::Lost(Lost {
+                stage: LossStage::DaemonQueue.into(),
+                count: self.unreported,
+            });
+            match self.tx.try_send(FollowItem { item: Some(lost) }) {
+                Ok(()) => self.unreported = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return Offer::Gone,
+            }
+        }
+        match self.tx.try_send(FollowItem { item: Some(item) }) {
+            Ok(()) => Offer::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+        }
+    }
+}
+
+pub struct Session {
+    pub id: String,
+    pub slot: usize,
+    pub spec: Spec,
+    pub created: SystemTime,
+    pub delivered: u64,
+    pub lost: u64,
+    seq: u64,
+    followers: Vec<Follower>,
+    idle_since: Option<Instant>,
+}
+
+impl Session {
+    /// The wire view of this session.
+    #[must_use]
+    pub fn info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.id.clone(),
+            name: self.spec.name.clone(),
+            filter: self.spec.filter.to_string(),
+            owner_uid: self.spec.owner.uid,
+            created_unix_nanos: unix_nanos(self.created),
+            events_delivered: self.delivered,
+            events_lost: self.lost,
+            followers: self.followers.len() as u32,
+            idle_timeout_secs: self.spec.idle_timeout.as_secs() as u32,
+        }
+    }
+
+    /// Hands one event to every follower; never waits.
+    fn deliver(&mut self, mut event: Event) {
+        self.seq += 1;
+        event.session.clone_from(&self.id);
+        event.seq = self.seq;
+        let (mut delivered, mut lost) = (0, 0);
+        self.followers
+            .retain_mut(|f| match f.offer(Item::Event(event.clone())) {
+                Offer::Sent => {
+                    delivered += 1;
+                    true
+                }
+                Offer::Full => {
+                    f.unreported += 1;
+                    lost += 1;
+                    true
+                }
+                Offer::Gone => false,
+            });
+        self.delivered += delivered;
+        self.lost += lost;
+        self.note_idle();
+    }
+
+    fn note_idle(&mut self) {
+        if self.followers.is_empty() {
+            self.idle_since.get_or_insert_with(Instant::now);
+        } else {
+            self.idle_since = None;
+        }
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("all {MAX_SESSIONS} session slots are in use; stop a session first")]
+    Full,
+    #[error("no session `{0}`")]
+    NotFound(String),
+}
+
+/// All sessions, by id.
+#[derive(Default)]
+pub struct Hub {
+    sessions: BTreeMap<String, Session>,
+    next_id: u64,
+    /// Every `lost` event counted across followers.
+    pub queue_losses: u64,
+}
+
+impl Hub {
+    /// Registers a session in the lowest free slot.
+    pub fn create(&mut self, spec: Spec) -> Result<&Session, HubError> {
+        let slot = (0..MAX_SESSIONS)
+            .find(|s| !self.sessions.values().any(|x| x.slot == *s))
+            .ok_or(HubError::Full)?;
+        self.next_id += 1;
+        let id = format!("s{}", self.next_id);
+        let session = Session {
+            id: id.clone(),
+            slot,
+            spec,
+            created: SystemTime::now(),
+            delivered: 0,
+            lost: 0,
+            seq: 0,
+            followers: Vec::new(),
+            idle_since: Some(Instant::now()),
+        };
+        Ok(self.sessions.entry(id).or_insert(session))
+    }
+
+    pub fn remove(&mut self, id: &str) -> Result<Session, HubError> {
+        self.sessions
+            .remove(id)
+            .ok_or_else(|| HubError::NotFound(id.to_owned()))
+    }
+
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The filters in force, by slot, for the kernel compiler.
+    pub fn filters(&self) -> impl Iterator<Item = (usize, &Filter)> {
+        self.sessions.values().map(|s| (s.slot, &s.spec.filter))
+    }
+
+    /// The session in `slot`.
+    pub fn by_slot(&self, slot: usize) -> Option<&Session> {
+        self.sessions.values().find(|s| s.slot == slot)
+    }
+
+    /// Adds a follower with a queue of `queue_len` items.
+    pub fn follow(
+        &mut self,
+        id: &str,
+        queue_len: usize,
+    ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
+        let session = self
+            .sessions
+            .get_mut(id)
+            .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
+        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        session.followers.push(Follower { tx, unreported: 0 });
+        session.note_idle();
+        Ok(rx)
+    }
+
+    /// Delivers `event` to the sessions whose slot bits are in `mask` and
+    /// that `wants` accepts.
+    pub fn deliver(&mut self, mask: u64, event: &Event, wants: impl Fn(&Session) -> bool) {
+        for session in self.sessions.values_mut() {
+            if mask & (1 << session.slot) != 0 && wants(session) {
+                let lost_before = session.lost;
+                session.deliver(event.clone());
+                self.queue_losses += session.lost - lost_before;
+            }
+        }
+    }
+
+    /// Tells every follower of every session that `count` records were
+    /// lost at `stage` (kernel ring losses cannot be attributed).
+    pub fn broadcast_lost(&mut self, stage: LossStage, count: u64) {
+        for session in self.sessions.values_mut() {
+            let item = Item::Lost(Lost {
+                stage: stage.into(),
+                count,
+            });
+            session
+                .followers
+                .retain_mut(|f| !matches!(f.offer(item.clone()), Offer::Gone));
+            session.note_idle();
+        }
+    }
+
+    /// Sends a heartbeat to every follower; drops followers that left.
+    pub fn heartbeat(&mut self) {
+        let now = unix_nanos(SystemTime::now());
+        for session in self.sessions.values_mut() {
+            let item = Item::Heartbeat(Heartbeat {
+                unix_nanos: now,
+                delivered: session.delivered,
+            });
+            session
+                .followers
+                .retain_mut(|f| !matches!(f.offer(item.clone()), Offer::Gone));
+            session.note_idle();
+        }
+    }
+
+    /// Removes and returns sessions that have had no follower for their
+    /// idle timeout (at once for ephemeral sessions).
+    pub fn expire(&mut self, now: Instant) -> Vec<Session> {
+        for session in self.sessions.values_mut() {
+            session.followers.retain(|f| !f.tx.is_closed());
+            session.note_idle();
+        }
+        let expired: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.idle_since.is_some_and(|since| {
+                    let limit = if s.spec.ephemeral {
+                        Duration::ZERO
+                    } else {
+                        s.spec.idle_timeout
+                    };
+                    now.duration_since(since) >= limit
+                })
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.sessions.remove(&id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(filter: &str) -> Spec {
+        Spec {
+            filter: Filter::parse(filter).unwrap(),
+            name: String::new(),
+            owner: Owner { uid: 0 },
+            idle_timeout: Duration::from_mins(10),
+            ephemeral: false,
+        }
+    }
+
+    fn event(n: u32) -> Event {
+        Event {
+            msg: "syscall/write".into(),
+            pid: n,
+            ..Event::default()
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<FollowItem>) -> Vec<Item> {
+        let mut items = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            items.push(item.item.unwrap());
+        }
+        items
+    }
+
+    #[test]
+    fn slots_are_reused_and_limited() {
+        let mut hub = Hub::default();
+        let ids: Vec<String> = (0..MAX_SESSIONS)
+            .map(|_| hub.create(spec("pid:1")).unwrap().id.clone())
+            .collect();
+        assert!(matches!(hub.create(spec("pid:1")), Err(HubError::Full)));
+        let freed = hub.remove(&ids[5]).unwrap().slot;
+        assert_eq!(hub.create(spec("pid:1")).unwrap().slot, freed);
+        assert!(matches!(hub.remove("nope"), Err(HubError::NotFound(_))));
+    }
+
+    #[test]
+    fn fan_out_by_mask_with_per_session_seq() {
+        let mut hub = Hub::default();
+        let a = hub.create(spec("pid:1")).unwrap().id.clone();
+        let b = hub.create(spec("pid:2")).unwrap().id.clone();
+        let mut ra = hub.follow(&a, 16).unwrap();
+        let mut rb = hub.follow(&b, 16).unwrap();
+        let (sa, sb) = (hub.get(&a).unwrap().slot, hub.get(&b).unwrap().slot);
+        hub.deliver(1 << sa | 1 << sb, &event(1), |_| true);
+        hub.deliver(1 << sb, &event(2), |_| true);
+        let got_a = drain(&mut ra);
+        let got_b = drain(&mut rb);
+        assert_eq!(got_a.len(), 1);
+        assert_eq!(got_b.len(), 2);
+        let Item::Event(e) = &got_b[1] else { panic!() };
+        assert_eq!((e.session.as_str(), e.seq, e.pid), (b.as_str(), 2, 2));
+        let Item::Event(e) = &got_a[0] else { panic!() };
+        assert_eq!((e.session.as_str(), e.seq), (a.as_str(), 1));
+    }
+
+    #[test]
+    fn slow_follower_loses_counts_and_is_told_others_unaffected() {
+        let mut hub = Hub::default();
+        let id = hub.create(spec("pid:1")).unwrap().id.clone();
+        let slot = hub.get(&id).unwrap().slot;
+        let mut slow = hub.follow(&id, 4).unwrap();
+        let mut fast = hub.follow(&id, 1024).unwrap();
+        for n in 0..10 {
+            hub.deliver(1 << slot, &event(n), |_| true);
+        }
+        // The fast follower got everything; the slow one 4, then lost 6.
+        assert_eq!(drain(&mut fast).len(), 10);
+        assert_eq!(drain(&mut slow).len(), 4);
+        let s = hub.get(&id).unwrap();
+        assert_eq!((s.delivered, s.lost), (14, 6));
+        assert_eq!(hub.queue_losses, 6);
+        // With room again, the next delivery is preceded by the loss count.
+        hub.deliver(1 << slot, &event(99), |_| true);
+        let items = drain(&mut slow);
+        assert!(
+            matches!(&items[0], Item::Lost(l) if l.count == 6 && l.stage == LossStage::DaemonQueue as i32)
+        );
+        assert!(matches!(&items[1], Item::Event(e) if e.pid == 99 && e.seq == 11));
+        // Delivered + lost accounts for every event offered to the slow one.
+        assert_eq!(4 + 6 + 1, 11);
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_followers_keep_them() {
+        let mut hub = Hub::default();
+        let mut short = spec("pid:1");
+        short.idle_timeout = Duration::from_millis(10);
+        let idle = hub.create(short.clone()).unwrap().id.clone();
+        let kept = hub.create(short).unwrap().id.clone();
+        let rx = hub.follow(&kept, 4).unwrap();
+        let later = Instant::now() + Duration::from_millis(20);
+        let gone: Vec<String> = hub.expire(later).into_iter().map(|s| s.id).collect();
+        assert_eq!(gone, vec![idle]);
+        drop(rx);
+        let gone: Vec<String> = hub
+            .expire(Instant::now() + Duration::from_secs(1))
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(gone, vec![kept]);
+    }
+
+    #[test]
+    fn ephemeral_session_ends_with_its_follower() {
+        let mut hub = Hub::default();
+        let mut s = spec("pid:1");
+        s.ephemeral = true;
+        let id = hub.create(s).unwrap().id.clone();
+        let rx = hub.follow(&id, 4).unwrap();
+        assert!(hub.expire(Instant::now()).is_empty());
+        drop(rx);
+        assert_eq!(hub.expire(Instant::now()).len(), 1);
+    }
+}

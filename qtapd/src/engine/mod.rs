@@ -1,0 +1,463 @@
+//! The engine: one task that owns the kernel handle, the sessions and the
+//! ring reader. Kernel records come in, are decoded, enriched once, and
+//! handed to every session whose bit they carry; RPC handlers reach the
+//! engine only through [`Command`]s, so selection changes happen in order
+//! with the records they affect and nothing needs a lock.
+
+pub mod hub;
+
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use qtap_common::limit;
+use qtap_proto::v1::{Counters, FollowItem, LossStage, Session as SessionInfo, Status};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::{mpsc, oneshot},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::hub::{Hub, HubError, Session, Spec};
+use crate::{
+    ebpf::{Kernel, KernelError, KernelStats},
+    enrich::Enricher,
+    events::{
+        decode::{decode, Record},
+        local_port, remote_port, Event,
+    },
+    filter::{compile::compile, Module},
+    procfs,
+};
+
+/// How often losses are reported, idle sessions expired, heartbeats sent.
+const TICK: Duration = Duration::from_secs(1);
+/// Heartbeats go out every this many ticks.
+const HEARTBEAT_TICKS: u64 = 5;
+
+/// The identity an RPC arrives with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+}
+
+impl Caller {
+    #[must_use]
+    pub fn is_root(self) -> bool {
+        self.uid == 0
+    }
+
+    /// Root may touch every session; others only their own.
+    fn may_access(self, session: &Session) -> Result<(), EngineError> {
+        if self.is_root() || session.spec.owner.uid == self.uid {
+            Ok(())
+        } else {
+            Err(EngineError::PermissionDenied(format!(
+                "session {} belongs to uid {}; uid {} may only use its own sessions",
+                session.id, session.spec.owner.uid, self.uid
+            )))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("the filters cannot be installed together: {0}")]
+    Compile(#[from] crate::filter::compile::CompileError),
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+}
+
+/// What to follow.
+#[derive(Debug)]
+pub enum Target {
+    Id(String),
+    /// An inline filter: a session that ends with the stream.
+    Session(Spec),
+}
+
+/// Requests from RPC handlers.
+#[derive(Debug)]
+pub enum Command {
+    Start {
+        spec: Spec,
+        reply: oneshot::Sender<Result<SessionInfo, EngineError>>,
+    },
+    Stop {
+        id: String,
+        caller: Caller,
+        reply: oneshot::Sender<Result<SessionInfo, EngineError>>,
+    },
+    List {
+        caller: Caller,
+        reply: oneshot::Sender<Vec<SessionInfo>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Follow {
+        target: Target,
+        caller: Caller,
+        queue_len: usize,
+        reply: oneshot::Sender<Result<(SessionInfo, mpsc::Receiver<FollowItem>), EngineError>>,
+    },
+}
+
+pub struct Engine {
+    kernel: Kernel,
+    hub: Hub,
+    enricher: Enricher,
+    started: Instant,
+    records: u64,
+    malformed: u64,
+    reported: KernelStats,
+    ticks: u64,
+}
+
+impl Engine {
+    #[must_use]
+    pub fn new(kernel: Kernel) -> Engine {
+        Engine {
+            kernel,
+            hub: Hub::default(),
+            enricher: Enricher::new(),
+            started: Instant::now(),
+            records: 0,
+            malformed: 0,
+            reported: KernelStats::default(),
+            ticks: 0,
+        }
+    }
+
+    /// Starts a session: installs all filters, then selects the processes
+    /// that already run (in that order, so one that execs meanwhile is
+    /// caught by the kernel).
+    pub fn start(&mut self, spec: Spec) -> Result<SessionInfo, EngineError> {
+        let (id, slot) = {
+            let s = self.hub.create(spec)?;
+            (s.id.clone(), s.slot)
+        };
+        if let Err(e) = self.reinstall() {
+            let _ = self.hub.remove(&id);
+            let _ = self.reinstall();
+            return Err(e);
+        }
+        let running = self.scan(slot)?;
+        let session = self.hub.get(&id).map(Session::info).unwrap_or_default();
+        info!(
+            session = %session.id, owner_uid = session.owner_uid, filter = %session.filter,
+            running, "session started"
+        );
+        Ok(session)
+    }
+
+    /// Stops a session and removes its kernel state.
+    pub fn stop(&mut self, id: &str, caller: Caller) -> Result<SessionInfo, EngineError> {
+        let session = self
+            .hub
+            .get(id)
+            .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
+        caller.may_access(session)?;
+        let session = self.hub.remove(id)?;
+        self.retire(&session)?;
+        info!(session = %session.id, by_uid = caller.uid, "session stopped");
+        Ok(session.info())
+    }
+
+    /// Recompiles the kernel tables and clears the session's bit from
+    /// every selected process.
+    fn retire(&mut self, session: &Session) -> Result<(), EngineError> {
+        self.reinstall()?;
+        let bit = 1u64 << session.slot;
+        for (tgid, mask) in self.kernel.selected() {
+            if mask & bit != 0 {
+                let rest = mask & !bit;
+                if rest == 0 {
+                    self.kernel.deselect(tgid);
+                } else {
+                    self.kernel.select(tgid, rest)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reinstall(&mut self) -> Result<(), EngineError> {
+        let compiled = compile(self.hub.filters(), std::process::id())?;
+        self.kernel.install(&compiled)?;
+        Ok(())
+    }
+
+    /// Selects the running processes that `slot`'s filter matches.
+    fn scan(&mut self, slot: usize) -> Result<usize, EngineError> {
+        let Some(session) = self.hub.by_slot(slot) else {
+            return Ok(0);
+        };
+        let filter = session.spec.filter.clone();
+        let me = std::process::id();
+        let bit = 1u64 << slot;
+        let current: std::collections::HashMap<u32, u64> =
+            self.kernel.selected().into_iter().collect();
+        let mut selected = 0;
+        for pid in procfs::pids() {
+            if pid == me {
+                continue;
+            }
+            // Kernel threads have no exe and make no syscalls of interest.
+            let (Some(exe), Some(comm), Some(uid)) =
+                (procfs::exe(pid), procfs::comm(pid), procfs::uid(pid))
+            else {
+                continue;
+            };
+            if filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid, uid) {
+                let mask = current.get(&pid).copied().unwrap_or(0) | bit;
+                self.kernel.select(pid, mask)?;
+                selected += 1;
+            }
+        }
+        Ok(selected)
+    }
+
+    pub fn follow(
+        &mut self,
+        target: Target,
+        caller: Caller,
+        queue_len: usize,
+    ) -> Result<(SessionInfo, mpsc::Receiver<FollowItem>), EngineError> {
+        let id = match target {
+            Target::Id(id) => {
+                let session = self
+                    .hub
+                    .get(&id)
+                    .ok_or_else(|| HubError::NotFound(id.clone()))?;
+                caller.may_access(session)?;
+                id
+            }
+            Target::Session(spec) => self.start(spec)?.id,
+        };
+        let rx = self.hub.follow(&id, queue_len)?;
+        let info = self.hub.get(&id).map(Session::info).unwrap_or_default();
+        debug!(session = %id, uid = caller.uid, "follower attached");
+        Ok((info, rx))
+    }
+
+    fn list(&self, caller: Caller) -> Vec<SessionInfo> {
+        self.hub
+            .iter()
+            .filter(|s| caller.may_access(s).is_ok())
+            .map(Session::info)
+            .collect()
+    }
+
+    fn status(&self) -> Status {
+        let stats = self.kernel.stats();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel_release(),
+            programs_attached: self.kernel.attached() as u32,
+            ring_bytes: u64::from(limit::RING_BYTES),
+            uptime_secs: self.started.elapsed().as_secs(),
+            sessions: self.hub.len() as u32,
+            selected_processes: self.kernel.selected().len() as u32,
+            counters: Some(Counters {
+                records: self.records,
+                kernel_ring_full: stats.ring_full,
+                pending_full: stats.pending_full,
+                conns_full: stats.conns_full,
+                procs_full: stats.procs_full,
+                malformed: self.malformed,
+                follower_queue_full: self.hub.queue_losses,
+            }),
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        // A reply that cannot be sent means the caller left; nothing to do.
+        match command {
+            Command::Start { spec, reply } => drop(reply.send(self.start(spec))),
+            Command::Stop { id, caller, reply } => drop(reply.send(self.stop(&id, caller))),
+            Command::List { caller, reply } => drop(reply.send(self.list(caller))),
+            Command::Status { reply } => drop(reply.send(self.status())),
+            Command::Follow {
+                target,
+                caller,
+                queue_len,
+                reply,
+            } => {
+                drop(reply.send(self.follow(target, caller, queue_len)));
+            }
+        }
+    }
+
+    /// Handles one ring buffer item.
+    pub fn handle(&mut self, bytes: &[u8]) {
+        self.records += 1;
+        let record = match decode(bytes) {
+            Ok(record) => record,
+            Err(error) => {
+                self.malformed += 1;
+                debug!(%error, len = bytes.len(), "malformed kernel record");
+                return;
+            }
+        };
+        match record {
+            Record::Exec(rec) => {
+                let event = self.enricher.exec(&rec);
+                let mask = self.confirm_exec(&rec, &event);
+                self.hub
+                    .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
+            }
+            Record::Fork(rec) => {
+                let event = self.enricher.fork(&rec);
+                self.hub.deliver(rec.hdr.sessions, &event, |s| {
+                    s.spec.filter.wants(Module::Process)
+                });
+            }
+            Record::Exit(hdr) => {
+                let (event, fds) = self.enricher.exit(&hdr);
+                self.kernel.forget_conns(hdr.pid, fds);
+                self.hub.deliver(hdr.sessions, &event, |s| {
+                    s.spec.filter.wants(Module::Process)
+                });
+            }
+            Record::Syscall(rec) => {
+                let event = self.enricher.syscall(&rec);
+                self.hub
+                    .deliver(rec.hdr.sessions, &event, |s| passes_ports(s, &event));
+            }
+        }
+    }
+
+    /// The kernel matched by hash; check each selecting session's filter
+    /// exactly and drop the bits of those that do not really match.
+    fn confirm_exec(&mut self, rec: &qtap_common::ExecRecord, event: &Event) -> u64 {
+        let claimed = rec.hdr.sessions;
+        let name = event.filename.as_deref().unwrap_or_default().as_bytes();
+        let comm = event.comm.as_bytes();
+        let mut mask = claimed;
+        for session in self.hub.iter() {
+            let bit = 1u64 << session.slot;
+            if claimed & bit != 0
+                && !session
+                    .spec
+                    .filter
+                    .matches_process(name, comm, rec.hdr.pid, rec.uid)
+            {
+                mask &= !bit;
+            }
+        }
+        if mask != claimed {
+            debug!(
+                pid = rec.hdr.pid,
+                claimed, mask, "kernel selection not confirmed; correcting"
+            );
+            if mask == 0 {
+                self.kernel.deselect(rec.hdr.pid);
+            } else if let Err(error) = self.kernel.select(rec.hdr.pid, mask) {
+                warn!(%error, pid = rec.hdr.pid, "could not correct a selection");
+            }
+        }
+        mask
+    }
+
+    /// Once per [`TICK`]: report kernel losses, expire idle sessions,
+    /// send heartbeats.
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let now = self.kernel.stats();
+        let ring_lost = now.ring_full - self.reported.ring_full;
+        if ring_lost > 0 {
+            warn!(stage = "kernel ring", lost = ring_lost, "events lost");
+            self.hub.broadcast_lost(LossStage::KernelRing, ring_lost);
+        }
+        for (stage, lost) in [
+            (
+                "pending-syscall table full",
+                now.pending_full - self.reported.pending_full,
+            ),
+            (
+                "connection table full",
+                now.conns_full - self.reported.conns_full,
+            ),
+            (
+                "process table full",
+                now.procs_full - self.reported.procs_full,
+            ),
+        ] {
+            if lost > 0 {
+                warn!(stage, lost, "kernel table overflow");
+            }
+        }
+        self.reported = now;
+        for session in self.hub.expire(Instant::now()) {
+            info!(session = %session.id, "session stopped: no follower");
+            if let Err(error) = self.retire(&session) {
+                warn!(%error, session = %session.id, "could not remove the session's kernel state");
+            }
+        }
+        if self.ticks % HEARTBEAT_TICKS == 0 {
+            self.hub.heartbeat();
+        }
+    }
+
+    /// Runs until `shutdown`: reads the ring, serves commands, ticks.
+    pub async fn run(
+        mut self,
+        ring: RingBuf<MapData>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its map fd, which stays open and the
+        // same for as long as the `AsyncFd` holds it.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watch the ring buffer fd: {e}"))?;
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => self.command(command),
+                _ = ticker.tick() => self.tick(),
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        self.handle(&item);
+                    }
+                    guard.clear_ready();
+                }
+            }
+        }
+        let c = self.status().counters.unwrap_or_default();
+        info!(
+            records = c.records,
+            kernel_ring_full = c.kernel_ring_full,
+            pending_full = c.pending_full,
+            conns_full = c.conns_full,
+            procs_full = c.procs_full,
+            malformed = c.malformed,
+            follower_queue_full = c.follower_queue_full,
+            "engine stopped; loss totals"
+        );
+        Ok(())
+    }
+}
+
+fn passes_ports(session: &Session, event: &Event) -> bool {
+    let conn = event.conn_info.as_ref();
+    session
+        .spec
+        .filter
+        .matches_ports(conn.and_then(local_port), conn.and_then(remote_port))
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    nix::sys::utsname::uname().map_or_else(
+        |_| "unknown".into(),
+        |u| u.release().to_string_lossy().into_owned(),
+    )
+}

@@ -1,0 +1,213 @@
+//! The `qtap.v1.Qtap` service: thin handlers that authenticate the caller,
+//! parse and check the request, forward a [`Command`] to the engine, and
+//! map errors to precise status codes.
+
+pub mod socket;
+
+use std::{pin::Pin, time::Duration};
+
+use qtap_proto::v1::{
+    follow_trace_request, qtap_server::Qtap, FollowItem, FollowTraceRequest, GetStatusRequest,
+    ListTracesRequest, ListTracesResponse, Session, StartTraceRequest, Status, StopTraceRequest,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{transport::server::UdsConnectInfo, Request, Response};
+use tracing::error;
+
+use crate::{
+    engine::{
+        hub::{HubError, Owner, Spec},
+        Caller, Command, EngineError, Target,
+    },
+    filter::Filter,
+};
+
+/// Default follower queue length (items).
+pub const DEFAULT_QUEUE_LEN: usize = 4096;
+/// Largest follower queue a client may ask for.
+const MAX_QUEUE_LEN: usize = 1 << 20;
+/// Longest filter string accepted.
+const MAX_FILTER_LEN: usize = 4096;
+
+/// The service; holds only the way to the engine.
+#[derive(Clone)]
+pub struct Service {
+    engine: mpsc::Sender<Command>,
+    idle_timeout: Duration,
+}
+
+impl Service {
+    #[must_use]
+    pub fn new(engine: mpsc::Sender<Command>, idle_timeout: Duration) -> Service {
+        Service {
+            engine,
+            idle_timeout,
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, tonic::Status> {
+        let (tx, rx) = oneshot::channel();
+        self.engine
+            .send(make(tx))
+            .await
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())
+    }
+
+    /// A session spec for `filter` started by `caller`: a caller that is
+    /// not root only ever selects its own processes.
+    fn spec(
+        &self,
+        filter: &str,
+        name: String,
+        caller: Caller,
+        idle_secs: u32,
+        ephemeral: bool,
+    ) -> Result<Spec, tonic::Status> {
+        if filter.len() > MAX_FILTER_LEN {
+            return Err(tonic::Status::invalid_argument(format!(
+                "the filter is {} bytes; the limit is {MAX_FILTER_LEN}",
+                filter.len()
+            )));
+        }
+        let parsed =
+            Filter::parse(filter).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let filter = if caller.is_root() {
+            parsed
+        } else {
+            parsed.restricted_to_uid(caller.uid)
+        };
+        let idle_timeout = if idle_secs == 0 {
+            self.idle_timeout
+        } else {
+            Duration::from_secs(u64::from(idle_secs))
+        };
+        Ok(Spec {
+            filter,
+            name,
+            owner: Owner { uid: caller.uid },
+            idle_timeout,
+            ephemeral,
+        })
+    }
+}
+
+fn unavailable() -> tonic::Status {
+    tonic::Status::unavailable("qtapd is shutting down")
+}
+
+/// The caller's uid from the unix socket's peer credentials.
+fn caller<T>(request: &Request<T>) -> Result<Caller, tonic::Status> {
+    let info = request.extensions().get::<UdsConnectInfo>();
+    let cred = info.and_then(|i| i.peer_cred).ok_or_else(|| {
+        tonic::Status::permission_denied("no peer credentials: connect over qtapd's unix socket")
+    })?;
+    Ok(Caller { uid: cred.uid() })
+}
+
+impl From<EngineError> for tonic::Status {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Hub(HubError::NotFound(_)) => tonic::Status::not_found(e.to_string()),
+            EngineError::Hub(HubError::Full) => tonic::Status::resource_exhausted(e.to_string()),
+            EngineError::PermissionDenied(_) => tonic::Status::permission_denied(e.to_string()),
+            EngineError::Compile(_) => tonic::Status::invalid_argument(e.to_string()),
+            EngineError::Kernel(_) => {
+                error!(error = %e, "kernel error while serving a request");
+                tonic::Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+type FollowStream = Pin<Box<dyn Stream<Item = Result<FollowItem, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Qtap for Service {
+    async fn start_trace(
+        &self,
+        request: Request<StartTraceRequest>,
+    ) -> Result<Response<Session>, tonic::Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let idle = req.options.map_or(0, |o| o.idle_timeout_secs);
+        let spec = self.spec(&req.filter, req.name, caller, idle, false)?;
+        let session = self.ask(|reply| Command::Start { spec, reply }).await??;
+        Ok(Response::new(session))
+    }
+
+    async fn stop_trace(
+        &self,
+        request: Request<StopTraceRequest>,
+    ) -> Result<Response<Session>, tonic::Status> {
+        let caller = caller(&request)?;
+        let id = request.into_inner().id;
+        let session = self
+            .ask(|reply| Command::Stop { id, caller, reply })
+            .await??;
+        Ok(Response::new(session))
+    }
+
+    async fn list_traces(
+        &self,
+        request: Request<ListTracesRequest>,
+    ) -> Result<Response<ListTracesResponse>, tonic::Status> {
+        let caller = caller(&request)?;
+        let sessions = self.ask(|reply| Command::List { caller, reply }).await?;
+        Ok(Response::new(ListTracesResponse { sessions }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<Status>, tonic::Status> {
+        caller(&request)?;
+        Ok(Response::new(
+            self.ask(|reply| Command::Status { reply }).await?,
+        ))
+    }
+
+    type FollowTraceStream = FollowStream;
+
+    async fn follow_trace(
+        &self,
+        request: Request<FollowTraceRequest>,
+    ) -> Result<Response<FollowStream>, tonic::Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let queue_len = match req.queue_len as usize {
+            0 => DEFAULT_QUEUE_LEN,
+            n if n > MAX_QUEUE_LEN => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "queue_len {n} exceeds {MAX_QUEUE_LEN}"
+                )));
+            }
+            n => n,
+        };
+        let target = match req.target {
+            Some(follow_trace_request::Target::Id(id)) => Target::Id(id),
+            Some(follow_trace_request::Target::Filter(f)) => {
+                Target::Session(self.spec(&f, "follow".into(), caller, 0, true)?)
+            }
+            None => {
+                return Err(tonic::Status::invalid_argument(
+                    "give a session id or a filter to follow",
+                ))
+            }
+        };
+        let (_, rx) = self
+            .ask(|reply| Command::Follow {
+                target,
+                caller,
+                queue_len,
+                reply,
+            })
+            .await??;
+        let stream: FollowStream = Box::pin(ReceiverStream::new(rx).map(Ok));
+        Ok(Response::new(stream))
+    }
+}
