@@ -34,7 +34,7 @@ run: build
 # which start the real qtapd (built above) against the real kernel.
 test: build
 	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
-	QTAPD_BIN=$(CURDIR)/$(QTAPD) cargo test --release --locked -p qtap-tests -- --test-threads=1
+	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl cargo test --release --locked -p qtap-tests -- --test-threads=1
 
 lint: deps
 	cargo fmt --all --check

@@ -6,7 +6,7 @@
 
 /// Generated messages, client and server of `qtap.v1`.
 pub mod v1 {
-    #![allow(clippy::pedantic, missing_docs, reason = "generated code")]
+    #![allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
     tonic::include_proto!("qtap.v1");
 }
 

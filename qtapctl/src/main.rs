@@ -1,19 +1,139 @@
-//! qtapctl: the unprivileged front end of qtapd.
-//!
-//! Trace sessions over gRPC (`trace start|follow|stop|list`, `status`)
-//! arrive with the session API; until then qtapctl only identifies itself,
-//! and `qtapd --bpf-trace` is the way to trace.
+//! qtapctl: the unprivileged front end of qtapd. Parses the command line,
+//! connects, runs one subcommand, and maps the outcome to an exit code:
+//! 0 on success or a closed pipe, 1 on a runtime failure, 2 on a usage
+//! error (clap's own, or a request the daemon rejects as invalid).
 
-use clap::Parser;
+mod client;
+mod cmd;
+mod render;
 
-/// qtapctl talks to a running qtapd. The session commands are not built
-/// yet: trace with `qtapd --bpf-trace=FILTER` (see the README).
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Start, follow, stop and list qtapd trace sessions.
+///
+/// A session traces the network syscalls of the processes its filter
+/// selects, e.g. `mod:socket,exe.contains:curl`. Sessions live in qtapd:
+/// start one, follow it from another terminal, stop it when done (or it
+/// stops itself after 10 minutes without a follower).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Args {}
+#[command(version, about)]
+struct Cli {
+    /// qtapd's unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "QTAP_SOCKET",
+        default_value = "/run/qtap/qtapd.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Args::parse();
-    eprintln!("qtapctl: no session commands yet; run `qtapd --bpf-trace=FILTER` (see README)");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Trace sessions.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// The daemon's version, kernel, programs and counters.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCommand {
+    /// Start a session and print its id (or follow it with --follow).
+    Start {
+        /// What to trace: `key:value` terms, comma-separated. Keys: mod,
+        /// exe, exe.contains, exe.startsWith, exe.endsWith, comm, pid, uid,
+        /// port.
+        #[arg(long)]
+        filter: String,
+        /// A name shown by `trace list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Seconds without a follower before qtapd stops the session
+        /// (0: the daemon's default).
+        #[arg(long, default_value_t = 0)]
+        idle_timeout: u32,
+        /// Follow the new session right away.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        view: View,
+    },
+    /// Stream a session's events (by id), or an inline filter's.
+    Follow {
+        /// The session id (see `trace list`).
+        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
+        id: Option<String>,
+        /// Follow this filter in a session that ends with the stream.
+        #[arg(long)]
+        filter: Option<String>,
+        #[command(flatten)]
+        view: View,
+    },
+    /// Stop a session and remove its kernel state.
+    Stop {
+        /// The session id.
+        id: String,
+    },
+    /// List the sessions you may see (all of them as root).
+    List,
+}
+
+/// How events are shown.
+#[derive(Clone, Debug, clap::Args)]
+pub struct View {
+    /// console: aligned lines, coloured on a terminal; json: one object per
+    /// line (the fields of qtapd's --bpf-trace JSON plus session and seq).
+    #[arg(long, value_enum, default_value_t = Output::Console)]
+    output: Output,
+    /// Items qtapd may queue for this follower before it counts losses.
+    #[arg(long, default_value_t = 0)]
+    queue_len: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Console,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qtapctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => cmd::exit_code(&e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket;
+    match cli.command {
+        Command::Status => cmd::status::run(&socket).await,
+        Command::Trace(TraceCommand::Start {
+            filter,
+            name,
+            idle_timeout,
+            follow,
+            view,
+        }) => cmd::trace::start(&socket, filter, name, idle_timeout, follow.then_some(view)).await,
+        Command::Trace(TraceCommand::Follow { id, filter, view }) => {
+            cmd::trace::follow(&socket, id, filter, &view).await
+        }
+        Command::Trace(TraceCommand::Stop { id }) => cmd::trace::stop(&socket, id).await,
+        Command::Trace(TraceCommand::List) => cmd::trace::list(&socket).await,
+    }
 }

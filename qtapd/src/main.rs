@@ -110,19 +110,16 @@ fn run(args: Args, filter: Option<Filter>) -> anyhow::Result<()> {
             wait_for_signal().await;
             signals.cancel();
         });
-        match filter {
-            Some(filter) => {
-                let log = (args.log_level >= Level::Info).then(|| TraceLog::new(args.log_encoding));
-                daemon::bpf_trace(filter, log, shutdown).await
-            }
-            None => {
-                let config = ServeConfig {
-                    socket: args.socket,
-                    group: args.socket_group,
-                    idle_timeout: Duration::from_secs(args.idle_timeout),
-                };
-                daemon::serve(config, shutdown).await
-            }
+        if let Some(filter) = filter {
+            let log = (args.log_level >= Level::Info).then(|| TraceLog::new(args.log_encoding));
+            daemon::bpf_trace(filter, log, shutdown).await
+        } else {
+            let config = ServeConfig {
+                socket: args.socket,
+                group: args.socket_group,
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+            };
+            daemon::serve(config, shutdown).await
         }
     })
 }

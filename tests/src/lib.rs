@@ -1,12 +1,15 @@
 //! Harness for qtap's privileged end-to-end tests: starts a real `qtapd`
-//! with a filter, collects the JSON events it prints, and stops it.
+//! (in `--bpf-trace` mode, or serving sessions to the real `qtapctl`),
+//! drives real programs, and collects the JSON events printed.
 //!
 //! The tests need root and a kernel that loads BPF. Run as non-root outside
 //! CI they say loudly that they did not run; under `CI=true` a missing
 //! privilege or a daemon that cannot load its programs fails the test.
+#![allow(clippy::must_use_candidate, reason = "helpers are often called for their effect alone")]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -20,17 +23,7 @@ use serde_json::Value;
 /// The `qtapd` binary under test: `$QTAPD_BIN`, else the workspace's
 /// release build, else its debug build.
 pub fn qtapd_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("QTAPD_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    for profile in ["release", "debug"] {
-        let bin = target.join(profile).join("qtapd");
-        if bin.exists() {
-            return Ok(bin);
-        }
-    }
-    bail!("no qtapd binary: build it first (`make test` does) or set QTAPD_BIN")
+    workspace_bin("QTAPD_BIN", "qtapd")
 }
 
 /// Whether privileged tests can run here. Under `CI=true` not being root
@@ -181,3 +174,226 @@ pub const WRITES: &[&str] = &[
     "sendmmsg",
     "sendfile64",
 ];
+
+/// A binary of the workspace: `$<ENV>`, else the release build, else debug.
+fn workspace_bin(env: &str, name: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join(name))
+        .find(|bin| bin.exists())
+        .with_context(|| {
+            format!("no {name} binary: build it first (`make test` does) or set {env}")
+        })
+}
+
+/// The `qtapctl` binary under test.
+pub fn qtapctl_bin() -> Result<PathBuf> {
+    workspace_bin("QTAPCTL_BIN", "qtapctl")
+}
+
+/// A running `qtapd` in service mode on its own socket.
+pub struct Service {
+    child: Child,
+    pub socket: PathBuf,
+    dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Service {
+    /// Starts qtapd serving on a socket in a fresh directory and waits
+    /// until it accepts connections.
+    pub fn start(extra: &[&str]) -> Result<Service> {
+        let dir =
+            std::env::temp_dir().join(format!("qtap-e2e-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)?;
+        // Other users must reach the socket inside (its own mode decides).
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let socket = dir.join("qtapd.sock");
+        let mut child = Command::new(qtapd_bin()?)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn qtapd")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().context("qtapd stderr")?;
+        let log = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let service = Service {
+            child,
+            socket,
+            dir,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_mins(1);
+        let mut service = service;
+        while std::os::unix::net::UnixStream::connect(&service.socket).is_err() {
+            if let Some(status) = service.child.try_wait()? {
+                thread::sleep(Duration::from_millis(200));
+                bail!(
+                    "qtapd exited with {status} before listening:\n{}",
+                    service.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("qtapd not listening after 60 s:\n{}", service.stderr());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(service)
+    }
+
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Runs qtapctl against this daemon as root.
+    #[must_use]
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        self.ctl_as(None, args)
+    }
+
+    /// Runs qtapctl as `user` (a name), or as root for `None`.
+    #[must_use]
+    pub fn ctl_as(&self, user: Option<&str>, args: &[&str]) -> std::process::Output {
+        self.ctl_command(user, args).output().expect("run qtapctl")
+    }
+
+    /// A qtapctl command line, as `user` when given (via `setpriv`).
+    #[must_use]
+    pub fn ctl_command(&self, user: Option<&str>, args: &[&str]) -> Command {
+        let bin = qtapctl_bin().expect("qtapctl binary");
+        let mut cmd = match user {
+            Some(user) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={user}"))
+                    .arg(format!("--regid={user}"))
+                    .arg("--init-groups")
+                    .arg("--")
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd
+    }
+
+    /// Stops qtapd with SIGTERM; returns its log.
+    pub fn stop(mut self) -> Result<String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        thread::sleep(Duration::from_millis(100));
+        if !status.success() {
+            bail!("qtapd exited with {status}:\n{}", self.stderr());
+        }
+        Ok(self.stderr())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A follower running in the background (`qtapctl trace follow … --output json`).
+pub struct Follower {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Follower {
+    /// Spawns `cmd` (a qtapctl follow command) and collects its JSON lines.
+    pub fn spawn(mut cmd: Command) -> Result<Follower> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let out = child.stdout.take().context("qtapctl stdout")?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("qtapctl printed a line that is not JSON ({e}): {line}")
+                });
+                sink.lock().unwrap().push(value);
+            }
+        });
+        Ok(Follower { child, events })
+    }
+
+    /// Lets events drain, interrupts the follower (SIGINT, like Ctrl-C),
+    /// and returns what it printed.
+    pub fn stop(mut self) -> Result<Vec<Value>> {
+        thread::sleep(Duration::from_millis(700));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait()?;
+        thread::sleep(Duration::from_millis(100));
+        if !status.success() {
+            bail!("qtapctl follow exited with {status}");
+        }
+        Ok(self.events.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BODY_LEN: usize = 1000;
+
+/// Serves one HTTP request on loopback; returns (request bytes received, response bytes sent).
+pub fn serve_once(listener: &TcpListener) -> (usize, usize) {
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "client closed before the request ended");
+        request.extend_from_slice(&buf[..n]);
+    }
+    let body = "x".repeat(BODY_LEN);
+    let response =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY_LEN}\r\nConnection: close\r\n\r\n{body}");
+    conn.write_all(response.as_bytes()).unwrap();
+    (request.len(), response.len())
+}
+
+/// Runs `curl -s -o /dev/null URL` to completion; returns its pid.
+pub fn run_curl(url: &str) -> u32 {
+    let mut child = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", url])
+        .spawn()
+        .expect("curl is installed (make test installs it)");
+    let pid = child.id();
+    assert!(child.wait().unwrap().success(), "curl {url} failed");
+    pid
+}

@@ -2,7 +2,6 @@
 
 use std::{
     fs,
-    io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
@@ -10,37 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qtap_tests::{bytes_on, of_pid, privileged, qtapd_bin, syscall, Daemon, READS, WRITES};
+use qtap_tests::{
+    bytes_on, of_pid, privileged, qtapd_bin, run_curl, serve_once, syscall, Daemon, READS, WRITES,
+};
 use serde_json::Value;
-
-const BODY_LEN: usize = 1000;
-
-/// Serves one HTTP request; returns (request bytes received, response bytes sent).
-fn serve_once(listener: &TcpListener) -> (usize, usize) {
-    let (mut conn, _) = listener.accept().unwrap();
-    let mut request = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut buf).unwrap();
-        assert!(n > 0, "client closed before the request ended");
-        request.extend_from_slice(&buf[..n]);
-    }
-    let body = "x".repeat(BODY_LEN);
-    let response =
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY_LEN}\r\nConnection: close\r\n\r\n{body}");
-    conn.write_all(response.as_bytes()).unwrap();
-    (request.len(), response.len())
-}
-
-fn run_curl(url: &str) -> u32 {
-    let mut child = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", url])
-        .spawn()
-        .expect("curl is installed (make test installs it)");
-    let pid = child.id();
-    assert!(child.wait().unwrap().success(), "curl {url} failed");
-    pid
-}
 
 fn find<'a>(events: &'a [Value], call: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| syscall(e) == Some(call)).collect()

@@ -399,7 +399,7 @@ impl Engine {
                 warn!(%error, session = %session.id, "could not remove the session's kernel state");
             }
         }
-        if self.ticks % HEARTBEAT_TICKS == 0 {
+        if self.ticks.is_multiple_of(HEARTBEAT_TICKS) {
             self.hub.heartbeat();
         }
     }

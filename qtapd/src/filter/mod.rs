@@ -218,7 +218,7 @@ impl Filter {
     }
 
     /// The same filter restricted to processes of `uid` (added as a term,
-    /// so it is ANDed with everything else).
+    /// which must match along with every other key).
     #[must_use]
     pub fn restricted_to_uid(&self, uid: u32) -> Filter {
         let mut terms: Vec<Term> = self

@@ -1,0 +1,211 @@
+//! `qtapctl trace start|follow|stop|list`.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use qtap_proto::v1::{
+    follow_item::Item, follow_trace_request::Target, FollowTraceRequest, ListTracesRequest,
+    LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
+};
+
+use crate::{client, render, View};
+
+pub async fn start(
+    socket: &Path,
+    filter: String,
+    name: String,
+    idle_timeout: u32,
+    follow_with: Option<View>,
+) -> anyhow::Result<()> {
+    let mut client = client::connect(socket).await?;
+    let request = StartTraceRequest {
+        filter,
+        name,
+        options: Some(TraceOptions {
+            idle_timeout_secs: idle_timeout,
+        }),
+    };
+    let session = client.start_trace(request).await?.into_inner();
+    match follow_with {
+        None => {
+            println!("{}", session.id);
+            Ok(())
+        }
+        Some(view) => {
+            eprintln!("qtapctl: session {} ({})", session.id, session.filter);
+            follow(socket, Some(session.id), None, &view).await
+        }
+    }
+}
+
+pub async fn stop(socket: &Path, id: String) -> anyhow::Result<()> {
+    let mut client = client::connect(socket).await?;
+    let s = client
+        .stop_trace(StopTraceRequest { id })
+        .await?
+        .into_inner();
+    println!(
+        "stopped {}: {} events delivered, {} lost",
+        s.id, s.events_delivered, s.events_lost
+    );
+    Ok(())
+}
+
+pub async fn list(socket: &Path) -> anyhow::Result<()> {
+    let mut client = client::connect(socket).await?;
+    let sessions = client
+        .list_traces(ListTracesRequest {})
+        .await?
+        .into_inner()
+        .sessions;
+    println!(
+        "{:<6} {:<12} {:>6} {:>10} {:>8} {:>9} {:>8}  FILTER",
+        "ID", "NAME", "UID", "DELIVERED", "LOST", "FOLLOWERS", "AGE"
+    );
+    for s in &sessions {
+        println!(
+            "{:<6} {:<12} {:>6} {:>10} {:>8} {:>9} {:>7}s  {}",
+            s.id,
+            s.name,
+            s.owner_uid,
+            s.events_delivered,
+            s.events_lost,
+            s.followers,
+            age_secs(s),
+            s.filter
+        );
+    }
+    Ok(())
+}
+
+fn age_secs(s: &Session) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    ((now - s.created_unix_nanos).max(0) / 1_000_000_000) as u64
+}
+
+/// Why one connection's stream ended.
+enum End {
+    Interrupted,
+    SessionEnded,
+}
+
+/// A failure worth reconnecting for (the daemon or the transport went
+/// away), or not.
+enum FollowError {
+    Transport(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Counts shown when `follow` ends.
+#[derive(Default)]
+struct Summary {
+    events: u64,
+    lost: u64,
+}
+
+pub async fn follow(
+    socket: &Path,
+    id: Option<String>,
+    filter: Option<String>,
+    view: &View,
+) -> anyhow::Result<()> {
+    let target = match (id, filter) {
+        (Some(id), _) => Target::Id(id),
+        (None, Some(filter)) => Target::Filter(filter),
+        (None, None) => anyhow::bail!("give a session id or --filter"),
+    };
+    let started = Instant::now();
+    let mut renderer = render::new(view.output);
+    let mut summary = Summary::default();
+    let mut backoff = BACKOFF_START;
+    let result = loop {
+        let request = FollowTraceRequest {
+            target: Some(target.clone()),
+            queue_len: view.queue_len,
+        };
+        match follow_once(socket, request, renderer.as_mut(), &mut summary).await {
+            Ok(End::Interrupted) => break Ok(()),
+            Ok(End::SessionEnded) => {
+                eprintln!("qtapctl: the session ended (stopped, or qtapd shut down)");
+                break Ok(());
+            }
+            Err(FollowError::Transport(e)) => {
+                eprintln!(
+                    "qtapctl: {e:#}; reconnecting in {:.1}s",
+                    backoff.as_secs_f64()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = tokio::signal::ctrl_c() => break Ok(()),
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(FollowError::Fatal(e)) => break Err(e),
+        }
+    };
+    eprintln!(
+        "qtapctl: {} events, {} lost, {:.1}s",
+        summary.events,
+        summary.lost,
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
+
+async fn follow_once(
+    socket: &Path,
+    request: FollowTraceRequest,
+    renderer: &mut dyn render::Render,
+    summary: &mut Summary,
+) -> Result<End, FollowError> {
+    let mut client = client::connect(socket)
+        .await
+        .map_err(FollowError::Transport)?;
+    let response = client.follow_trace(request).await.map_err(classify)?;
+    let mut stream = response.into_inner();
+    loop {
+        let item = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
+            item = stream.message() => item.map_err(classify)?,
+        };
+        let Some(item) = item else {
+            return Ok(End::SessionEnded);
+        };
+        match item.item {
+            Some(Item::Event(event)) => {
+                summary.events += 1;
+                renderer
+                    .event(&event)
+                    .context("write to stdout")
+                    .map_err(FollowError::Fatal)?;
+            }
+            Some(Item::Lost(lost)) => {
+                summary.lost += lost.count;
+                let stage = if lost.stage == LossStage::KernelRing as i32 {
+                    "the kernel ring buffer was full (all sessions)"
+                } else {
+                    "this follower's queue in qtapd was full"
+                };
+                eprintln!("qtapctl: lost {} events: {stage}", lost.count);
+            }
+            Some(Item::Heartbeat(_)) | None => {}
+        }
+    }
+}
+
+fn classify(status: tonic::Status) -> FollowError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+            FollowError::Transport(anyhow::Error::new(status))
+        }
+        _ => FollowError::Fatal(anyhow::Error::new(status)),
+    }
+}

@@ -1,0 +1,241 @@
+//! `--output console`: one aligned line per event — time, process, fd,
+//! direction arrow, syscall, bytes (or the error), TLS, protocol and the
+//! remote address. Coloured when stdout is a terminal, plain when piped.
+
+use std::io::{self, IsTerminal, Write};
+
+use qtap_proto::v1::Event;
+
+use super::Render;
+
+pub struct Console<W: Write> {
+    out: W,
+    colour: bool,
+    header: bool,
+}
+
+impl Console<io::Stdout> {
+    pub fn stdout() -> Console<io::Stdout> {
+        let colour = io::stdout().is_terminal();
+        Console {
+            out: io::stdout(),
+            colour,
+            header: colour,
+        }
+    }
+}
+
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const CYAN: &str = "\x1b[36m";
+const DIM: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+impl<W: Write> Console<W> {
+    #[cfg(test)]
+    pub fn plain(out: W) -> Console<W> {
+        Console {
+            out,
+            colour: false,
+            header: false,
+        }
+    }
+
+    fn paint(&self, colour: &str, text: &str) -> String {
+        if self.colour {
+            format!("{colour}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// The line for one event, without colour codes' width.
+    fn line(&self, e: &Event) -> String {
+        // `2026-11-27T06:42:40.145840716Z` → `06:42:40.145840`
+        let time = e.ts.get(11..26).unwrap_or(&e.ts);
+        let exe = e
+            .exe
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&e.comm);
+        let process = format!("{exe}[{}]", e.pid);
+        let fd = e.fd.map_or_else(|| "-".into(), |fd| fd.to_string());
+        let (arrow, arrow_colour) = match e.direction {
+            Some(0) => ("←", CYAN),
+            Some(1) => ("→", GREEN),
+            _ => ("·", DIM),
+        };
+        let what = e.msg.rsplit('/').next().unwrap_or(&e.msg);
+        let amount = match (&e.error, e.bytes, e.ret) {
+            (Some(error), _, _) => self.paint(RED, error),
+            (None, Some(bytes), _) => format!("{bytes}B"),
+            (None, None, Some(ret)) => format!("={ret}"),
+            (None, None, None) => e
+                .filename
+                .clone()
+                .or_else(|| e.child_pid.map(|c| format!("child {c}")))
+                .unwrap_or_default(),
+        };
+        let ssl = match e.ssl {
+            Some(true) => "tls",
+            Some(false) => "-",
+            None => "",
+        };
+        let proto = e.protocol.as_deref().unwrap_or("");
+        let remote = match &e.conn_info {
+            Some(c) => c
+                .remote
+                .clone()
+                .or_else(|| c.local.clone().map(|l| format!("local {l}")))
+                .unwrap_or_else(|| c.family.clone()),
+            None if e.msg.starts_with("syscall/") => "(not a socket)".into(),
+            None => String::new(),
+        };
+        let new_fd = e.new_fd.map(|n| format!(" -> fd {n}")).unwrap_or_default();
+        format!(
+            "{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<8} {remote}{new_fd}",
+            arrow = self.paint(arrow_colour, arrow),
+        )
+    }
+}
+
+impl<W: Write> Render for Console<W> {
+    fn event(&mut self, e: &Event) -> io::Result<()> {
+        if self.header {
+            self.header = false;
+            let head = format!(
+                "{:<15}  {:<22} {:>4} {} {:<11} {:>10}  {:<3} {:<8} {}",
+                "TIME", "PROCESS", "FD", " ", "CALL", "BYTES", "TLS", "PROTO", "REMOTE"
+            );
+            writeln!(self.out, "{}", self.paint(DIM, &head))?;
+        }
+        let line = self.line(e);
+        writeln!(self.out, "{line}")?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::{fs, path::PathBuf};
+
+    use qtap_proto::v1::ConnInfo;
+
+    use super::*;
+
+    /// A curl request as qtapd reports it, hand-built.
+    pub fn sample() -> Vec<Event> {
+        let base = Event {
+            ts: "2026-11-27T06:42:40.145840716Z".into(),
+            caller: "tracepoint/syscalls/sys_exit_sendto".into(),
+            pid: 23190,
+            tid: 23190,
+            exe: "/usr/bin/curl".into(),
+            comm: "curl".into(),
+            ssl: Some(false),
+            protocol: Some("unknown".into()),
+            open: Some(true),
+            session: "s1".into(),
+            ..Event::default()
+        };
+        let conn = ConnInfo {
+            family: "inet".into(),
+            r#type: "tcp".into(),
+            role: "client".into(),
+            local: None,
+            remote: Some("127.0.0.1:18080".into()),
+        };
+        vec![
+            Event {
+                msg: "process/exec".into(),
+                filename: Some("/usr/bin/curl".into()),
+                seq: 1,
+                ssl: None,
+                protocol: None,
+                open: None,
+                ..base.clone()
+            },
+            Event {
+                msg: "syscall/connect".into(),
+                fd: Some(5),
+                ret: Some(-115),
+                error: Some("EINPROGRESS".into()),
+                conn_info: Some(conn.clone()),
+                seq: 2,
+                ..base.clone()
+            },
+            Event {
+                msg: "syscall/sendto".into(),
+                fd: Some(5),
+                direction: Some(1),
+                bytes: Some(79),
+                ret: Some(79),
+                conn_info: Some(conn.clone()),
+                seq: 3,
+                ..base.clone()
+            },
+            Event {
+                msg: "syscall/recvfrom".into(),
+                fd: Some(5),
+                direction: Some(0),
+                bytes: Some(210),
+                ret: Some(210),
+                conn_info: Some(conn.clone()),
+                seq: 4,
+                ..base.clone()
+            },
+            Event {
+                msg: "syscall/write".into(),
+                fd: Some(1),
+                direction: Some(1),
+                bytes: Some(25),
+                ret: Some(25),
+                open: Some(false),
+                seq: 5,
+                ..base.clone()
+            },
+            Event {
+                msg: "syscall/close".into(),
+                fd: Some(5),
+                ret: Some(0),
+                conn_info: Some(conn),
+                seq: 6,
+                ..base
+            },
+        ]
+    }
+
+    /// Compares `actual` with `tests/golden/<name>`; `QTAP_BLESS=1`
+    /// rewrites the file instead.
+    pub fn golden(name: &str, actual: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var("QTAP_BLESS").as_deref() == Ok("1") {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with QTAP_BLESS=1 to create it)",
+                path.display()
+            )
+        });
+        assert_eq!(
+            actual, expected,
+            "{name} differs; QTAP_BLESS=1 regenerates it after a deliberate change"
+        );
+    }
+
+    #[test]
+    fn golden_console() {
+        let mut out = Vec::new();
+        let mut console = Console::plain(&mut out);
+        for event in sample() {
+            console.event(&event).unwrap();
+        }
+        golden("console.golden", &String::from_utf8(out).unwrap());
+    }
+}

@@ -1,0 +1,41 @@
+//! `--output json`: one object per line, the same object as
+//! `qtapd --bpf-trace --log-encoding=json` prints, plus `session`/`seq`.
+
+use std::io::{self, Write};
+
+use qtap_proto::{json, v1::Event};
+
+use super::Render;
+
+pub struct Json<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Json<W> {
+    pub fn new(out: W) -> Json<W> {
+        Json { out }
+    }
+}
+
+impl<W: Write> Render for Json<W> {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        writeln!(self.out, "{}", json::event(event))?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::console::tests::sample;
+
+    #[test]
+    fn golden() {
+        let mut out = Vec::new();
+        let mut json = Json::new(&mut out);
+        for event in sample() {
+            json.event(&event).unwrap();
+        }
+        crate::render::console::tests::golden("json.golden", &String::from_utf8(out).unwrap());
+    }
+}

@@ -1,0 +1,257 @@
+//! Trace sessions end to end: a real qtapd serving gRPC on a unix socket,
+//! driven by the real qtapctl as root and as unprivileged users.
+
+use std::{net::TcpListener, process::Command, thread, time::Duration};
+
+use qtap_tests::{
+    bytes_on, of_pid, privileged, run_curl, serve_once, syscall, Follower, Service, READS, WRITES,
+};
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "qtapctl failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits until `trace list` shows `id` with `followers` followers.
+fn wait_followers(service: &Service, id: &str, followers: u32) {
+    for _ in 0..100 {
+        let list = stdout(&service.ctl(&["trace", "list"]));
+        if list.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // NAME may be empty, so count FOLLOWERS from the right.
+            cols.first() == Some(&id)
+                && cols.len() >= 3
+                && cols[cols.len() - 3] == followers.to_string()
+        }) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("session {id} never had {followers} followers");
+}
+
+fn http_server(requests: usize) -> (String, thread::JoinHandle<Vec<(usize, usize)>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/",
+        listener.local_addr().unwrap().port()
+    );
+    let handle = thread::spawn(move || (0..requests).map(|_| serve_once(&listener)).collect());
+    (url, handle)
+}
+
+fn follow_json(service: &Service, user: Option<&str>, id: &str) -> Follower {
+    Follower::spawn(service.ctl_command(user, &["trace", "follow", id, "--output", "json"]))
+        .unwrap()
+}
+
+#[test]
+fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let curl_id = stdout(&service.ctl(&[
+        "trace",
+        "start",
+        "--filter",
+        "mod:socket,exe.contains:curl",
+        "--name",
+        "curl",
+    ]));
+    let py_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:python3"]));
+    assert_ne!(curl_id, py_id);
+    let curl_follow = follow_json(&service, None, &curl_id);
+    let py_follow = follow_json(&service, None, &py_id);
+    wait_followers(&service, &curl_id, 1);
+    wait_followers(&service, &py_id, 1);
+
+    let (url, server) = http_server(2);
+    let curl = run_curl(&url);
+    let python = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import urllib.request; urllib.request.urlopen('{url}').read()"),
+        ])
+        .status()
+        .unwrap();
+    assert!(python.success());
+    let requests = server.join().unwrap();
+    let curl_events = curl_follow.stop().unwrap();
+    let py_events = py_follow.stop().unwrap();
+
+    // The curl session saw curl's connection, with the right byte counts.
+    let mine = of_pid(&curl_events, curl);
+    assert!(
+        curl_events
+            .iter()
+            .all(|e| e["exe"].as_str().unwrap_or("").contains("curl")),
+        "{curl_events:#?}"
+    );
+    let connect = mine
+        .iter()
+        .find(|e| {
+            syscall(e) == Some("connect")
+                && e["conn_info"]["remote"].as_str()
+                    == url.strip_prefix("http://").map(|u| u.trim_end_matches('/'))
+        })
+        .unwrap_or_else(|| panic!("no connect to {url}: {mine:#?}"));
+    let fd = connect["fd"].as_i64().unwrap();
+    assert_eq!(bytes_on(&mine, fd, WRITES), requests[0].0 as i64);
+    assert_eq!(bytes_on(&mine, fd, READS), requests[0].1 as i64);
+    assert!(mine
+        .iter()
+        .any(|e| syscall(e) == Some("close") && e["fd"].as_i64() == Some(fd)));
+    for e in &curl_events {
+        assert_eq!(e["session"], curl_id.as_str());
+    }
+    let seqs: Vec<u64> = curl_events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "a gap in seq means loss"
+    );
+
+    // The python session saw only python.
+    assert!(!py_events.is_empty(), "python3 was not traced");
+    assert!(
+        py_events
+            .iter()
+            .all(|e| e["exe"].as_str().unwrap_or("").contains("python3")),
+        "{py_events:#?}"
+    );
+    assert!(of_pid(&py_events, curl).is_empty());
+
+    // Stopping both removes the kernel state.
+    for id in [&curl_id, &py_id] {
+        assert!(stdout(&service.ctl(&["trace", "stop", id])).starts_with(&format!("stopped {id}")));
+    }
+    let status = stdout(&service.ctl(&["status"]));
+    assert!(status.contains("sessions            0"), "{status}");
+    assert!(status.contains("selected processes  0"), "{status}");
+    let stop_again = service.ctl(&["trace", "stop", &curl_id]);
+    assert_eq!(stop_again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stop_again.stderr).contains("not found"));
+    service.stop().unwrap();
+}
+
+#[test]
+fn invalid_filter_is_a_usage_error_naming_the_term() {
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let out = service.ctl(&["trace", "start", "--filter", "mod:socket,exe.contain:curl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid argument") && stderr.contains("`exe.contain:curl`"),
+        "{stderr}"
+    );
+    service.stop().unwrap();
+}
+
+/// Creates (once) a system user, in group `qtap` or not.
+fn user(name: &str, in_qtap: bool) {
+    let exists = Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        let mut cmd = Command::new("useradd");
+        cmd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if in_qtap {
+            cmd.args(["--groups", "qtap"]);
+        }
+        assert!(cmd.arg(name).status().unwrap().success(), "useradd {name}");
+    }
+}
+
+#[test]
+fn unprivileged_users_see_only_their_own() {
+    if !privileged() {
+        return;
+    }
+    // qtapd creates group qtap before the users are made.
+    let service = Service::start(&[]).unwrap();
+    user("qtap-e2e-member", true);
+    user("qtap-e2e-stranger", false);
+    let member = Some("qtap-e2e-member");
+
+    // Not in the group: the socket refuses the connection.
+    let out = service.ctl_as(Some("qtap-e2e-stranger"), &["trace", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connect to qtapd"),
+        "{out:?}"
+    );
+
+    // A member's session selects only the member's processes.
+    let root_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let id = stdout(&service.ctl_as(member, &["trace", "start", "--filter", "exe.contains:curl"]));
+    let follower = follow_json(&service, member, &id);
+    wait_followers(&service, &id, 1);
+    let (url, server) = http_server(2);
+    let root_curl = run_curl(&url);
+    let member_curl = Command::new("setpriv")
+        .args([
+            "--reuid=qtap-e2e-member",
+            "--regid=qtap-e2e-member",
+            "--init-groups",
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            &url,
+        ])
+        .spawn()
+        .unwrap();
+    let member_pid = member_curl.id();
+    assert!(member_curl.wait_with_output().unwrap().status.success());
+    server.join().unwrap();
+    let events = follower.stop().unwrap();
+    assert!(
+        of_pid(&events, root_curl).is_empty(),
+        "a member's session saw root's curl"
+    );
+    assert!(
+        !of_pid(&events, member_pid).is_empty(),
+        "a member's session missed the member's curl: {events:#?}"
+    );
+
+    // The member sees and may touch only its own session.
+    let list = stdout(&service.ctl_as(member, &["trace", "list"]));
+    assert!(
+        list.contains(&id) && !list.lines().any(|l| l.starts_with(&format!("{root_id} "))),
+        "{list}"
+    );
+    let denied = service.ctl_as(member, &["trace", "stop", &root_id]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
+    let denied = service.ctl_as(member, &["trace", "follow", &root_id, "--output", "json"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
+    assert!(stdout(&service.ctl_as(member, &["trace", "stop", &id])).starts_with("stopped"));
+    service.stop().unwrap();
+}
