@@ -14,7 +14,7 @@ ENCODING ?= console
 DEMO ?= 1
 BPF_LINKER_VERSION := 0.10.1
 # Debian packages the build, the demo and the tests use.
-DEB_PACKAGES := curl nginx-light python3 iproute2
+DEB_PACKAGES := curl nginx-light python3 iproute2 openssl
 QTAPD := target/release/qtapd
 
 .PHONY: all deps build run test unit e2e lint clean

@@ -9,7 +9,7 @@ mod render;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Start, follow, stop and list qtapd trace sessions.
 ///
@@ -28,6 +28,19 @@ struct Cli {
         default_value = "/run/qtap/qtapd.sock"
     )]
     socket: PathBuf,
+    /// A remote qtapd, `https://host:port`, reached over mutual TLS with
+    /// --ca, --cert and --key.
+    #[arg(long, global = true, env = "QTAP_REMOTE", requires_all = ["ca", "cert", "key"])]
+    remote: Option<String>,
+    /// PEM CA that signed the remote qtapd's certificate.
+    #[arg(long, global = true, env = "QTAP_CA")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate presented to the remote qtapd.
+    #[arg(long, global = true, env = "QTAP_CERT")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "QTAP_KEY")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +52,20 @@ enum Command {
     Trace(TraceCommand),
     /// The daemon's version, kernel, programs and counters.
     Status,
+    /// Shell completions or the man page, generated from this CLI.
+    #[command(subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// Completions for a shell, on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), on stdout.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,9 +117,19 @@ pub struct View {
     /// line (the fields of qtapd's --bpf-trace JSON plus session and seq).
     #[arg(long, value_enum, default_value_t = Output::Console)]
     output: Output,
+    /// Group events into per-fd flows (from accept/connect to close, with
+    /// totals in and out) instead of one line per event.
+    #[arg(long, value_enum)]
+    group_by: Option<GroupBy>,
     /// Items qtapd may queue for this follower before it counts losses.
     #[arg(long, default_value_t = 0)]
     queue_len: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    /// One flow per process and file descriptor.
+    Fd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -120,20 +157,74 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let socket = cli.socket;
+    let remote = match (cli.remote, cli.ca, cli.cert, cli.key) {
+        (Some(url), Some(ca), Some(cert), Some(key)) => Some(client::Remote { url, ca, cert, key }),
+        _ => None,
+    };
+    let conn = client::Connection {
+        socket: cli.socket,
+        remote,
+    };
     match cli.command {
-        Command::Status => cmd::status::run(&socket).await,
+        Command::Status => cmd::status::run(&conn).await,
+        Command::Generate(Generate::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "qtapctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Generate(Generate::Man) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Trace(TraceCommand::Start {
             filter,
             name,
             idle_timeout,
             follow,
             view,
-        }) => cmd::trace::start(&socket, filter, name, idle_timeout, follow.then_some(view)).await,
+        }) => cmd::trace::start(&conn, filter, name, idle_timeout, follow.then_some(view)).await,
         Command::Trace(TraceCommand::Follow { id, filter, view }) => {
-            cmd::trace::follow(&socket, id, filter, &view).await
+            cmd::trace::follow(&conn, id, filter, &view).await
         }
-        Command::Trace(TraceCommand::Stop { id }) => cmd::trace::stop(&socket, id).await,
-        Command::Trace(TraceCommand::List) => cmd::trace::list(&socket).await,
+        Command::Trace(TraceCommand::Stop { id }) => cmd::trace::stop(&conn, id).await,
+        Command::Trace(TraceCommand::List) => cmd::trace::list(&conn).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_and_completions_render() {
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.contains(".TH qtapctl") && man.contains("trace"),
+            "{man}"
+        );
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "qtapctl",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("follow") && bash.contains("--group-by"));
     }
 }

@@ -3,12 +3,13 @@
 //! sessions over gRPC on a unix socket. Order at shutdown: stop RPCs, stop
 //! the engine (ring reader), detach programs, remove the socket.
 
-use std::{path::PathBuf, time::Duration};
-
 use qtap_proto::v1::{follow_item::Item, qtap_server::QtapServer, LossStage};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::{
@@ -25,6 +26,9 @@ use crate::{
 
 /// Queue between the engine and the `--bpf-trace` printer.
 const TRACE_QUEUE_LEN: usize = 1 << 16;
+/// How long, once shutdown starts, clients get to finish and disconnect
+/// before their connections are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Commands waiting for the engine.
 const COMMAND_QUEUE_LEN: usize = 256;
 
@@ -104,6 +108,14 @@ pub struct ServeConfig {
     pub socket: PathBuf,
     pub group: String,
     pub idle_timeout: Duration,
+    pub tcp: Option<TcpConfig>,
+}
+
+/// The optional TCP listener: mutual TLS, or plain with `--insecure-tcp`.
+pub struct TcpConfig {
+    pub addr: SocketAddr,
+    /// `None` only with `--insecure-tcp`.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// Service mode: sessions over gRPC until `shutdown` fires.
@@ -118,23 +130,84 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(qtap_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = QtapServer::new(Service::new(commands_tx, config.idle_timeout));
-    let rpc_shutdown = shutdown.clone();
-    let served = tonic::transport::Server::builder()
+    let insecure = config.tcp.as_ref().is_some_and(|t| t.tls.is_none());
+    let service = Service::new(commands_tx, config.idle_timeout, insecure);
+    let tcp = match config.tcp {
+        Some(tcp) => Some(serve_tcp(tcp, service.clone(), shutdown.clone()).await?),
+        None => None,
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
+        .add_service(QtapServer::new(service))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
-            rpc_shutdown.cancelled_owned(),
-        )
-        .await;
+            shutdown.clone().cancelled_owned(),
+        );
+    let rpc_result = within_grace(server, &shutdown).await;
     // RPCs are stopped; now the engine, which owns the programs.
     shutdown.cancel();
+    if let Some(tcp) = tcp {
+        let abort = tcp.abort_handle();
+        match within_grace(tcp, &shutdown).await {
+            Ok(joined) => joined??,
+            Err(()) => abort.abort(),
+        }
+    }
     let engine_result = engine.await;
     let _ = std::fs::remove_file(&config.socket);
     info!(socket = %config.socket.display(), "eBPF programs detached; socket removed");
-    served?;
+    if let Ok(rpc_result) = rpc_result {
+        rpc_result?;
+    }
     engine_result??;
     Ok(())
+}
+
+/// Binds the TCP listener and serves the same service on it.
+async fn serve_tcp(
+    tcp: TcpConfig,
+    service: Service,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tcp.tls {
+        builder = builder.tls_config(tls)?;
+    } else {
+        warn!(
+            addr = %tcp.addr,
+            "--insecure-tcp: serving plain TCP without authentication; anyone who can reach it is trusted as root"
+        );
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<QtapServer<Service>>().await;
+    let listener = tokio::net::TcpListener::bind(tcp.addr).await?;
+    info!(addr = %tcp.addr, "listening on TCP");
+    let router = builder
+        .add_service(health_service)
+        .add_service(QtapServer::new(service));
+    Ok(tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        shutdown.cancelled_owned(),
+    )))
+}
+
+/// Awaits `work`, but once `shutdown` has fired gives it only
+/// [`SHUTDOWN_GRACE`]: a client that never closes its connection must not
+/// keep qtapd (and its programs) alive. `Err(())` when the grace ran out.
+async fn within_grace<F: std::future::Future>(
+    work: F,
+    shutdown: &CancellationToken,
+) -> Result<F::Output, ()> {
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => Ok(out),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            warn!(grace = ?SHUTDOWN_GRACE, "clients still connected at shutdown; dropping their connections");
+            Err(())
+        }
+    }
 }

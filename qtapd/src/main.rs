@@ -12,14 +12,14 @@ mod procfs;
 mod tracefs;
 mod tracelog;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, level_filters::LevelFilter};
 
 use crate::{
-    daemon::ServeConfig,
+    daemon::{ServeConfig, TcpConfig},
     filter::Filter,
     tracelog::{Encoding, TraceLog},
 };
@@ -57,6 +57,49 @@ struct Args {
     /// Seconds a session may have no follower before it is stopped.
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
+    /// Also serve on this TCP address (e.g. 0.0.0.0:7443). Requires mutual
+    /// TLS: --tls-cert, --tls-key and --client-ca, unless --insecure-tcp.
+    #[arg(long, value_name = "ADDR")]
+    listen_tcp: Option<SocketAddr>,
+    /// PEM certificate (chain) qtapd presents on TCP.
+    #[arg(long, value_name = "PEM", requires = "listen_tcp")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "listen_tcp")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA whose signed client certificates are accepted; callers with
+    /// one are trusted as administrators (like root on the socket).
+    #[arg(long, value_name = "PEM", requires = "listen_tcp")]
+    client_ca: Option<PathBuf>,
+    /// Serve plain TCP without authentication (loudly logged). Only for
+    /// isolated test networks.
+    #[arg(long, requires = "listen_tcp", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    insecure_tcp: bool,
+}
+
+/// The TCP listener's config, read and checked before anything is loaded.
+fn tcp_config(args: &Args) -> anyhow::Result<Option<TcpConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let Some(addr) = args.listen_tcp else {
+        return Ok(None);
+    };
+    if args.insecure_tcp {
+        return Ok(Some(TcpConfig { addr, tls: None }));
+    }
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.client_ca) else {
+        anyhow::bail!(
+            "--listen-tcp needs --tls-cert, --tls-key and --client-ca (or --insecure-tcp)"
+        );
+    };
+    let read =
+        |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()));
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .client_ca_root(Certificate::from_pem(read(ca)?));
+    Ok(Some(TcpConfig {
+        addr,
+        tls: Some(tls),
+    }))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -89,8 +132,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tcp = match tcp_config(&args) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            eprintln!("qtapd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(args.log_level, args.log_encoding);
-    match run(args, filter) {
+    match run(args, filter, tcp) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -99,7 +149,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, filter: Option<Filter>) -> anyhow::Result<()> {
+fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -118,6 +168,7 @@ fn run(args: Args, filter: Option<Filter>) -> anyhow::Result<()> {
                 socket: args.socket,
                 group: args.socket_group,
                 idle_timeout: Duration::from_secs(args.idle_timeout),
+                tcp,
             };
             daemon::serve(config, shutdown).await
         }

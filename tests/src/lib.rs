@@ -5,7 +5,10 @@
 //! The tests need root and a kernel that loads BPF. Run as non-root outside
 //! CI they say loudly that they did not run; under `CI=true` a missing
 //! privilege or a daemon that cannot load its programs fails the test.
-#![allow(clippy::must_use_candidate, reason = "helpers are often called for their effect alone")]
+#![allow(
+    clippy::must_use_candidate,
+    reason = "helpers are often called for their effect alone"
+)]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -207,13 +210,26 @@ impl Service {
     /// Starts qtapd serving on a socket in a fresh directory and waits
     /// until it accepts connections.
     pub fn start(extra: &[&str]) -> Result<Service> {
+        Service::start_in(None, extra)
+    }
+
+    /// Like [`Service::start`], inside network namespace `netns` when given.
+    pub fn start_in(netns: Option<&str>, extra: &[&str]) -> Result<Service> {
         let dir =
             std::env::temp_dir().join(format!("qtap-e2e-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         // Other users must reach the socket inside (its own mode decides).
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let socket = dir.join("qtapd.sock");
-        let mut child = Command::new(qtapd_bin()?)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(qtapd_bin()?);
+                c
+            }
+            None => Command::new(qtapd_bin()?),
+        };
+        let mut child = command
             .arg("--socket")
             .arg(&socket)
             .args(extra)

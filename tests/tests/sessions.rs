@@ -255,3 +255,45 @@ fn unprivileged_users_see_only_their_own() {
     assert!(stdout(&service.ctl_as(member, &["trace", "stop", &id])).starts_with("stopped"));
     service.stop().unwrap();
 }
+
+#[test]
+fn health_service_answers_on_the_socket() {
+    use hyper_util::rt::TokioIo;
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let socket = service.socket.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_static("http://qtapd.local")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await
+            .unwrap();
+        let request = HealthCheckRequest {
+            service: "qtap.v1.Qtap".into(),
+        };
+        HealthClient::new(channel)
+            .check(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    });
+    assert_eq!(status, ServingStatus::Serving as i32);
+    service.stop().unwrap();
+}

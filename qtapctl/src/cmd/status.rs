@@ -1,13 +1,11 @@
 //! `qtapctl status`.
 
-use std::path::Path;
-
 use qtap_proto::v1::GetStatusRequest;
 
 use crate::client;
 
-pub async fn run(socket: &Path) -> anyhow::Result<()> {
-    let mut client = client::connect(socket).await?;
+pub async fn run(conn: &client::Connection) -> anyhow::Result<()> {
+    let mut client = client::connect(conn).await?;
     let s = client.get_status(GetStatusRequest {}).await?.into_inner();
     let c = s.counters.unwrap_or_default();
     println!(

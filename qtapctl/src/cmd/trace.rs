@@ -1,9 +1,6 @@
 //! `qtapctl trace start|follow|stop|list`.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use qtap_proto::v1::{
@@ -14,13 +11,13 @@ use qtap_proto::v1::{
 use crate::{client, render, View};
 
 pub async fn start(
-    socket: &Path,
+    conn: &client::Connection,
     filter: String,
     name: String,
     idle_timeout: u32,
     follow_with: Option<View>,
 ) -> anyhow::Result<()> {
-    let mut client = client::connect(socket).await?;
+    let mut client = client::connect(conn).await?;
     let request = StartTraceRequest {
         filter,
         name,
@@ -36,13 +33,13 @@ pub async fn start(
         }
         Some(view) => {
             eprintln!("qtapctl: session {} ({})", session.id, session.filter);
-            follow(socket, Some(session.id), None, &view).await
+            follow(conn, Some(session.id), None, &view).await
         }
     }
 }
 
-pub async fn stop(socket: &Path, id: String) -> anyhow::Result<()> {
-    let mut client = client::connect(socket).await?;
+pub async fn stop(conn: &client::Connection, id: String) -> anyhow::Result<()> {
+    let mut client = client::connect(conn).await?;
     let s = client
         .stop_trace(StopTraceRequest { id })
         .await?
@@ -54,8 +51,8 @@ pub async fn stop(socket: &Path, id: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list(socket: &Path) -> anyhow::Result<()> {
-    let mut client = client::connect(socket).await?;
+pub async fn list(conn: &client::Connection) -> anyhow::Result<()> {
+    let mut client = client::connect(conn).await?;
     let sessions = client
         .list_traces(ListTracesRequest {})
         .await?
@@ -112,7 +109,7 @@ struct Summary {
 }
 
 pub async fn follow(
-    socket: &Path,
+    conn: &client::Connection,
     id: Option<String>,
     filter: Option<String>,
     view: &View,
@@ -123,7 +120,7 @@ pub async fn follow(
         (None, None) => anyhow::bail!("give a session id or --filter"),
     };
     let started = Instant::now();
-    let mut renderer = render::new(view.output);
+    let mut renderer = render::new(view.output, view.group_by);
     let mut summary = Summary::default();
     let mut backoff = BACKOFF_START;
     let result = loop {
@@ -131,7 +128,7 @@ pub async fn follow(
             target: Some(target.clone()),
             queue_len: view.queue_len,
         };
-        match follow_once(socket, request, renderer.as_mut(), &mut summary).await {
+        match follow_once(conn, request, renderer.as_mut(), &mut summary).await {
             Ok(End::Interrupted) => break Ok(()),
             Ok(End::SessionEnded) => {
                 eprintln!("qtapctl: the session ended (stopped, or qtapd shut down)");
@@ -151,22 +148,23 @@ pub async fn follow(
             Err(FollowError::Fatal(e)) => break Err(e),
         }
     };
+    let finished = renderer.finish().context("write to stdout");
     eprintln!(
         "qtapctl: {} events, {} lost, {:.1}s",
         summary.events,
         summary.lost,
         started.elapsed().as_secs_f64()
     );
-    result
+    result.and(finished)
 }
 
 async fn follow_once(
-    socket: &Path,
+    conn: &client::Connection,
     request: FollowTraceRequest,
     renderer: &mut dyn render::Render,
     summary: &mut Summary,
 ) -> Result<End, FollowError> {
-    let mut client = client::connect(socket)
+    let mut client = client::connect(conn)
         .await
         .map_err(FollowError::Transport)?;
     let response = client.follow_trace(request).await.map_err(classify)?;

@@ -381,7 +381,10 @@ mod tests {
         // What the lagging follower received plus what it was told it lost
         // accounts for every event offered to it.
         let received = 4 + items.iter().filter(|i| matches!(i, Item::Event(_))).count() as u64;
-        let told_lost: u64 = items.iter().map(|i| if let Item::Lost(l) = i { l.count } else { 0 }).sum();
+        let told_lost: u64 = items
+            .iter()
+            .map(|i| if let Item::Lost(l) = i { l.count } else { 0 })
+            .sum();
         assert_eq!(received + told_lost, 11);
     }
 

@@ -35,17 +35,42 @@ const MAX_FILTER_LEN: usize = 4096;
 pub struct Service {
     engine: mpsc::Sender<Command>,
     idle_timeout: Duration,
+    insecure_tcp: bool,
 }
 
 impl Service {
+    /// `insecure_tcp`: plain-TCP callers are trusted as administrators
+    /// (only with `--insecure-tcp`).
     #[must_use]
-    pub fn new(engine: mpsc::Sender<Command>, idle_timeout: Duration) -> Service {
+    pub fn new(
+        engine: mpsc::Sender<Command>,
+        idle_timeout: Duration,
+        insecure_tcp: bool,
+    ) -> Service {
         Service {
             engine,
             idle_timeout,
+            insecure_tcp,
         }
     }
 
+    /// Who is calling: a unix-socket caller by its peer credentials; a
+    /// TCP caller that presented a client certificate our CA signed (the
+    /// TLS handshake refuses any other) as an administrator, like root.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, tonic::Status> {
+        if let Some(info) = request.extensions().get::<UdsConnectInfo>() {
+            let cred = info.peer_cred.ok_or_else(|| {
+                tonic::Status::permission_denied("no peer credentials on the unix socket")
+            })?;
+            return Ok(Caller { uid: cred.uid() });
+        }
+        if request.peer_certs().is_some_and(|certs| !certs.is_empty()) || self.insecure_tcp {
+            return Ok(Caller { uid: 0 });
+        }
+        Err(tonic::Status::permission_denied(
+            "remote callers need a client certificate signed by qtapd's --client-ca",
+        ))
+    }
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -100,15 +125,6 @@ fn unavailable() -> tonic::Status {
     tonic::Status::unavailable("qtapd is shutting down")
 }
 
-/// The caller's uid from the unix socket's peer credentials.
-fn caller<T>(request: &Request<T>) -> Result<Caller, tonic::Status> {
-    let info = request.extensions().get::<UdsConnectInfo>();
-    let cred = info.and_then(|i| i.peer_cred).ok_or_else(|| {
-        tonic::Status::permission_denied("no peer credentials: connect over qtapd's unix socket")
-    })?;
-    Ok(Caller { uid: cred.uid() })
-}
-
 impl From<EngineError> for tonic::Status {
     fn from(e: EngineError) -> Self {
         match e {
@@ -132,7 +148,7 @@ impl Qtap for Service {
         &self,
         request: Request<StartTraceRequest>,
     ) -> Result<Response<Session>, tonic::Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let idle = req.options.map_or(0, |o| o.idle_timeout_secs);
         let spec = self.spec(&req.filter, req.name, caller, idle, false)?;
@@ -144,7 +160,7 @@ impl Qtap for Service {
         &self,
         request: Request<StopTraceRequest>,
     ) -> Result<Response<Session>, tonic::Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let id = request.into_inner().id;
         let session = self
             .ask(|reply| Command::Stop { id, caller, reply })
@@ -156,7 +172,7 @@ impl Qtap for Service {
         &self,
         request: Request<ListTracesRequest>,
     ) -> Result<Response<ListTracesResponse>, tonic::Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let sessions = self.ask(|reply| Command::List { caller, reply }).await?;
         Ok(Response::new(ListTracesResponse { sessions }))
     }
@@ -165,7 +181,7 @@ impl Qtap for Service {
         &self,
         request: Request<GetStatusRequest>,
     ) -> Result<Response<Status>, tonic::Status> {
-        caller(&request)?;
+        self.caller(&request)?;
         Ok(Response::new(
             self.ask(|reply| Command::Status { reply }).await?,
         ))
@@ -177,7 +193,7 @@ impl Qtap for Service {
         &self,
         request: Request<FollowTraceRequest>,
     ) -> Result<Response<FollowStream>, tonic::Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let queue_len = match req.queue_len as usize {
             0 => DEFAULT_QUEUE_LEN,

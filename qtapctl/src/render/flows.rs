@@ -1,0 +1,151 @@
+//! `--group-by fd`: events gathered into per-fd flows. A flow runs from
+//! the fd's first event (accept, connect, socket, or the first read or
+//! write seen) to its close, and is printed when it closes — its calls and
+//! the totals in and out. Flows still open when `follow` ends are printed
+//! then, marked open. Process events are printed as they come.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
+
+use qtap_proto::v1::Event;
+
+use super::Render;
+
+#[derive(Default)]
+struct Flow {
+    title: String,
+    calls: Vec<String>,
+    bytes_in: i64,
+    bytes_out: i64,
+}
+
+pub struct Flows<W: Write> {
+    out: W,
+    open: BTreeMap<(u32, i32), Flow>,
+}
+
+impl<W: Write> Flows<W> {
+    pub fn new(out: W) -> Flows<W> {
+        Flows {
+            out,
+            open: BTreeMap::new(),
+        }
+    }
+
+    fn print(&mut self, flow: &Flow, state: &str) -> io::Result<()> {
+        writeln!(self.out, "{}{state}", flow.title)?;
+        for call in &flow.calls {
+            writeln!(self.out, "  {call}")?;
+        }
+        writeln!(
+            self.out,
+            "  = in {}B, out {}B, {} calls\n",
+            flow.bytes_in,
+            flow.bytes_out,
+            flow.calls.len()
+        )?;
+        self.out.flush()
+    }
+}
+
+fn title(e: &Event, fd: i32) -> String {
+    let exe = e
+        .exe
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&e.comm);
+    let conn = match &e.conn_info {
+        Some(c) => format!(
+            "{} {} {} -> {}",
+            c.r#type,
+            c.role,
+            c.local.as_deref().unwrap_or("?"),
+            c.remote.as_deref().unwrap_or("?")
+        ),
+        None => "(not a socket)".into(),
+    };
+    format!("{exe}[{}] fd {fd}  {conn}", e.pid)
+}
+
+fn call_line(e: &Event) -> String {
+    let time = e.ts.get(11..26).unwrap_or(&e.ts);
+    let arrow = match e.direction {
+        Some(0) => "←",
+        Some(1) => "→",
+        _ => "·",
+    };
+    let what = e.msg.rsplit('/').next().unwrap_or(&e.msg);
+    let amount = match (&e.error, e.bytes) {
+        (Some(error), _) => error.clone(),
+        (None, Some(bytes)) => format!("{bytes}B"),
+        (None, None) => e.new_fd.map(|fd| format!("fd {fd}")).unwrap_or_default(),
+    };
+    format!("{time} {arrow} {what} {amount}")
+        .trim_end()
+        .to_owned()
+}
+
+impl<W: Write> Render for Flows<W> {
+    fn event(&mut self, e: &Event) -> io::Result<()> {
+        let Some(fd) = e.fd.filter(|_| e.msg.starts_with("syscall/")) else {
+            writeln!(
+                self.out,
+                "{} {}",
+                e.msg,
+                e.filename.as_deref().unwrap_or(&e.exe)
+            )?;
+            return self.out.flush();
+        };
+        // An accept opens a flow for the fd it returns.
+        if let Some(new_fd) = e.new_fd {
+            let flow = self.open.entry((e.pid, new_fd)).or_default();
+            flow.title = title(e, new_fd);
+            flow.calls
+                .push(format!("{} (accepted on fd {fd})", call_line(e)));
+            return Ok(());
+        }
+        let flow = self.open.entry((e.pid, fd)).or_default();
+        if flow.title.is_empty() || (flow.title.contains('?') && e.conn_info.is_some()) {
+            flow.title = title(e, fd);
+        }
+        flow.calls.push(call_line(e));
+        match (e.direction, e.bytes) {
+            (Some(0), Some(b)) if b > 0 && !e.peek => flow.bytes_in += b,
+            (Some(1), Some(b)) if b > 0 => flow.bytes_out += b,
+            _ => {}
+        }
+        if e.msg == "syscall/close" {
+            if let Some(flow) = self.open.remove(&(e.pid, fd)) {
+                self.print(&flow, "")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        for flow in std::mem::take(&mut self.open).into_values() {
+            self.print(&flow, "  (still open)")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::console::tests::{golden, sample};
+
+    #[test]
+    fn golden_flows() {
+        let mut out = Vec::new();
+        let mut flows = Flows::new(&mut out);
+        for event in sample() {
+            flows.event(&event).unwrap();
+        }
+        flows.finish().unwrap();
+        golden("flows.golden", &String::from_utf8(out).unwrap());
+    }
+}

@@ -1,0 +1,244 @@
+//! qtapctl following a session of a qtapd on another host: two network
+//! namespaces joined by a veth pair, qtapd listening with mutual TLS in
+//! one, qtapctl in the other. Certificates are made by `openssl`.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use qtap_tests::{
+    of_pid, privileged, qtapctl_bin, run_curl, serve_once, syscall, Follower, Service,
+};
+
+fn sh(script: &str) {
+    let status = Command::new("sh").args(["-ec", script]).status().unwrap();
+    assert!(status.success(), "failed: {script}");
+}
+
+/// Two namespaces `<base>a` (10.213.N.1) and `<base>b` (10.213.N.2).
+struct Hosts {
+    a: String,
+    b: String,
+    server_ip: String,
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        let n = std::process::id() % 200 + 10;
+        let (a, b) = (format!("qtap{n}a"), format!("qtap{n}b"));
+        let server_ip = format!("10.213.{n}.1");
+        for ns in [&a, &b] {
+            // Left over from an interrupted run, if any.
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        sh(&format!(
+            "ip netns add {a}; ip netns add {b}
+             ip link add {a}v type veth peer name {b}v
+             ip link set {a}v netns {a}; ip link set {b}v netns {b}
+             ip -n {a} addr add {server_ip}/24 dev {a}v; ip -n {b} addr add 10.213.{n}.2/24 dev {b}v
+             ip -n {a} link set {a}v up; ip -n {b} link set {b}v up
+             ip -n {a} link set lo up; ip -n {b} link set lo up"
+        ));
+        Hosts { a, b, server_ip }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+    }
+}
+
+/// A CA, a server certificate for `ip`, a client certificate, and a client
+/// certificate from another CA.
+fn certificates(dir: &Path, ip: &str) {
+    fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    sh(&format!(
+        "cd {d}
+         printf 'subjectAltName=IP:{ip}\\nextendedKeyUsage=serverAuth\\n' > server.ext
+         printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+         for ca in ca rogue; do
+           openssl req -x509 -newkey rsa:2048 -nodes -keyout $ca.key -out $ca.pem -days 1 -subj /CN=qtap-test-$ca 2>/dev/null
+         done
+         openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=qtapd 2>/dev/null
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile server.ext 2>/dev/null
+         for who in client:ca rogue-client:rogue; do
+           name=${{who%%:*}}; ca=${{who##*:}}
+           openssl req -newkey rsa:2048 -nodes -keyout $name.key -out $name.csr -subj /CN=$name 2>/dev/null
+           openssl x509 -req -in $name.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -out $name.pem -days 1 -extfile client.ext 2>/dev/null
+         done"
+    ));
+}
+
+/// qtapctl in namespace `ns` against `url`, authenticating as `who`.
+fn remote_ctl(ns: &str, url: &str, dir: &Path, who: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(qtapctl_bin().unwrap())
+        .args(["--remote", url])
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join(format!("{who}.pem")))
+        .arg("--key")
+        .arg(dir.join(format!("{who}.key")))
+        .args(args);
+    c
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, end to end, reads best in order"
+)]
+fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
+    if !privileged() {
+        return;
+    }
+    let hosts = Hosts::new();
+    let dir: PathBuf = std::env::temp_dir().join(format!("qtap-certs-{}", std::process::id()));
+    certificates(&dir, &hosts.server_ip);
+    let addr = format!("{}:7443", hosts.server_ip);
+    let pem = |f: &str| dir.join(f).display().to_string();
+    let service = Service::start_in(
+        Some(&hosts.a),
+        &[
+            "--listen-tcp",
+            &addr,
+            "--tls-cert",
+            &pem("server.pem"),
+            "--tls-key",
+            &pem("server.key"),
+            "--client-ca",
+            &pem("ca.pem"),
+        ],
+    )
+    .unwrap();
+    let url = format!("https://{addr}");
+
+    // Start and follow from the other host.
+    let out = remote_ctl(
+        &hosts.b,
+        &url,
+        &dir,
+        "client",
+        &["trace", "start", "--filter", "mod:socket,exe.contains:curl"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "remote start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let follower = Follower::spawn(remote_ctl(
+        &hosts.b,
+        &url,
+        &dir,
+        "client",
+        &["trace", "follow", &id, "--output", "json"],
+    ))
+    .unwrap();
+    for _ in 0..100 {
+        let list = String::from_utf8_lossy(&service.ctl(&["trace", "list"]).stdout).to_string();
+        if list
+            .lines()
+            .any(|l| l.starts_with(&id) && l.split_whitespace().rev().nth(2) == Some("1"))
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let curl = run_curl(&format!("http://127.0.0.1:{port}/remote"));
+    let (request_len, _) = server.join().unwrap();
+    let events = follower.stop().unwrap();
+    let mine = of_pid(&events, curl);
+    let connect = mine
+        .iter()
+        .find(|e| {
+            syscall(e) == Some("connect")
+                && e["conn_info"]["remote"] == format!("127.0.0.1:{port}").as_str()
+        })
+        .unwrap_or_else(|| panic!("no connect across the remote stream: {events:#?}"));
+    let fd = connect["fd"].as_i64().unwrap();
+    assert_eq!(
+        qtap_tests::bytes_on(&mine, fd, qtap_tests::WRITES),
+        request_len as i64
+    );
+
+    // A client certificate from another CA is refused.
+    let rogue = remote_ctl(&hosts.b, &url, &dir, "rogue-client", &["trace", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(rogue.status.code(), Some(1), "{rogue:?}");
+    // No client certificate at all: the TLS handshake fails, while the
+    // same request with the certificate completes it.
+    let no_cert = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.b,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--http2",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.pem"))
+        .arg(&url)
+        .status()
+        .unwrap();
+    assert!(
+        !no_cert.success(),
+        "a client without a certificate completed the handshake"
+    );
+    let with_cert = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.b,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--http2",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("client.pem"))
+        .arg("--key")
+        .arg(dir.join("client.key"))
+        .arg(&url)
+        .status()
+        .unwrap();
+    assert!(
+        with_cert.success(),
+        "the handshake with a valid client certificate failed"
+    );
+
+    assert!(
+        remote_ctl(&hosts.b, &url, &dir, "client", &["trace", "stop", &id])
+            .status()
+            .unwrap()
+            .success()
+    );
+    service.stop().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    drop(hosts);
+}
