@@ -13,7 +13,7 @@ use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::Kernel,
+    ebpf::{Kernel, Selector},
     engine::{
         hub::{Owner, Spec},
         Caller, Engine, Target,

@@ -123,16 +123,36 @@ impl Kernel {
         };
         Ok((kernel, ring))
     }
+}
 
+/// What the engine needs of the kernel side: the selection tables and the
+/// counters. [`Kernel`] is the real one; tests use an in-memory stand-in.
+pub trait Selector {
     /// Number of programs attached.
-    #[must_use]
-    pub fn attached(&self) -> usize {
+    fn attached(&self) -> usize;
+    /// Replaces the compiled filters.
+    fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError>;
+    /// Sets the session mask of a process.
+    fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError>;
+    /// Drops a process from the selection (absent is fine).
+    fn deselect(&mut self, tgid: u32);
+    /// The selected processes (and threads) with their session masks.
+    fn selected(&self) -> Vec<(u32, u64)>;
+    /// Forgets the connection entries of an exited process.
+    fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>);
+    /// The kernel's counters, summed over CPUs.
+    fn stats(&self) -> KernelStats;
+}
+
+impl Selector for Kernel {
+    /// Number of programs attached.
+    fn attached(&self) -> usize {
         self.attached
     }
 
     /// Replaces the compiled filters: new patterns first, then the config
     /// that refers to them, then the patterns no longer used.
-    pub fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
+    fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
         let keys: Vec<PatternKey> = compiled.patterns.keys().map(|&k| k.into()).collect();
         for (&key, &mask) in &compiled.patterns {
             self.patterns
@@ -151,21 +171,20 @@ impl Kernel {
     }
 
     /// Selects an already-running process for `sessions`.
-    pub fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError> {
+    fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError> {
         self.procs
             .insert(tgid, ProcSel { sessions }, 0)
             .map_err(map_err(map::PROCS))
     }
 
     /// Drops a process from the selection (absent is fine).
-    pub fn deselect(&mut self, tgid: u32) {
+    fn deselect(&mut self, tgid: u32) {
         let _ = self.procs.remove(&tgid);
     }
 
     /// The selected processes (and threads, see the fork probe) with
     /// their session masks.
-    #[must_use]
-    pub fn selected(&self) -> Vec<(u32, u64)> {
+    fn selected(&self) -> Vec<(u32, u64)> {
         self.procs
             .iter()
             .filter_map(Result::ok)
@@ -174,14 +193,14 @@ impl Kernel {
     }
 
     /// Forgets the kernel's connection entries of an exited process.
-    pub fn forget_conns(&mut self, tgid: u32, fds: impl IntoIterator<Item = u32>) {
+    fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>) {
         for fd in fds {
             let _ = self.conns.remove(&ConnKey { tgid, fd });
         }
     }
 
     /// The kernel's counters, summed over CPUs.
-    pub fn stats(&self) -> KernelStats {
+    fn stats(&self) -> KernelStats {
         let sum = |index: u32| {
             self.stats
                 .get(&index, 0)

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use self::hub::{Hub, HubError, Session, Spec};
 use crate::{
-    ebpf::{Kernel, KernelError, KernelStats},
+    ebpf::{Kernel, KernelError, KernelStats, Selector},
     enrich::Enricher,
     events::{
         decode::{decode, Record},
@@ -107,8 +107,8 @@ pub enum Command {
     },
 }
 
-pub struct Engine {
-    kernel: Kernel,
+pub struct Engine<K: Selector = Kernel> {
+    kernel: K,
     hub: Hub,
     enricher: Enricher,
     started: Instant,
@@ -118,9 +118,9 @@ pub struct Engine {
     ticks: u64,
 }
 
-impl Engine {
+impl<K: Selector> Engine<K> {
     #[must_use]
-    pub fn new(kernel: Kernel) -> Engine {
+    pub fn new(kernel: K) -> Engine<K> {
         Engine {
             kernel,
             hub: Hub::default(),
@@ -275,7 +275,7 @@ impl Engine {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    pub fn command(&mut self, command: Command) {
         // A reply that cannot be sent means the caller left; nothing to do.
         match command {
             Command::Start { spec, reply } => drop(reply.send(self.start(spec))),
@@ -366,7 +366,7 @@ impl Engine {
 
     /// Once per [`TICK`]: report kernel losses, expire idle sessions,
     /// send heartbeats.
-    fn tick(&mut self) {
+    pub fn tick(&mut self) {
         self.ticks += 1;
         let now = self.kernel.stats();
         let ring_lost = now.ring_full - self.reported.ring_full;

@@ -3,6 +3,8 @@
 //! map errors to precise status codes.
 
 pub mod socket;
+#[cfg(test)]
+mod tests;
 
 use std::{pin::Pin, time::Duration};
 
@@ -57,7 +59,14 @@ impl Service {
     /// Who is calling: a unix-socket caller by its peer credentials; a
     /// TCP caller that presented a client certificate our CA signed (the
     /// TLS handshake refuses any other) as an administrator, like root.
+    ///
+    /// A `Caller` already in the request's extensions wins: extensions
+    /// never come from the wire, only from layers in this process (the
+    /// tests use one to call as different uids).
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, tonic::Status> {
+        if let Some(caller) = request.extensions().get::<Caller>() {
+            return Ok(*caller);
+        }
         if let Some(info) = request.extensions().get::<UdsConnectInfo>() {
             let cred = info.peer_cred.ok_or_else(|| {
                 tonic::Status::permission_denied("no peer credentials on the unix socket")

@@ -1,0 +1,372 @@
+//! The service without root: the real engine and hub behind the real
+//! tonic server, over an in-memory transport, with an in-memory stand-in
+//! for the kernel and hand-built kernel records. Each client connection
+//! calls as a chosen uid (see `Service::caller`).
+
+use std::{collections::HashMap, time::Duration};
+
+use hyper_util::rt::TokioIo;
+use qtap_common::{kind, Header, SyscallRecord, ABI_VERSION};
+use qtap_proto::v1::{
+    follow_item::Item, follow_trace_request::Target, qtap_client::QtapClient,
+    qtap_server::QtapServer, FollowItem, FollowTraceRequest, ListTracesRequest, LossStage,
+    StartTraceRequest, StopTraceRequest, TraceOptions,
+};
+use tokio::sync::mpsc;
+use tonic::{transport::Channel, Code, Streaming};
+
+use super::Service;
+use crate::{
+    ebpf::{KernelError, KernelStats, Selector},
+    engine::{Caller, Command, Engine},
+    filter::compile::Compiled,
+};
+
+/// The selection tables, in memory.
+#[derive(Default)]
+struct FakeKernel {
+    procs: HashMap<u32, u64>,
+    active: u64,
+}
+
+impl Selector for FakeKernel {
+    fn attached(&self) -> usize {
+        0
+    }
+    fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
+        self.active = compiled.config.active;
+        Ok(())
+    }
+    fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError> {
+        self.procs.insert(tgid, sessions);
+        Ok(())
+    }
+    fn deselect(&mut self, tgid: u32) {
+        self.procs.remove(&tgid);
+    }
+    fn selected(&self) -> Vec<(u32, u64)> {
+        self.procs.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn forget_conns(&mut self, _: u32, _: Vec<u32>) {}
+    fn stats(&self) -> KernelStats {
+        KernelStats::default()
+    }
+}
+
+/// A running engine with its service; clients connect in memory.
+struct Harness {
+    commands: mpsc::Sender<Command>,
+    records: mpsc::Sender<Vec<u8>>,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        let (commands, mut command_rx) = mpsc::channel::<Command>(64);
+        let (records, mut record_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let mut engine = Engine::new(FakeKernel::default());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    Some(command) = command_rx.recv() => engine.command(command),
+                    Some(record) = record_rx.recv() => engine.handle(&record),
+                    _ = tick.tick() => engine.tick(),
+                    else => break,
+                }
+            }
+        });
+        Harness { commands, records }
+    }
+
+    /// A client whose calls arrive as `uid`.
+    async fn client(&self, uid: u32) -> QtapClient<Channel> {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let service = Service::new(self.commands.clone(), Duration::from_mins(10), false);
+        let server =
+            QtapServer::with_interceptor(service, move |mut request: tonic::Request<()>| {
+                request.extensions_mut().insert(Caller { uid });
+                Ok(request)
+            });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(tokio_stream::once(Ok::<_, std::io::Error>(server_io))),
+        );
+        let mut client_io = Some(client_io);
+        let channel = tonic::transport::Endpoint::from_static("http://in-memory")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let io = client_io.take();
+                async move {
+                    io.map(TokioIo::new)
+                        .ok_or_else(|| std::io::Error::other("one connection only"))
+                }
+            }))
+            .await
+            .unwrap();
+        QtapClient::new(channel)
+    }
+
+    /// Sends a hand-built `write` record of `pid` for the sessions in `mask`.
+    async fn write_record(&self, pid: u32, mask: u64, bytes: i64) {
+        let record = SyscallRecord {
+            hdr: Header {
+                kind: kind::SYSCALL,
+                abi: ABI_VERSION,
+                pid,
+                tid: pid,
+                sessions: mask,
+                ..Header::default()
+            },
+            ret: bytes,
+            bytes,
+            call: qtap_common::call::WRITE,
+            direction: qtap_common::direction::EGRESS,
+            fd: 1,
+            new_fd: -1,
+            ..SyscallRecord::default()
+        };
+        // SAFETY: reading the bytes of a plain-old-data record.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&record).cast::<u8>(),
+                size_of::<SyscallRecord>(),
+            )
+        };
+        self.records.send(raw.to_vec()).await.unwrap();
+    }
+}
+
+async fn start(
+    client: &mut QtapClient<Channel>,
+    filter: &str,
+    idle: u32,
+) -> Result<String, tonic::Status> {
+    let request = StartTraceRequest {
+        filter: filter.into(),
+        name: String::new(),
+        options: Some(TraceOptions {
+            idle_timeout_secs: idle,
+        }),
+    };
+    Ok(client.start_trace(request).await?.into_inner().id)
+}
+
+async fn follow(
+    client: &mut QtapClient<Channel>,
+    id: &str,
+    queue_len: u32,
+) -> Result<Streaming<FollowItem>, tonic::Status> {
+    let request = FollowTraceRequest {
+        target: Some(Target::Id(id.into())),
+        queue_len,
+    };
+    Ok(client.follow_trace(request).await?.into_inner())
+}
+
+/// The next item that is not a heartbeat (within 5 s).
+async fn next(stream: &mut Streaming<FollowItem>) -> Item {
+    let wait = async {
+        loop {
+            let item = stream.message().await.unwrap().unwrap();
+            match item.item.unwrap() {
+                Item::Heartbeat(_) => {}
+                other => return other,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("no item within 5 s")
+}
+
+/// Waits until the engine has handled everything sent so far.
+async fn settle(client: &mut QtapClient<Channel>) {
+    client.list_traces(ListTracesRequest {}).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+#[tokio::test]
+async fn filter_errors_are_invalid_argument_naming_the_term() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let err = start(&mut root, "mod:socket,exe.contain:curl", 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("`exe.contain:curl`"),
+        "{}",
+        err.message()
+    );
+    let err = start(&mut root, &"x".repeat(5000), 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = follow(&mut root, "s999", 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn users_see_and_touch_only_their_own_sessions() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let mut alice = harness.client(1000).await;
+    let mut bob = harness.client(1001).await;
+    let root_id = start(&mut root, "exe.contains:nginx", 0).await.unwrap();
+    let alice_id = start(&mut alice, "exe.contains:curl", 0).await.unwrap();
+
+    let alice_sees = alice
+        .list_traces(ListTracesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(alice_sees.len(), 1);
+    assert_eq!(alice_sees[0].id, alice_id);
+    assert_eq!(alice_sees[0].owner_uid, 1000);
+    assert_eq!(
+        alice_sees[0].filter, "exe.contains:curl,uid:1000",
+        "non-root sessions select only the caller's processes"
+    );
+    assert_eq!(
+        root.list_traces(ListTracesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .len(),
+        2
+    );
+
+    for (who, id) in [(&mut bob, &alice_id), (&mut alice, &root_id)] {
+        let err = who
+            .stop_trace(StopTraceRequest { id: id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+        let err = follow(who, id, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    // Root may stop anyone's session; the owner may stop its own.
+    root.stop_trace(StopTraceRequest { id: alice_id })
+        .await
+        .unwrap();
+    alice
+        .stop_trace(StopTraceRequest {
+            id: root_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    root.stop_trace(StopTraceRequest { id: root_id })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn one_record_fans_out_to_every_selecting_session() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let a = start(&mut root, "pid:4000001", 0).await.unwrap();
+    let b = start(&mut root, "pid:4000001,mod:process", 0)
+        .await
+        .unwrap();
+    let mut fa = follow(&mut root, &a, 0).await.unwrap();
+    let mut fb = follow(&mut root, &b, 0).await.unwrap();
+    // Slots are 0 and 1; one record carries both bits, one only b's.
+    harness.write_record(4_000_001, 0b11, 10).await;
+    harness.write_record(4_000_001, 0b10, 20).await;
+    let Item::Event(e) = next(&mut fa).await else {
+        panic!()
+    };
+    assert_eq!(
+        (e.session.as_str(), e.seq, e.bytes),
+        (a.as_str(), 1, Some(10))
+    );
+    let Item::Event(e) = next(&mut fb).await else {
+        panic!()
+    };
+    assert_eq!(
+        (e.session.as_str(), e.seq, e.bytes),
+        (b.as_str(), 1, Some(10))
+    );
+    let Item::Event(e) = next(&mut fb).await else {
+        panic!()
+    };
+    assert_eq!((e.seq, e.bytes), (2, Some(20)));
+    settle(&mut root).await;
+    let sessions = root
+        .list_traces(ListTracesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let delivered: Vec<u64> = sessions.iter().map(|s| s.events_delivered).collect();
+    assert_eq!(delivered, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_slow_follower_loses_is_told_how_many_and_slows_no_one() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let id = start(&mut root, "pid:4000002", 0).await.unwrap();
+    let mut slow = follow(&mut root, &id, 1).await.unwrap();
+    let mut fast = follow(&mut root, &id, 4096).await.unwrap();
+    for n in 1..=200 {
+        harness.write_record(4_000_002, 1, n).await;
+    }
+    // The fast follower gets all 200, in order.
+    for n in 1..=200 {
+        let Item::Event(e) = next(&mut fast).await else {
+            panic!("fast follower got a loss")
+        };
+        assert_eq!(e.bytes, Some(n));
+    }
+    // Whatever the slow one received plus what it is told it lost adds up
+    // to 200: the loss count reaches it as soon as its queue has room (a
+    // heartbeat's turn is enough).
+    let (mut received, mut lost) = (0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received + lost < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {received} received + {lost} lost of 200"
+        );
+        match next(&mut slow).await {
+            Item::Event(_) => received += 1,
+            Item::Lost(l) => {
+                assert_eq!(l.stage, LossStage::DaemonQueue as i32);
+                lost += l.count;
+            }
+            Item::Heartbeat(_) => unreachable!("next() skips heartbeats"),
+        }
+    }
+    assert!(lost > 0, "a queue of 1 cannot hold 200 events");
+    assert_eq!(received + lost, 200);
+    settle(&mut root).await;
+    let session = root
+        .list_traces(ListTracesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .remove(0);
+    assert_eq!(session.events_lost, lost);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_and_followed_ones_stay() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let idle = start(&mut root, "pid:4000003", 1).await.unwrap();
+    let watched = start(&mut root, "pid:4000004", 1).await.unwrap();
+    let _follower = follow(&mut root, &watched, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let ids: Vec<String> = root
+        .list_traces(ListTracesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec![watched], "{idle} should have expired");
+}
