@@ -29,6 +29,60 @@ pub fn qtapd_bin() -> Result<PathBuf> {
     workspace_bin("QTAPD_BIN", "qtapd")
 }
 
+/// A copy of `bin` that any user can execute: the checkout may live
+/// under a directory only root can enter (`/root`).
+fn public_copy(bin: &std::path::Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("qtap-e2e-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let copy = dir.join(bin.file_name().context("binary name")?);
+    if !copy.exists() {
+        let partial = dir.join(format!(".{}.partial", unique()));
+        std::fs::copy(bin, &partial)?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&partial, &copy)?;
+    }
+    Ok(copy)
+}
+
+/// Polls `ready` until it holds, failing with qtapd's log if the child
+/// exits first or a minute passes.
+fn wait_until(
+    child: &mut Child,
+    log: &Arc<Mutex<String>>,
+    what: &str,
+    ready: impl Fn() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !ready() {
+        if let Some(status) = child.try_wait()? {
+            thread::sleep(Duration::from_millis(200));
+            bail!(
+                "qtapd exited with {status} before {what}:\n{}",
+                log.lock().unwrap()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("qtapd not {what} after 60 s:\n{}", log.lock().unwrap());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Appends each line `reader` yields to `log`, in a thread.
+fn collect_lines(reader: impl std::io::Read + Send + 'static, log: &Arc<Mutex<String>>) {
+    let log = Arc::clone(log);
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
 /// Whether privileged tests can run here. Under `CI=true` not being root
 /// is a failure, not a skip.
 #[must_use]
@@ -76,37 +130,17 @@ impl Daemon {
                 sink.lock().unwrap().push(value);
             }
         });
-        let err = child.stderr.take().context("qtapd stderr")?;
-        let log = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        collect_lines(child.stderr.take().context("qtapd stderr")?, &stderr);
         let mut daemon = Daemon {
             child,
             events,
             stderr,
         };
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            if daemon.stderr.lock().unwrap().contains(READY) {
-                return Ok(daemon);
-            }
-            if let Some(status) = daemon.child.try_wait()? {
-                thread::sleep(Duration::from_millis(200));
-                bail!(
-                    "qtapd exited with {status} before it was ready:\n{}",
-                    daemon.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("qtapd not ready after 60 s:\n{}", daemon.stderr());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let log = Arc::clone(&daemon.stderr);
+        wait_until(&mut daemon.child, &daemon.stderr, "ready", || {
+            log.lock().unwrap().contains(READY)
+        })?;
+        Ok(daemon)
     }
 
     /// What qtapd logged so far.
@@ -238,36 +272,18 @@ impl Service {
             .spawn()
             .context("spawn qtapd")?;
         let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().context("qtapd stderr")?;
-        let log = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        collect_lines(child.stderr.take().context("qtapd stderr")?, &stderr);
         let service = Service {
             child,
             socket,
             dir,
             stderr,
         };
-        let deadline = Instant::now() + Duration::from_mins(1);
         let mut service = service;
-        while std::os::unix::net::UnixStream::connect(&service.socket).is_err() {
-            if let Some(status) = service.child.try_wait()? {
-                thread::sleep(Duration::from_millis(200));
-                bail!(
-                    "qtapd exited with {status} before listening:\n{}",
-                    service.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("qtapd not listening after 60 s:\n{}", service.stderr());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let socket = service.socket.clone();
+        wait_until(&mut service.child, &service.stderr, "listening", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })?;
         Ok(service)
     }
 
@@ -289,7 +305,6 @@ impl Service {
     }
 
     /// A qtapctl command line, as `user` when given (via `setpriv`).
-    #[must_use]
     pub fn ctl_command(&self, user: Option<&str>, args: &[&str]) -> Command {
         let bin = qtapctl_bin().expect("qtapctl binary");
         let mut cmd = match user {
@@ -299,7 +314,7 @@ impl Service {
                     .arg(format!("--regid={user}"))
                     .arg("--init-groups")
                     .arg("--")
-                    .arg(bin);
+                    .arg(public_copy(&bin).expect("copy qtapctl where other users can run it"));
                 c
             }
             None => Command::new(bin),

@@ -51,20 +51,14 @@ impl<W: Write> Console<W> {
 
     /// The line for one event, without colour codes' width.
     fn line(&self, e: &Event) -> String {
-        // `2026-11-27T06:42:40.145840716Z` → `06:42:40.145840`
-        let time = e.ts.get(11..26).unwrap_or(&e.ts);
-        let exe = e
-            .exe
-            .rsplit('/')
-            .next()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&e.comm);
-        let process = format!("{exe}[{}]", e.pid);
+        let time = super::short_time(&e.ts);
+        let process = super::process(e);
         let fd = e.fd.map_or_else(|| "-".into(), |fd| fd.to_string());
-        let (arrow, arrow_colour) = match e.direction {
-            Some(0) => ("←", CYAN),
-            Some(1) => ("→", GREEN),
-            _ => ("·", DIM),
+        let arrow = super::arrow(e.direction);
+        let arrow_colour = match e.direction {
+            Some(0) => CYAN,
+            Some(1) => GREEN,
+            _ => DIM,
         };
         let what = e.msg.rsplit('/').next().unwrap_or(&e.msg);
         let amount = match (&e.error, e.bytes, e.ret) {

@@ -51,12 +51,6 @@ impl<W: Write> Flows<W> {
 }
 
 fn title(e: &Event, fd: i32) -> String {
-    let exe = e
-        .exe
-        .rsplit('/')
-        .next()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(&e.comm);
     let conn = match &e.conn_info {
         Some(c) => format!(
             "{} {} {} -> {}",
@@ -67,16 +61,12 @@ fn title(e: &Event, fd: i32) -> String {
         ),
         None => "(not a socket)".into(),
     };
-    format!("{exe}[{}] fd {fd}  {conn}", e.pid)
+    format!("{} fd {fd}  {conn}", super::process(e))
 }
 
 fn call_line(e: &Event) -> String {
-    let time = e.ts.get(11..26).unwrap_or(&e.ts);
-    let arrow = match e.direction {
-        Some(0) => "←",
-        Some(1) => "→",
-        _ => "·",
-    };
+    let time = super::short_time(&e.ts);
+    let arrow = super::arrow(e.direction);
     let what = e.msg.rsplit('/').next().unwrap_or(&e.msg);
     let amount = match (&e.error, e.bytes) {
         (Some(error), _) => error.clone(),

@@ -21,6 +21,31 @@ pub trait Render {
     }
 }
 
+/// `2026-11-27T06:42:40.145840716Z` → `06:42:40.145840`.
+fn short_time(ts: &str) -> &str {
+    ts.get(11..26).unwrap_or(ts)
+}
+
+/// `curl[23190]`: the exe's file name (or the comm) and the pid.
+fn process(e: &Event) -> String {
+    let exe = e
+        .exe
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&e.comm);
+    format!("{exe}[{}]", e.pid)
+}
+
+/// `←` ingress, `→` egress, `·` neither.
+fn arrow(direction: Option<u32>) -> &'static str {
+    match direction {
+        Some(0) => "←",
+        Some(1) => "→",
+        _ => "·",
+    }
+}
+
 /// The renderer for `--output` and `--group-by`.
 pub fn new(output: Output, group_by: Option<GroupBy>) -> Box<dyn Render> {
     if group_by == Some(GroupBy::Fd) {
