@@ -323,6 +323,12 @@ impl Service {
         cmd
     }
 
+    /// Kills qtapd with SIGKILL, as a crash would.
+    pub fn kill(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+    }
+
     /// Stops qtapd with SIGTERM; returns its log.
     pub fn stop(mut self) -> Result<String> {
         // SAFETY: signalling our own child.

@@ -297,3 +297,63 @@ fn health_service_answers_on_the_socket() {
     assert_eq!(status, ServingStatus::Serving as i32);
     service.stop().unwrap();
 }
+
+#[test]
+fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+
+    // `qtapctl … | head -n 3`: qtapctl's exit status must be 0.
+    let follow = service.ctl_command(None, &["trace", "follow", &id, "--output", "json"]);
+    let line = format!(
+        "{} | head -n 3 > /dev/null; exit ${{PIPESTATUS[0]}}",
+        std::iter::once(follow.get_program())
+            .chain(follow.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut piped = Command::new("bash").args(["-c", &line]).spawn().unwrap();
+    wait_followers(&service, &id, 1);
+    let (url, server) = http_server(1);
+    let _ = run_curl(&url);
+    server.join().unwrap();
+    let mut status = None;
+    for _ in 0..100 {
+        status = piped.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.unwrap_or_else(|| {
+        let _ = piped.kill();
+        panic!("qtapctl kept running after head closed the pipe");
+    });
+    assert_eq!(status.code(), Some(0), "qtapctl | head must exit 0");
+
+    // qtapd killed under a follower: qtapctl says it reconnects and keeps
+    // trying (with backoff) instead of exiting.
+    let mut follower = service
+        .ctl_command(None, &["trace", "follow", &id])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_followers(&service, &id, 1);
+    service.kill();
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "qtapctl gave up instead of reconnecting"
+    );
+    // SAFETY: signalling our own child, like Ctrl-C.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let out = follower.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reconnecting in"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
