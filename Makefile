@@ -17,7 +17,7 @@ BPF_LINKER_VERSION := 0.10.1
 DEB_PACKAGES := curl nginx-light python3 iproute2 openssl
 QTAPD := target/release/qtapd
 
-.PHONY: all deps build run test unit e2e lint clean
+.PHONY: all deps build run test bench lint clean
 
 all: build
 
@@ -35,6 +35,12 @@ run: build
 test: build
 	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
 	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl cargo test --release --locked -p qtap-tests -- --test-threads=1
+
+# Overhead of qtap and of strace/bpftrace on nginx under wrk; writes
+# docs/benchmarks.md. Needs root; takes a few minutes.
+bench: build
+	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) wrk strace bpftrace
+	bench/run.sh $(QTAPD) target/release/qtapctl
 
 lint: deps
 	cargo fmt --all --check

@@ -146,7 +146,16 @@ impl<K: Selector> Engine<K> {
             let _ = self.reinstall();
             return Err(e);
         }
-        let running = self.scan(slot)?;
+        let running = match self.scan(slot) {
+            Ok(running) => running,
+            Err(e) => {
+                // Leave nothing half-installed behind.
+                if let Ok(session) = self.hub.remove(&id) {
+                    let _ = self.retire(&session);
+                }
+                return Err(e);
+            }
+        };
         let session = self.hub.get(&id).map(Session::info).unwrap_or_default();
         info!(
             session = %session.id, owner_uid = session.owner_uid, filter = %session.filter,

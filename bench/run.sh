@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# make bench: nginx under wrk with and without tracers, scenarios run in
+# alternation (A B C … A B C …) ROUNDS times, medians and min–max spread
+# printed as a markdown table and written to docs/benchmarks.md, plus the
+# event pipeline throughput of one session with one follower.
+#
+# Usage: bench/run.sh QTAPD QTAPCTL   (root; make bench builds both)
+# Knobs: ROUNDS (5), DURATION (5 s per wrk run), CONNECTIONS (32).
+set -euo pipefail
+
+qtapd=$(realpath "$1")
+qtapctl=$(realpath "$2")
+rounds=${ROUNDS:-5}
+duration=${DURATION:-5}
+connections=${CONNECTIONS:-32}
+port=18181
+work=$(mktemp -d /tmp/qtap-bench.XXXXXX)
+chmod 755 "$work"
+socket=$work/qtapd.sock
+ctl=("$qtapctl" --socket "$socket")
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	[[ -f $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+	sleep 0.5
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# nginx: one worker, a small static response, keep-alive.
+mkdir -p "$work/logs" "$work/html"
+printf 'hello from nginx\n' >"$work/html/index.html"
+cat >"$work/nginx.conf" <<CONF
+daemon on; master_process on; worker_processes 1; user root;
+pid $work/nginx.pid; error_log $work/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$port; root $work/html; location / { } }
+}
+CONF
+/usr/sbin/nginx -p "$work/" -c "$work/nginx.conf"
+sleep 0.5
+worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+
+start_qtapd() {
+	"$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
+	qtapd_pid=$!
+	pids+=("$qtapd_pid")
+	for _ in $(seq 100); do [[ -S $socket ]] && "${ctl[@]}" status >/dev/null 2>&1 && return; sleep 0.1; done
+	echo "qtapd did not start: $(cat "$work/qtapd.log")" >&2
+	exit 1
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# One wrk run: prints "req_per_s p50_ms p99_ms".
+load() {
+	wrk -t2 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
+	local rps p50 p99
+	rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
+	p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.out")
+	p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.out")
+	echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { # wrk prints 1.23ms / 456.00us / 1.10s
+	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[^m]s$/) n *= 1000; printf "%.3f", n }'
+}
+
+scenarios=(baseline idle other nginx strace)
+command -v bpftrace >/dev/null && scenarios+=(bpftrace)
+declare -A rps p50 p99 extra
+
+run_scenario() {
+	local s=$1 aux=() result
+	case $s in
+	baseline) result=$(load) ;;
+	idle)
+		start_qtapd
+		result=$(load)
+		stop_pid "$qtapd_pid"
+		;;
+	other)
+		start_qtapd
+		"${ctl[@]}" trace start --filter 'exe.contains:qtap-bench-nothing' >/dev/null
+		result=$(load)
+		stop_pid "$qtapd_pid"
+		;;
+	nginx)
+		start_qtapd
+		id=$("${ctl[@]}" trace start --filter 'mod:socket,exe.contains:nginx')
+		"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >/dev/null 2>"$work/follow.err" &
+		aux+=($!)
+		sleep 0.5
+		local before after
+		before=$(cpu_ticks "$qtapd_pid")
+		result=$(load)
+		after=$(cpu_ticks "$qtapd_pid")
+		local records rss
+		records=$("${ctl[@]}" status | awk '/records decoded/ {print $3}')
+		rss=$(awk '/VmHWM/ {print $2}' "/proc/$qtapd_pid/status")
+		local lost
+		lost=$("${ctl[@]}" trace list | awk -v id="$id" '$1 == id {print $(NF-3)}')
+		extra[nginx]+="records=$records cpu_ticks=$((after - before)) peak_rss_kib=$rss lost=$lost;"
+		stop_pid "${aux[0]}"
+		stop_pid "$qtapd_pid"
+		;;
+	strace)
+		strace -f -qq -e trace=network,read,write,writev,close -p "$worker" -o "$work/strace.out" &
+		aux+=($!)
+		sleep 0.5
+		result=$(load)
+		stop_pid "${aux[0]}"
+		;;
+	bpftrace)
+		bpftrace -e "tracepoint:syscalls:sys_exit_read,tracepoint:syscalls:sys_exit_write,tracepoint:syscalls:sys_exit_writev,tracepoint:syscalls:sys_exit_recvfrom /pid == $worker/ { printf(\"%s %d\\n\", probe, args->ret); }" >"$work/bpftrace.out" 2>&1 &
+		aux+=($!)
+		sleep 3
+		result=$(load)
+		stop_pid "${aux[0]}"
+		;;
+	esac
+	read -r r a b <<<"$result"
+	rps[$s]+="$r "
+	p50[$s]+="$a "
+	p99[$s]+="$b "
+}
+
+for round in $(seq "$rounds"); do
+	for s in "${scenarios[@]}"; do
+		echo "bench: round $round/$rounds: $s" >&2
+		run_scenario "$s"
+	done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+minmax() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
+base=$(echo "${rps[baseline]}" | median)
+base_p50=$(echo "${p50[baseline]}" | median)
+base_p99=$(echo "${p99[baseline]}" | median)
+
+declare -A label=(
+	[baseline]="1. baseline (no qtapd)"
+	[idle]="2. qtapd running, no session"
+	[other]="3. session selecting another program"
+	[nginx]="4. session selecting nginx, one json follower"
+	[strace]="6a. strace -f -p <worker> to a file"
+	[bpftrace]="6b. bpftrace printing nginx's read/write/writev/recvfrom"
+)
+table=$(
+	echo "| scenario | req/s (median) | min–max | × baseline | p50 ms (× base) | p99 ms (× base) |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+	for s in "${scenarios[@]}"; do
+		r=$(echo "${rps[$s]}" | median)
+		a=$(echo "${p50[$s]}" | median)
+		b=$(echo "${p99[$s]}" | median)
+		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" -v base="$base" \
+			-v a="$a" -v b="$b" -v ba="$base_p50" -v bb="$base_p99" \
+			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.3f (%.2f) | %.3f (%.2f) |\n", l, r, mm, r / base, a, a / ba, b, b / bb }'
+	done
+)
+
+# qtapd's own cost in scenario 4, per 1k events: CPU ticks are 10 ms.
+cost=$(echo "${extra[nginx]}" | tr ';' '\n' | grep -v '^$' | awk '
+	{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
+	END { printf "qtapd in scenario 4 (sum over %d rounds): %d kernel records decoded, %.2f ms CPU (user+sys) per 1k records, peak RSS %d KiB (last round), follower lost %d", n, v["records"], v["cpu_ticks"] * 10 / (v["records"] / 1000), v["peak_rss_kib"] / n, v["lost"] }')
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r), nginx $(/usr/sbin/nginx -v 2>&1 | sed 's/.*\///')"
+report=$(
+	cat <<MD
+# qtap benchmarks
+
+Machine: $machine. Measured $(date -u +%Y-%m-%d).
+Reproduce: \`sudo make bench\` (ROUNDS=$rounds, DURATION=${duration}s, wrk -t2 -c$connections, keep-alive, one nginx worker, a 17-byte static file).
+Scenarios run in alternation, $rounds rounds; figures are medians, min–max is the spread of req/s.
+
+$table
+
+$cost.
+
+Not measured yet: fixed-rate load (1k and 10k req/s; needs wrk2, which Debian lacks),
+the openssl scenario (TLS is not built), the event-pipeline throughput with 1/4/16 followers,
+and criterion micro-benchmarks.
+MD
+)
+echo "$report"
+echo "$report" >"$(dirname "$0")/../docs/benchmarks.md"
