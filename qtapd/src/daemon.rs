@@ -3,9 +3,9 @@
 //! sessions over gRPC on a unix socket. Order at shutdown: stop RPCs, stop
 //! the engine (ring reader), detach programs, remove the socket.
 
-use qtap_proto::v1::{follow_item::Item, qtap_server::QtapServer, LossStage};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use qtap_proto::v1::{follow_item::Item, qtap_server::QtapServer, LossStage};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -98,8 +98,10 @@ pub async fn bpf_trace(
         }
     });
     let result = engine.run(ring, commands, shutdown).await;
-    printer.abort();
     info!("eBPF programs detached");
+    // The engine is gone, so the queue is closed: print what it still
+    // holds rather than drop it uncounted.
+    let _ = printer.await;
     result
 }
 

@@ -185,6 +185,7 @@ fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
         .output()
         .unwrap();
     assert_eq!(rogue.status.code(), Some(1), "{rogue:?}");
+    assert!(!rogue.stderr.is_empty(), "a refused client must say why");
     // No client certificate at all: the TLS handshake fails, while the
     // same request with the certificate completes it.
     let handshake = |with_cert: bool| {

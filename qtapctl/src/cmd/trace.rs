@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use qtap_proto::v1::{
     follow_item::Item, follow_trace_request::Target, FollowTraceRequest, ListTracesRequest,
     LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
@@ -148,7 +147,7 @@ pub async fn follow(
             Err(FollowError::Fatal(e)) => break Err(e),
         }
     };
-    let finished = renderer.finish().context("write to stdout");
+    let finished = renderer.finish().map_err(super::stdout_error);
     eprintln!(
         "qtapctl: {} events, {} lost, {:.1}s",
         summary.events,
@@ -182,8 +181,7 @@ async fn follow_once(
                 summary.events += 1;
                 renderer
                     .event(&event)
-                    .context("write to stdout")
-                    .map_err(FollowError::Fatal)?;
+                    .map_err(|e| FollowError::Fatal(super::stdout_error(e)))?;
             }
             Some(Item::Lost(lost)) => {
                 summary.lost += lost.count;
