@@ -256,11 +256,31 @@ fn unprivileged_users_see_only_their_own() {
     service.stop().unwrap();
 }
 
-#[test]
-fn health_service_answers_on_the_socket() {
+/// A gRPC channel over the daemon's unix socket.
+async fn channel(socket: std::path::PathBuf) -> tonic::transport::Channel {
     use hyper_util::rt::TokioIo;
+    tonic::transport::Endpoint::from_static("http://qtapd.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+#[test]
+fn health_and_reflection_answer_on_the_socket() {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
 
     if !privileged() {
@@ -272,30 +292,44 @@ fn health_service_answers_on_the_socket() {
         .enable_all()
         .build()
         .unwrap();
-    let status = runtime.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_static("http://qtapd.local")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
-            .await
-            .unwrap();
+    let (status, services) = runtime.block_on(async move {
+        let channel = channel(socket).await;
         let request = HealthCheckRequest {
             service: "qtap.v1.Qtap".into(),
         };
-        HealthClient::new(channel)
+        let status = HealthClient::new(channel.clone())
             .check(request)
             .await
             .unwrap()
             .into_inner()
-            .status
+            .status;
+        let list = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::once(list))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected reflection answer: {answer:?}");
+        };
+        let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        (status, services)
     });
     assert_eq!(status, ServingStatus::Serving as i32);
+    assert!(services.iter().any(|s| s == "qtap.v1.Qtap"), "{services:?}");
+    // The client's runtime (and so its connection) is still alive and
+    // idle: qtapd must still exit on SIGTERM, after its short grace.
+    let stopping = std::time::Instant::now();
     service.stop().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown waited on an idle client"
+    );
+    drop(runtime);
 }
 
 #[test]
