@@ -22,6 +22,9 @@ pub struct Enricher {
     exes: HashMap<u32, String>,
     /// Connections resolved from `/proc` (`None`: not a socket).
     resolved: HashMap<(u32, i32), Option<ConnInfo>>,
+    /// Local addresses found in user space for connections the kernel
+    /// knows without one (see `conn`), kept until the fd closes.
+    locals: HashMap<(u32, i32), String>,
     /// fds with a kernel `CONNS` entry, per process, to purge at exit.
     kernel_fds: HashMap<u32, HashSet<u32>>,
 }
@@ -78,6 +81,7 @@ impl Enricher {
         match rec.call {
             call::CLOSE => {
                 self.resolved.remove(&(pid, rec.fd));
+                self.locals.remove(&(pid, rec.fd));
                 if let Some(fds) = self.kernel_fds.get_mut(&pid) {
                     fds.remove(&(rec.fd as u32));
                 }
@@ -85,6 +89,11 @@ impl Enricher {
             call::SOCKET | call::ACCEPT | call::ACCEPT4 if rec.ret >= 0 => {
                 let fd = if rec.new_fd >= 0 { rec.new_fd } else { rec.fd };
                 self.resolved.remove(&(pid, fd));
+                if rec.call == call::SOCKET {
+                    // A new socket on a reused fd number (accept's entry is
+                    // written by `local_of` before this runs).
+                    self.locals.remove(&(pid, fd));
+                }
                 self.kernel_fds.entry(pid).or_default().insert(fd as u32);
             }
             call::CONNECT | call::BIND => {
@@ -103,19 +112,33 @@ impl Enricher {
         if rec.flags & flag::CONN_KNOWN != 0 {
             let mut info = kernel_conn(&rec.conn);
             if info.local.is_none() && info.family.starts_with("inet") {
-                // The kernel saw connect() but not the local port the
-                // system chose, or accept() on a listener bound before
-                // tracing began (or by a parent, as nginx's master binds
-                // for its workers). An accepted socket's local address is
-                // its listener's, and the listener outlives the
-                // connection, so resolve that one.
-                if let Some(listener_or_self) = self.resolve(pid, rec.fd) {
-                    info.local = listener_or_self.local;
-                }
+                info.local = self.local_of(rec);
             }
             return Some(info);
         }
         self.resolve(pid, rec.fd)
+    }
+
+    /// The local address of a connection the kernel knows without one: it
+    /// saw connect() but not the port the system chose, or accept() on a
+    /// listener bound before tracing began (or by a parent, as nginx's
+    /// master binds for its workers). An accepted socket's local address
+    /// is its listener's, and the listener outlives the connection, so
+    /// that is the one resolved; the answer is kept for the connection's
+    /// fd, whose own /proc entry may be gone by the time its later events
+    /// are read.
+    fn local_of(&mut self, rec: &SyscallRecord) -> Option<String> {
+        let pid = rec.hdr.pid;
+        let accepted = rec.new_fd >= 0;
+        let conn_fd = if accepted { rec.new_fd } else { rec.fd };
+        // An accept starts a new connection: never reuse what an earlier
+        // one on the same fd number left.
+        if let Some(local) = self.locals.get(&(pid, conn_fd)).filter(|_| !accepted) {
+            return Some(local.clone());
+        }
+        let local = self.resolve(pid, rec.fd)?.local?;
+        self.locals.insert((pid, conn_fd), local.clone());
+        Some(local)
     }
 
     /// `/proc` resolution, cached per (pid, fd) unless the process or fd
@@ -180,6 +203,7 @@ impl Enricher {
     /// Drops what is cached about `pid`'s fds.
     fn forget(&mut self, pid: u32) -> Vec<u32> {
         self.resolved.retain(|(p, _), _| *p != pid);
+        self.locals.retain(|(p, _), _| *p != pid);
         self.kernel_fds
             .remove(&pid)
             .map(|fds| fds.into_iter().collect())
@@ -202,5 +226,72 @@ fn kernel_conn(conn: &Conn) -> ConnInfo {
         role: role_name(conn.role).into(),
         local: addr(conn_flag::LOCAL_KNOWN, &conn.local),
         remote: addr(conn_flag::REMOTE_KNOWN, &conn.remote),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use qtap_common::{
+        call, conn_flag, family, kind, role, Addr, Conn, Header, SyscallRecord, ABI_VERSION,
+    };
+
+    use super::*;
+
+    fn record(call: u16, fd: i32, new_fd: i32) -> SyscallRecord {
+        let remote = Addr {
+            family: family::INET,
+            port: 40_000,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        SyscallRecord {
+            hdr: Header {
+                kind: kind::SYSCALL,
+                abi: ABI_VERSION,
+                pid: std::process::id(),
+                ..Header::default()
+            },
+            call,
+            fd,
+            new_fd,
+            ret: if new_fd >= 0 { i64::from(new_fd) } else { 10 },
+            bytes: 10,
+            flags: flag::CONN_KNOWN,
+            conn: Conn {
+                remote,
+                family: family::INET,
+                sock_type: 1,
+                role: role::SERVER,
+                flags: conn_flag::REMOTE_KNOWN,
+                ..Conn::default()
+            },
+            ..SyscallRecord::default()
+        }
+    }
+
+    /// nginx's case: the worker accepts on a listener its master bound
+    /// before tracing, and the connection is closed before its events are
+    /// read, so its own /proc entry is gone. Every event of the connection
+    /// still gets the listener's local address, learned at the accept.
+    #[test]
+    fn accepted_connections_keep_the_listeners_local_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap().to_string();
+        let gone_fd = 99_999;
+        let mut enricher = Enricher::new();
+        let accept = enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd));
+        assert_eq!(
+            accept.conn_info.unwrap().local.as_deref(),
+            Some(local.as_str())
+        );
+        let write = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
+        let conn = write.conn_info.unwrap();
+        assert_eq!(conn.local.as_deref(), Some(local.as_str()));
+        assert_eq!(conn.remote.as_deref(), Some("127.0.0.1:40000"));
+        // After close, the fd number carries nothing over.
+        enricher.syscall(&record(call::CLOSE, gone_fd, -1));
+        let reused = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
+        assert_eq!(reused.conn_info.unwrap().local, None);
     }
 }
