@@ -120,7 +120,7 @@ impl Enricher {
     }
 
     /// The local address of a connection the kernel knows without one: it
-    /// saw connect() but not the port the system chose, or accept() on a
+    /// saw `connect()` but not the port the system chose, or `accept()` on a
     /// listener bound before tracing began (or by a parent, as nginx's
     /// master binds for its workers). An accepted socket's local address
     /// is its listener's, and the listener outlives the connection, so
