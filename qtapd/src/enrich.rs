@@ -24,7 +24,9 @@ pub struct Enricher {
     resolved: HashMap<(u32, i32), Option<ConnInfo>>,
     /// Local addresses found in user space for connections the kernel
     /// knows without one (see `conn`), kept until the fd closes.
-    locals: HashMap<(u32, i32), String>,
+    /// `None` is cached too: a connection whose process is gone must not
+    /// cost a `/proc` read on every one of its events.
+    locals: HashMap<(u32, i32), Option<String>>,
     /// fds with a kernel `CONNS` entry, per process, to purge at exit.
     kernel_fds: HashMap<u32, HashSet<u32>>,
 }
@@ -134,11 +136,11 @@ impl Enricher {
         // An accept starts a new connection: never reuse what an earlier
         // one on the same fd number left.
         if let Some(local) = self.locals.get(&(pid, conn_fd)).filter(|_| !accepted) {
-            return Some(local.clone());
+            return local.clone();
         }
-        let local = self.resolve(pid, rec.fd)?.local?;
+        let local = self.resolve(pid, rec.fd).and_then(|info| info.local);
         self.locals.insert((pid, conn_fd), local.clone());
-        Some(local)
+        local
     }
 
     /// `/proc` resolution, cached per (pid, fd) unless the process or fd

@@ -123,6 +123,14 @@ impl Session {
         self.note_idle();
     }
 
+    /// Offers a control item (loss notice, heartbeat) to every follower,
+    /// dropping those that left; a full queue just misses it.
+    fn offer_all(&mut self, item: &Item) {
+        self.followers
+            .retain_mut(|f| !matches!(f.offer(item.clone()), Offer::Gone));
+        self.note_idle();
+    }
+
     fn note_idle(&mut self) {
         if self.followers.is_empty() {
             self.idle_since.get_or_insert_with(Instant::now);
@@ -242,10 +250,7 @@ impl Hub {
                 stage: stage.into(),
                 count,
             });
-            session
-                .followers
-                .retain_mut(|f| !matches!(f.offer(item.clone()), Offer::Gone));
-            session.note_idle();
+            session.offer_all(&item);
         }
     }
 
@@ -257,10 +262,7 @@ impl Hub {
                 unix_nanos: now,
                 delivered: session.delivered,
             });
-            session
-                .followers
-                .retain_mut(|f| !matches!(f.offer(item.clone()), Offer::Gone));
-            session.note_idle();
+            session.offer_all(&item);
         }
     }
 

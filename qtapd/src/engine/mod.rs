@@ -456,11 +456,12 @@ impl<K: Selector> Engine<K> {
 }
 
 fn passes_ports(session: &Session, event: &Event) -> bool {
+    let filter = &session.spec.filter;
+    if !filter.has_ports() {
+        return true;
+    }
     let conn = event.conn_info.as_ref();
-    session
-        .spec
-        .filter
-        .matches_ports(conn.and_then(local_port), conn.and_then(remote_port))
+    filter.matches_ports(conn.and_then(local_port), conn.and_then(remote_port))
 }
 
 /// `uname -r`.

@@ -109,21 +109,16 @@ pub fn compile<'a>(
                 *out.patterns.entry(k).or_default() |= bit;
             }
         }
-        for uid in filter.uids() {
-            out.config.uses[pred::UID as usize] |= bit;
+        let numbers = filter
+            .uids()
+            .map(|u| (pred::UID, u))
+            .chain(filter.pids().map(|p| (pred::PID, p)));
+        for (key, value) in numbers {
+            out.config.uses[key as usize] |= bit;
             let k = PatternKeyOrd {
-                key: pred::UID,
+                key,
                 len: 0,
-                hash: u64::from(uid),
-            };
-            *out.patterns.entry(k).or_default() |= bit;
-        }
-        for pid in filter.pids() {
-            out.config.uses[pred::PID as usize] |= bit;
-            let k = PatternKeyOrd {
-                key: pred::PID,
-                len: 0,
-                hash: u64::from(pid),
+                hash: u64::from(value),
             };
             *out.patterns.entry(k).or_default() |= bit;
         }

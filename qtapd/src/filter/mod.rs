@@ -271,6 +271,13 @@ impl Filter {
             && (uids.peek().is_none() || uids.any(|u| u == uid))
     }
 
+    /// Whether the filter has `port` terms (the hot path skips address
+    /// parsing without them).
+    #[must_use]
+    pub fn has_ports(&self) -> bool {
+        self.ports().next().is_some()
+    }
+
     /// Exact evaluation of the connection predicates; `None` ports (not a
     /// network socket, or unknown) pass only when no `port` term is given.
     #[must_use]
