@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -45,6 +45,9 @@ pub mod map {
     pub const STATS: &str = "STATS";
     /// `PerCpuArray<ExecScratch>`: room to copy an exec filename.
     pub const SCRATCH: &str = "SCRATCH";
+    /// `HashMap<u64 pid_tgid, TlsPending>`: a TLS library call in progress
+    /// on a thread (what its nested syscalls are correlated with).
+    pub const TLS_ACTIVE: &str = "TLS_ACTIVE";
 }
 
 /// Map sizes.
@@ -67,6 +70,12 @@ pub mod limit {
     pub const CONTAINS_LENS: usize = 8;
     /// `mmsghdr` entries whose `msg_len` is summed for sendmmsg/recvmmsg.
     pub const MMSG_SUM: u32 = 16;
+    /// First bytes of each data call copied into its record, for protocol
+    /// detection (a TLS record header, an HTTP request line, the HTTP/2
+    /// preface of 24 bytes, a DNS header).
+    pub const HEAD_BYTES: usize = 32;
+    /// TLS library calls in progress at once (one per thread).
+    pub const TLS_ACTIVE: u32 = 16_384;
 }
 
 /// Indexes of the per-CPU kernel counters in [`map::STATS`].
@@ -93,6 +102,24 @@ pub mod kind {
     pub const FORK: u16 = 101;
     /// A selected process exited ([`super::Header`] only).
     pub const EXIT: u16 = 102;
+    /// A TLS library call ([`super::TlsRecord`]).
+    pub const TLS: u16 = 200;
+}
+
+/// The TLS library calls of the openssl module, as carried in
+/// [`TlsRecord::call`]. Program names are `<symbol>` for the entry and
+/// `<symbol>_ret` for the return probe.
+pub mod tls_call {
+    pub const SSL_READ: u16 = 1;
+    pub const SSL_READ_EX: u16 = 2;
+    pub const SSL_WRITE: u16 = 3;
+    pub const SSL_WRITE_EX: u16 = 4;
+    /// `SSL_set_fd(ssl, fd)`: binds both directions to `fd`.
+    pub const SSL_SET_FD: u16 = 5;
+    pub const SSL_SET_RFD: u16 = 6;
+    pub const SSL_SET_WFD: u16 = 7;
+    /// `SSL_free(ssl)`: the object and its binding are gone.
+    pub const SSL_FREE: u16 = 8;
 }
 
 /// The syscalls of the socket module, as carried in [`SyscallRecord::call`].
@@ -131,10 +158,13 @@ pub mod pred {
     pub const COUNT: usize = 7;
 }
 
-/// Event families a session can ask for, as indexes of [`Config::modules`].
+/// Record families the kernel emits per session, as indexes of
+/// [`Config::modules`] (user-space modules map onto these).
 pub mod module {
+    /// Syscall records.
     pub const SOCKET: usize = 0;
-    pub const PROCESS: usize = 1;
+    /// TLS library records.
+    pub const OPENSSL: usize = 1;
     /// Number of families the kernel gates on.
     pub const COUNT: usize = 2;
 }
@@ -145,6 +175,9 @@ pub mod flag {
     pub const CONN_KNOWN: u8 = 1;
     /// A `MSG_PEEK` read: the bytes will be read again.
     pub const PEEK: u8 = 2;
+    /// The call ran inside a TLS library call on the same thread
+    /// (`SyscallRecord::tls` names the `SSL*`).
+    pub const IN_TLS: u8 = 4;
 }
 
 /// `Conn::flags` bits.
@@ -295,9 +328,56 @@ pub struct SyscallRecord {
     pub fd: i32,
     /// For accept: the returned fd; otherwise -1.
     pub new_fd: i32,
-    pub _pad: u32,
+    /// Bytes of `head` filled (0 for control calls and failures).
+    pub head_len: u32,
     /// The connection, valid when `flags & CONN_KNOWN`.
     pub conn: Conn,
+    /// The `SSL*` whose call this syscall ran inside (with `IN_TLS`).
+    pub tls: u64,
+    /// The first bytes the call moved (of its first buffer).
+    pub head: [u8; limit::HEAD_BYTES],
+}
+
+/// What a thread's TLS library call keeps from entry to return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsPending {
+    pub sessions: u64,
+    /// The `SSL*`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count is written.
+    pub count_ptr: u64,
+    /// One of [`tls_call`].
+    pub call: u16,
+    pub _pad: [u8; 6],
+}
+
+/// A TLS library call, made at its return (or at entry for the calls that
+/// bind or free an `SSL*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsRecord {
+    pub hdr: Header,
+    /// The `SSL*` the call was made on.
+    pub ssl: u64,
+    /// The return value (`SSL_read`: bytes or <= 0; `_ex`: 1 or 0).
+    pub ret: i64,
+    /// Plaintext bytes moved (0 when the call failed).
+    pub bytes: i64,
+    /// One of [`tls_call`].
+    pub call: u16,
+    /// One of [`direction`].
+    pub direction: u8,
+    pub _pad: u8,
+    /// `SSL_set_*fd`: the fd argument; otherwise -1.
+    pub fd: i32,
+    /// Bytes of `head` filled.
+    pub head_len: u32,
+    pub _pad2: u32,
+    /// The first plaintext bytes.
+    pub head: [u8; limit::HEAD_BYTES],
 }
 
 /// A selected process's exec.
@@ -399,7 +479,9 @@ const _: () = {
     assert!(core::mem::size_of::<ConnKey>() == 8);
     assert!(core::mem::size_of::<ProcSel>() == 8);
     assert!(core::mem::size_of::<Pending>() == 56);
-    assert!(core::mem::size_of::<SyscallRecord>() == 48 + 32 + 48);
+    assert!(core::mem::size_of::<SyscallRecord>() == 48 + 32 + 48 + 8 + limit::HEAD_BYTES);
+    assert!(core::mem::size_of::<TlsPending>() == 40);
+    assert!(core::mem::size_of::<TlsRecord>() == 48 + 40 + limit::HEAD_BYTES);
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
     assert!(core::mem::size_of::<PatternKey>() == 16);
@@ -424,7 +506,8 @@ mod tests {
     #[test]
     fn record_sizes() {
         assert_eq!(core::mem::size_of::<Header>(), 48);
-        assert_eq!(core::mem::size_of::<SyscallRecord>(), 128);
+        assert_eq!(core::mem::size_of::<SyscallRecord>(), 168);
+        assert_eq!(core::mem::size_of::<TlsRecord>(), 120);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
         assert_eq!(core::mem::size_of::<Config>(), 248);

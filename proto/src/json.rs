@@ -6,10 +6,13 @@ use serde_json::{json, Map, Value};
 
 use crate::v1::{ConnInfo, Event};
 
-/// Whether the event comes from the socket module (and so has `conn_info`).
+/// Whether the event is about an fd (and so always has `conn_info`):
+/// syscalls, TLS library calls, protocol detections and data decisions.
 #[must_use]
 pub fn is_socket_event(event: &Event) -> bool {
-    event.msg.starts_with("syscall/")
+    ["syscall/", "openssl/", "protocol/", "process_data"]
+        .iter()
+        .any(|prefix| event.msg.starts_with(prefix))
 }
 
 /// `conn_info` as JSON.
@@ -49,6 +52,8 @@ pub fn event(e: &Event) -> Value {
     opt("peek", e.peek.then_some(Value::Bool(true)));
     opt("ssl", e.ssl.map(Value::from));
     opt("protocol", e.protocol.clone().map(Value::from));
+    opt("tls_version", e.tls_version.clone().map(Value::from));
+    opt("app_protocol", e.app_protocol.clone().map(Value::from));
     opt("open", e.open.map(Value::from));
     if is_socket_event(e) {
         m.insert(

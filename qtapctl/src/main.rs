@@ -72,9 +72,9 @@ enum Generate {
 enum TraceCommand {
     /// Start a session and print its id (or follow it with --follow).
     Start {
-        /// What to trace: `key:value` terms, comma-separated. Keys: mod,
-        /// exe, exe.contains, exe.startsWith, exe.endsWith, comm, pid, uid,
-        /// port.
+        /// What to trace: `key:value` terms, comma-separated. Keys: mod
+        /// (socket, process, openssl, protocol, data), exe, exe.contains,
+        /// exe.startsWith, exe.endsWith, comm, pid, uid, port.
         #[arg(long)]
         filter: String,
         /// A name shown by `trace list`.

@@ -1,10 +1,11 @@
 //! qtap's kernel programs: the maps, one thin entry point per hook, and the
 //! panic handler. The logic lives in `probes/`.
 //!
-//! Every program name is the name of the tracepoint it attaches to
+//! Every program name is the name of the hook it attaches to: tracepoints
 //! (`sys_enter_read` → `syscalls:sys_enter_read`, `sched_process_exec` →
-//! `sched:sched_process_exec`); qtapd attaches by that rule, so this file is
-//! the one list of hooks.
+//! `sched:sched_process_exec`) at load, and OpenSSL uprobes (`SSL_write`,
+//! and `SSL_write_ret` for its return) when a session needs them. qtapd
+//! attaches by that rule, so this file is the one list of hooks.
 #![no_std]
 #![no_main]
 
@@ -13,10 +14,11 @@ mod probes;
 use aya_ebpf::{
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use qtap_common::{
-    call, limit, stat, Config, Conn, ConnKey, ExecScratch, PatternKey, Pending, ProcSel,
+    call, limit, stat, tls_call, Config, Conn, ConnKey, ExecScratch, PatternKey, Pending, ProcSel,
+    SyscallRecord, TlsPending,
 };
 
 #[map]
@@ -37,6 +39,11 @@ static PATTERNS: HashMap<PatternKey, u64> = HashMap::with_max_entries(limit::PAT
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static RECORD: PerCpuArray<SyscallRecord> = PerCpuArray::with_max_entries(1, 0);
+// LRU: a thread killed inside an SSL call never returns from it.
+#[map]
+static TLS_ACTIVE: LruHashMap<u64, TlsPending> = LruHashMap::with_max_entries(limit::TLS_ACTIVE, 0);
 
 /// Offset of `child_pid` in `sched_process_fork`; set by qtapd from tracefs.
 #[no_mangle]
@@ -82,6 +89,54 @@ syscall_probes! {
     RECVMMSG => sys_enter_recvmmsg, sys_exit_recvmmsg;
     SENDFILE => sys_enter_sendfile64, sys_exit_sendfile64;
     CLOSE => sys_enter_close, sys_exit_close;
+}
+
+/// Entry and return probes of the OpenSSL calls that move plaintext.
+macro_rules! tls_data_probes {
+    ($($call:ident => $enter:ident, $exit:ident;)*) => {$(
+        #[uprobe]
+        pub fn $enter(ctx: ProbeContext) -> u32 {
+            probes::tls::enter(&ctx, tls_call::$call);
+            0
+        }
+        #[uretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            probes::tls::exit(&ctx, tls_call::$call);
+            0
+        }
+    )*};
+}
+
+/// Entry probes of the OpenSSL calls that bind an `SSL*` to an fd or free it.
+macro_rules! tls_bind_probes {
+    ($($call:ident => $enter:ident;)*) => {$(
+        #[uprobe]
+        pub fn $enter(ctx: ProbeContext) -> u32 {
+            probes::tls::bind(&ctx, tls_call::$call);
+            0
+        }
+    )*};
+}
+
+/// The OpenSSL hooks, named after the symbols they attach to.
+#[allow(non_snake_case)]
+mod openssl {
+    use super::{probes, tls_call, ProbeContext, RetProbeContext};
+    use aya_ebpf::macros::{uprobe, uretprobe};
+
+    tls_data_probes! {
+        SSL_READ => SSL_read, SSL_read_ret;
+        SSL_READ_EX => SSL_read_ex, SSL_read_ex_ret;
+        SSL_WRITE => SSL_write, SSL_write_ret;
+        SSL_WRITE_EX => SSL_write_ex, SSL_write_ex_ret;
+    }
+
+    tls_bind_probes! {
+        SSL_SET_FD => SSL_set_fd;
+        SSL_SET_RFD => SSL_set_rfd;
+        SSL_SET_WFD => SSL_set_wfd;
+        SSL_FREE => SSL_free;
+    }
 }
 
 #[tracepoint]

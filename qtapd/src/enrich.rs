@@ -1,18 +1,23 @@
 //! Turns decoded kernel records into events: adds the exe of each process
 //! and the connection of each fd, from the kernel's own view first and from
-//! `/proc` once per fd otherwise. Caches live until the fd is closed or the
-//! process execs or exits.
+//! `/proc` once per fd otherwise, and the fd's stream state (TLS, protocol;
+//! see `streams`). Caches live until the fd is closed or the process execs
+//! or exits.
 
 use std::collections::{HashMap, HashSet};
 
-use qtap_common::{conn_flag, flag, Conn, ExecRecord, ForkRecord, Header, SyscallRecord};
+use qtap_common::{
+    conn_flag, direction, flag, tls_call, Conn, ExecRecord, ForkRecord, Header, SyscallRecord,
+    TlsRecord,
+};
 
 use crate::{
     events::{
-        addr_text, base, call_name, errno_name, family_name, is_data_call, role_name, type_name,
-        Clock, ConnInfo, Event,
+        addr_text, base, call_name, derived::Notes, errno_name, family_name, is_data_call,
+        role_name, type_name, Clock, ConnInfo, Event,
     },
     procfs::{self, FdTarget},
+    streams::{Side, Stream, Streams},
 };
 
 /// Per-process and per-fd knowledge.
@@ -29,6 +34,7 @@ pub struct Enricher {
     locals: HashMap<(u32, i32), Option<String>>,
     /// fds with a kernel `CONNS` entry, per process, to purge at exit.
     kernel_fds: HashMap<u32, HashSet<u32>>,
+    streams: Streams,
 }
 
 impl Enricher {
@@ -45,7 +51,7 @@ impl Enricher {
             .clone()
     }
 
-    pub fn syscall(&mut self, rec: &SyscallRecord) -> Event {
+    pub fn syscall(&mut self, rec: &SyscallRecord) -> (Event, Notes) {
         let hdr = &rec.hdr;
         let name = call_name(rec.call);
         let exe = self.exe(hdr.pid);
@@ -68,12 +74,76 @@ impl Enricher {
             event.peek = rec.flags & flag::PEEK != 0;
         }
         let conn = self.conn(rec);
-        event.ssl = Some(false);
-        event.protocol = Some("unknown".into());
+        let mut notes = Notes::default();
+        let stream = if is_data_call(rec.call) {
+            let tls = (rec.flags & flag::IN_TLS != 0).then_some(rec.tls);
+            let len = (rec.head_len as usize).min(rec.head.len());
+            let (stream, seen) =
+                self.streams
+                    .syscall(hdr.pid, rec.fd, conn.as_ref(), tls, &rec.head[..len]);
+            notes.detected = seen.detected;
+            Some(stream)
+        } else {
+            self.streams.get(hdr.pid, rec.fd)
+        };
+        stream_fields(&mut event, stream);
+        notes.bound = stream.is_some_and(|s| s.bound);
         event.open = Some(conn.is_some());
         event.conn_info = conn;
         self.track(rec);
-        event
+        (event, notes)
+    }
+
+    /// A TLS library call: binds, frees, or moves plaintext on an `SSL*`.
+    pub fn tls(&mut self, rec: &TlsRecord) -> (Event, Notes) {
+        let hdr = &rec.hdr;
+        let (name, probe) = tls_call_name(rec.call);
+        let exe = self.exe(hdr.pid);
+        let mut event = base(
+            &self.clock,
+            hdr,
+            format!("openssl/{name}"),
+            format!("{probe}/{name}"),
+            exe,
+        );
+        let mut notes = Notes::default();
+        let side = match rec.call {
+            tls_call::SSL_SET_FD => Some(Side::Both),
+            tls_call::SSL_SET_RFD => Some(Side::Read),
+            tls_call::SSL_SET_WFD => Some(Side::Write),
+            _ => None,
+        };
+        let fd = if let Some(side) = side {
+            self.streams.bind(hdr.pid, rec.ssl, rec.fd, side);
+            Some(rec.fd)
+        } else if rec.call == tls_call::SSL_FREE {
+            self.streams.free(hdr.pid, rec.ssl);
+            None
+        } else {
+            event.direction = Some(u32::from(rec.direction));
+            event.bytes = Some(rec.bytes);
+            event.ret = Some(rec.ret);
+            let len = (rec.head_len as usize).min(rec.head.len());
+            let ingress = rec.direction == direction::INGRESS;
+            self.streams
+                .tls_call(hdr.pid, rec.ssl, ingress, &rec.head[..len])
+                .map(|(fd, _, seen)| {
+                    notes.detected = seen.detected;
+                    fd
+                })
+        };
+        event.ssl = Some(true);
+        event.fd = fd;
+        if let Some(fd) = fd {
+            let stream = self.streams.get(hdr.pid, fd);
+            notes.bound = stream.is_some_and(|s| s.bound);
+            let known = stream.and_then(|s| s.conn.clone());
+            stream_fields(&mut event, stream);
+            let conn = known.or_else(|| self.resolve(hdr.pid, fd));
+            event.open = Some(conn.is_some());
+            event.conn_info = conn;
+        }
+        (event, notes)
     }
 
     /// Keeps the caches in step with the fd table the record describes.
@@ -82,6 +152,7 @@ impl Enricher {
         let pid = rec.hdr.pid;
         match rec.call {
             call::CLOSE => {
+                self.streams.reset(pid, rec.fd);
                 self.resolved.remove(&(pid, rec.fd));
                 self.locals.remove(&(pid, rec.fd));
                 if let Some(fds) = self.kernel_fds.get_mut(&pid) {
@@ -91,6 +162,7 @@ impl Enricher {
             call::SOCKET | call::ACCEPT | call::ACCEPT4 if rec.ret >= 0 => {
                 let fd = if rec.new_fd >= 0 { rec.new_fd } else { rec.fd };
                 self.resolved.remove(&(pid, fd));
+                self.streams.reset(pid, fd);
                 if rec.call == call::SOCKET {
                     // A new socket on a reused fd number (accept's entry is
                     // written by `local_of` before this runs).
@@ -204,12 +276,42 @@ impl Enricher {
 
     /// Drops what is cached about `pid`'s fds.
     fn forget(&mut self, pid: u32) -> Vec<u32> {
+        self.streams.forget(pid);
         self.resolved.retain(|(p, _), _| *p != pid);
         self.locals.retain(|(p, _), _| *p != pid);
         self.kernel_fds
             .remove(&pid)
             .map(|fds| fds.into_iter().collect())
             .unwrap_or_default()
+    }
+}
+
+/// The fd's stream state as event fields (a fd nothing is known of yet:
+/// no TLS, protocol unknown).
+fn stream_fields(event: &mut Event, stream: Option<&Stream>) {
+    let Some(stream) = stream else {
+        event.ssl = Some(false);
+        event.protocol = Some("unknown".into());
+        return;
+    };
+    event.ssl = Some(stream.ssl);
+    event.protocol = Some(stream.protocol_name().into());
+    event.tls_version = stream.tls_version.map(Into::into);
+    event.app_protocol = stream.app_protocol.map(Into::into);
+}
+
+/// The symbol of a `tls_call` and the kind of probe that reports it.
+fn tls_call_name(call: u16) -> (&'static str, &'static str) {
+    match call {
+        tls_call::SSL_READ => ("SSL_read", "uretprobe"),
+        tls_call::SSL_READ_EX => ("SSL_read_ex", "uretprobe"),
+        tls_call::SSL_WRITE => ("SSL_write", "uretprobe"),
+        tls_call::SSL_WRITE_EX => ("SSL_write_ex", "uretprobe"),
+        tls_call::SSL_SET_FD => ("SSL_set_fd", "uprobe"),
+        tls_call::SSL_SET_RFD => ("SSL_set_rfd", "uprobe"),
+        tls_call::SSL_SET_WFD => ("SSL_set_wfd", "uprobe"),
+        tls_call::SSL_FREE => ("SSL_free", "uprobe"),
+        _ => ("unknown", "uprobe"),
     }
 }
 
@@ -282,18 +384,18 @@ mod tests {
         let local = listener.local_addr().unwrap().to_string();
         let gone_fd = 99_999;
         let mut enricher = Enricher::new();
-        let accept = enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd));
+        let (accept, _) = enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd));
         assert_eq!(
             accept.conn_info.unwrap().local.as_deref(),
             Some(local.as_str())
         );
-        let write = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
+        let (write, _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
         let conn = write.conn_info.unwrap();
         assert_eq!(conn.local.as_deref(), Some(local.as_str()));
         assert_eq!(conn.remote.as_deref(), Some("127.0.0.1:40000"));
         // After close, the fd number carries nothing over.
         enricher.syscall(&record(call::CLOSE, gone_fd, -1));
-        let reused = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
+        let (reused, _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
         assert_eq!(reused.conn_info.unwrap().local, None);
     }
 }

@@ -9,6 +9,8 @@ mod events;
 mod filter;
 mod grpc;
 mod procfs;
+mod protocol;
+mod streams;
 mod tracefs;
 mod tracelog;
 
@@ -35,10 +37,10 @@ struct Args {
     /// Trace this filter and print events to stdout, e.g.
     /// `mod:socket,exe.contains:curl`.
     ///
-    /// Terms are `key:value`, comma-separated. Keys: mod (socket, process),
-    /// exe, exe.contains, exe.startsWith, exe.endsWith, comm, pid, uid,
-    /// port. The same key twice is OR, different keys AND. Without a
-    /// process term every process is traced.
+    /// Terms are `key:value`, comma-separated. Keys: mod (socket, process,
+    /// openssl, protocol, data), exe, exe.contains, exe.startsWith,
+    /// exe.endsWith, comm, pid, uid, port. The same key twice is OR,
+    /// different keys AND. Without a process term every process is traced.
     #[arg(long, value_name = "FILTER")]
     bpf_trace: Option<String>,
     /// error and warn print no traces; info prints every trace; debug

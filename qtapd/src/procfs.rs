@@ -6,7 +6,7 @@
 use std::{
     fs,
     net::{Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use crate::events::ConnInfo;
@@ -41,6 +41,27 @@ pub fn uid(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The files `pid` has mapped (libraries and its executable), each once,
+/// as paths reachable from qtapd (through `/proc/<pid>/root`, so a process
+/// in another mount namespace is covered).
+#[must_use]
+pub fn mapped_files(pid: u32) -> Vec<PathBuf> {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = maps
+        .lines()
+        // address perms offset dev inode path
+        .filter_map(|line| line.splitn(6, ' ').nth(5))
+        .map(str::trim)
+        .filter(|path| path.starts_with('/') && !path.ends_with(" (deleted)"))
+        .map(|path| PathBuf::from(format!("/proc/{pid}/root{path}")))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// What an fd refers to.

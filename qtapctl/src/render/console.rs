@@ -60,7 +60,7 @@ impl<W: Write> Console<W> {
             Some(1) => GREEN,
             _ => DIM,
         };
-        let what = e.msg.rsplit('/').next().unwrap_or(&e.msg);
+        let what = super::what(e);
         let amount = match (&e.error, e.bytes, e.ret) {
             (Some(error), _, _) => self.paint(RED, error),
             (None, Some(bytes), _) => format!("{bytes}B"),
@@ -76,19 +76,26 @@ impl<W: Write> Console<W> {
             Some(false) => "-",
             None => "",
         };
-        let proto = e.protocol.as_deref().unwrap_or("");
+        // `tls/http1`: the protocol inside TLS after the fd's.
+        let proto = match (&e.protocol, &e.app_protocol) {
+            (Some(p), Some(app)) => format!("{p}/{app}"),
+            (Some(p), None) => p.clone(),
+            (None, _) => String::new(),
+        };
         let remote = match &e.conn_info {
             Some(c) => c
                 .remote
                 .clone()
                 .or_else(|| c.local.clone().map(|l| format!("local {l}")))
                 .unwrap_or_else(|| c.family.clone()),
-            None if e.msg.starts_with("syscall/") => "(not a socket)".into(),
+            None if e.fd.is_some() && qtap_proto::json::is_socket_event(e) => {
+                "(not a socket)".into()
+            }
             None => String::new(),
         };
         let new_fd = e.new_fd.map(|n| format!(" -> fd {n}")).unwrap_or_default();
         format!(
-            "{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<8} {remote}{new_fd}",
+            "{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<9} {remote}{new_fd}",
             arrow = self.paint(arrow_colour, arrow),
         )
     }
@@ -99,7 +106,7 @@ impl<W: Write> Render for Console<W> {
         if self.header {
             self.header = false;
             let head = format!(
-                "{:<15}  {:<22} {:>4} {} {:<11} {:>10}  {:<3} {:<8} {}",
+                "{:<15}  {:<22} {:>4} {} {:<11} {:>10}  {:<3} {:<9} {}",
                 "TIME", "PROCESS", "FD", " ", "CALL", "BYTES", "TLS", "PROTO", "REMOTE"
             );
             writeln!(self.out, "{}", self.paint(DIM, &head))?;
@@ -193,9 +200,61 @@ pub mod tests {
                 msg: "syscall/close".into(),
                 fd: Some(5),
                 ret: Some(0),
-                conn_info: Some(conn),
+                conn_info: Some(conn.clone()),
                 seq: 6,
-                ..base
+                ..base.clone()
+            },
+        ]
+        .into_iter()
+        .chain(tls_sample(&base, &conn))
+        .collect()
+    }
+
+    /// An HTTPS request on fd 6: the ciphertext syscall, the plaintext
+    /// `SSL_write`, and the data decision of each.
+    fn tls_sample(base: &Event, conn: &ConnInfo) -> Vec<Event> {
+        let tls = Event {
+            fd: Some(6),
+            direction: Some(1),
+            ssl: Some(true),
+            protocol: Some("tls".into()),
+            tls_version: Some("TLS1.0".into()),
+            app_protocol: Some("http1".into()),
+            conn_info: Some(ConnInfo {
+                remote: Some("127.0.0.1:18443".into()),
+                ..conn.clone()
+            }),
+            ..base.clone()
+        };
+        vec![
+            Event {
+                msg: "syscall/sendto".into(),
+                bytes: Some(109),
+                ret: Some(109),
+                seq: 7,
+                ..tls.clone()
+            },
+            Event {
+                msg: "process_data (ciphertext; plaintext via openssl)".into(),
+                bytes: Some(109),
+                ret: Some(109),
+                seq: 8,
+                ..tls.clone()
+            },
+            Event {
+                msg: "openssl/SSL_write".into(),
+                caller: "uretprobe/SSL_write".into(),
+                bytes: Some(87),
+                ret: Some(87),
+                seq: 9,
+                ..tls.clone()
+            },
+            Event {
+                msg: "syscall/close".into(),
+                direction: None,
+                ret: Some(0),
+                seq: 10,
+                ..tls
             },
         ]
     }

@@ -1,8 +1,9 @@
 //! `--group-by fd`: events gathered into per-fd flows. A flow runs from
 //! the fd's first event (accept, connect, socket, or the first read or
 //! write seen) to its close, and is printed when it closes — its calls and
-//! the totals in and out. Flows still open when `follow` ends are printed
-//! then, marked open. Process events are printed as they come.
+//! the totals in and out (and the plaintext in and out, for a TLS fd whose
+//! `SSL_*` calls were traced). Flows still open when `follow` ends are
+//! printed then, marked open. Process events are printed as they come.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +20,8 @@ struct Flow {
     calls: Vec<String>,
     bytes_in: i64,
     bytes_out: i64,
+    plain_in: i64,
+    plain_out: i64,
 }
 
 pub struct Flows<W: Write> {
@@ -39,9 +42,17 @@ impl<W: Write> Flows<W> {
         for call in &flow.calls {
             writeln!(self.out, "  {call}")?;
         }
+        let plaintext = if flow.plain_in + flow.plain_out > 0 {
+            format!(
+                " (plaintext via openssl: in {}B, out {}B)",
+                flow.plain_in, flow.plain_out
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             self.out,
-            "  = in {}B, out {}B, {} calls\n",
+            "  = in {}B, out {}B{plaintext}, {} calls\n",
             flow.bytes_in,
             flow.bytes_out,
             flow.calls.len()
@@ -67,7 +78,7 @@ fn title(e: &Event, fd: i32) -> String {
 fn call_line(e: &Event) -> String {
     let time = super::short_time(&e.ts);
     let arrow = super::arrow(e.direction);
-    let what = e.msg.rsplit('/').next().unwrap_or(&e.msg);
+    let what = super::what(e);
     let amount = match (&e.error, e.bytes) {
         (Some(error), _) => error.clone(),
         (None, Some(bytes)) => format!("{bytes}B"),
@@ -80,7 +91,7 @@ fn call_line(e: &Event) -> String {
 
 impl<W: Write> Render for Flows<W> {
     fn event(&mut self, e: &Event) -> io::Result<()> {
-        let Some(fd) = e.fd.filter(|_| e.msg.starts_with("syscall/")) else {
+        let Some(fd) = e.fd.filter(|_| qtap_proto::json::is_socket_event(e)) else {
             writeln!(
                 self.out,
                 "{} {}",
@@ -102,9 +113,17 @@ impl<W: Write> Render for Flows<W> {
             flow.title = title(e, fd);
         }
         flow.calls.push(call_line(e));
+        let (bytes_in, bytes_out) = if e.msg.starts_with("syscall/") {
+            (&mut flow.bytes_in, &mut flow.bytes_out)
+        } else if e.msg.starts_with("openssl/") {
+            (&mut flow.plain_in, &mut flow.plain_out)
+        } else {
+            // Derived events repeat a call's bytes.
+            return Ok(());
+        };
         match (e.direction, e.bytes) {
-            (Some(0), Some(b)) if b > 0 && !e.peek => flow.bytes_in += b,
-            (Some(1), Some(b)) if b > 0 => flow.bytes_out += b,
+            (Some(0), Some(b)) if b > 0 && !e.peek => *bytes_in += b,
+            (Some(1), Some(b)) if b > 0 => *bytes_out += b,
             _ => {}
         }
         if e.msg == "syscall/close" {

@@ -37,6 +37,15 @@ fn process(e: &Event) -> String {
     format!("{exe}[{}]", e.pid)
 }
 
+/// What the event is, short: `writev`, `SSL_write`, `exec`; derived
+/// events (`protocol/detected`, `process_data (…)`) keep their whole name.
+fn what(e: &Event) -> &str {
+    ["syscall/", "openssl/", "process/"]
+        .iter()
+        .find_map(|prefix| e.msg.strip_prefix(prefix))
+        .unwrap_or(&e.msg)
+}
+
 /// `←` ingress, `→` egress, `·` neither.
 fn arrow(direction: Option<u32>) -> &'static str {
     match direction {

@@ -2,11 +2,14 @@
 
 pub mod process;
 pub mod syscall;
+pub mod tls;
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use qtap_common::{Header, ABI_VERSION};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+};
+use qtap_common::{limit, Header, ABI_VERSION};
 
-use crate::STATS;
+use crate::{CONFIG, PROCS, STATS};
 
 /// Adds one to the per-CPU counter `index` (one of `qtap_common::stat`).
 #[inline(always)]
@@ -31,5 +34,42 @@ pub fn header(kind: u16, sessions: u64) -> Header {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         sessions,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Sessions that asked for the kernel record family `module` (one of
+/// `qtap_common::module`).
+#[inline(always)]
+pub fn module_sessions(module: usize) -> u64 {
+    CONFIG.get(0).map_or(0, |c| c.modules[module & 1])
+}
+
+/// The sessions of `module` that select the current process (0: none).
+#[inline(always)]
+pub fn selected_for(module: usize) -> u64 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    unsafe { PROCS.get(&tgid) }.map_or(0, |sel| sel.sessions & module_sessions(module))
+}
+
+/// Copies up to `len` (at most `HEAD_BYTES`) bytes of user memory at `src`
+/// into `head`; returns how many were copied (0 when unreadable).
+#[inline(always)]
+pub fn copy_head(src: u64, len: u64, head: &mut [u8; limit::HEAD_BYTES]) -> u32 {
+    if src == 0 {
+        return 0;
+    }
+    let n = if len > limit::HEAD_BYTES as u64 {
+        limit::HEAD_BYTES
+    } else {
+        len as usize
+    };
+    let Some(dst) = head.get_mut(..n) else {
+        return 0;
+    };
+    // SAFETY: a user pointer read through the fault-tolerant helper.
+    match unsafe { bpf_probe_read_user_buf(src as *const u8, dst) } {
+        Ok(()) => n as u32,
+        Err(_) => 0,
     }
 }

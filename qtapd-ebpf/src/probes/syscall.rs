@@ -6,6 +6,10 @@
 //! `SyscallRecord`. A process that no session selects costs one map lookup
 //! at enter (`PROCS`) and one at exit (`PENDING`), and emits nothing.
 //!
+//! Each data record carries the first `HEAD_BYTES` the call moved (for
+//! protocol detection in qtapd) and, when the thread is inside a TLS
+//! library call, that call's `SSL*` (see `tls.rs`).
+//!
 //! Syscall tracepoint layout (from tracefs `format`, stable across kernels):
 //! enter: `int __syscall_nr` at 8, then each argument as 8 bytes from 16;
 //! exit: `long ret` at 16.
@@ -19,8 +23,8 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::{count, header};
-use crate::{CONFIG, CONNS, EVENTS, PENDING, PROCS};
+use super::{copy_head, count, header, selected_for};
+use crate::{CONNS, EVENTS, PENDING, RECORD, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u16 = 1;
@@ -28,6 +32,8 @@ const EINPROGRESS: i64 = 115;
 /// Size of `struct mmsghdr` and the offset of its `msg_len`.
 const MMSGHDR_SIZE: u64 = 64;
 const MMSGHDR_LEN_OFF: u64 = 56;
+/// Offset of `msg_iov` in `struct msghdr` (also the start of `mmsghdr`).
+const MSGHDR_IOV_OFF: u64 = 16;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, index: usize) -> u64 {
@@ -38,16 +44,11 @@ fn arg(ctx: &TracePointContext, index: usize) -> u64 {
 /// The `sys_enter_<call>` hook: keep the arguments for the exit.
 #[inline(always)]
 pub fn enter(ctx: &TracePointContext, call: u16) {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(sel) = (unsafe { PROCS.get(&tgid) }) else {
-        return;
-    };
-    let sessions = sel.sessions & socket_sessions();
+    let sessions = selected_for(module::SOCKET);
     if sessions == 0 {
         return;
     }
+    let id = bpf_get_current_pid_tgid();
     let mut pending = Pending {
         sessions,
         call,
@@ -67,15 +68,13 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
         call::SENDMMSG | call::RECVMMSG => pending.arg1 = arg(ctx, 1),
         _ => {}
     }
+    // The data buffer (or the vector or message that holds it).
+    if call != call::SOCKET {
+        pending.arg2 = arg(ctx, 1);
+    }
     if PENDING.insert(&id, &pending, 0).is_err() {
         count(stat::PENDING_FULL);
     }
-}
-
-/// Sessions that asked for the socket module.
-#[inline(always)]
-fn socket_sessions() -> u64 {
-    CONFIG.get(0).map_or(0, |c| c.modules[module::SOCKET])
 }
 
 /// The `sys_exit_<call>` hook: join with the enter and emit the record.
@@ -94,27 +93,40 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // SAFETY: offset of `ret` in the syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
 
-    let mut record = SyscallRecord {
-        hdr: header(kind::SYSCALL, pending.sessions),
-        ret,
-        bytes: 0,
-        call,
-        direction: direction::NONE,
-        flags: pending.flags,
-        fd: pending.fd,
-        new_fd: -1,
-        _pad: 0,
-        conn: Conn::default(),
+    // The record is built in per-CPU scratch: it does not fit the BPF
+    // stack beside the rest.
+    let Some(record) = RECORD.get_ptr_mut(0) else {
+        return;
     };
+    // SAFETY: per-CPU scratch, only this program on this CPU uses it.
+    let record = unsafe { &mut *record };
+    record.hdr = header(kind::SYSCALL, pending.sessions);
+    record.ret = ret;
+    record.bytes = 0;
+    record.call = call;
+    record.direction = direction::NONE;
+    record.flags = pending.flags;
+    record.fd = pending.fd;
+    record.new_fd = -1;
+    record.head_len = 0;
+    record.conn = Conn::default();
+    record.tls = 0;
+    // Never carry another call's bytes.
+    record.head = [0; limit::HEAD_BYTES];
+    // SAFETY: the value is copied out at once.
+    if let Some(active) = unsafe { TLS_ACTIVE.get(&id) } {
+        record.flags |= flag::IN_TLS;
+        record.tls = active.ssl;
+    }
     let key = ConnKey {
         tgid,
         fd: pending.fd as u32,
     };
     let conn = match call {
-        call::SOCKET => on_socket(&mut record, &pending, tgid),
-        call::BIND => on_bind(&record, &pending, key),
-        call::CONNECT => on_connect(&record, &pending, key),
-        call::ACCEPT | call::ACCEPT4 => on_accept(&mut record, &pending, key),
+        call::SOCKET => on_socket(record, &pending, tgid),
+        call::BIND => on_bind(record, &pending, key),
+        call::CONNECT => on_connect(record, &pending, key),
+        call::ACCEPT | call::ACCEPT4 => on_accept(record, &pending, key),
         call::CLOSE => {
             let conn = known(key);
             let _ = CONNS.remove(&key);
@@ -129,6 +141,10 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
             } else {
                 ret
             };
+            if record.bytes > 0 {
+                let (buf, len) = first_buffer(call, pending.arg2);
+                record.head_len = copy_head(buf, len.min(record.bytes as u64), &mut record.head);
+            }
             known(key)
         }
     };
@@ -136,12 +152,8 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         record.conn = conn;
         record.flags |= flag::CONN_KNOWN;
     }
-    match EVENTS.reserve::<SyscallRecord>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            entry.submit(0);
-        }
-        None => count(stat::RING_FULL),
+    if EVENTS.output::<SyscallRecord>(&*record, 0).is_err() {
+        count(stat::RING_FULL);
     }
 }
 
@@ -250,6 +262,28 @@ fn on_accept(record: &mut SyscallRecord, pending: &Pending, key: ConnKey) -> Opt
         &conn,
     );
     Some(conn)
+}
+
+/// The first buffer a data call moved and its length (`u64::MAX` when
+/// only the return value bounds it).
+#[inline(always)]
+fn first_buffer(call: u16, arg: u64) -> (u64, u64) {
+    let iov = match call {
+        call::READ | call::WRITE | call::SENDTO | call::RECVFROM => return (arg, u64::MAX),
+        call::READV | call::WRITEV => arg,
+        call::SENDMSG | call::RECVMSG | call::SENDMMSG | call::RECVMMSG => {
+            // SAFETY: a user pointer read through the fault-tolerant helper.
+            unsafe { bpf_probe_read_user((arg + MSGHDR_IOV_OFF) as *const u64) }.unwrap_or(0)
+        }
+        _ => return (0, 0),
+    };
+    if iov == 0 {
+        return (0, 0);
+    }
+    // SAFETY: `struct iovec { void *base; size_t len; }` in user memory.
+    let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+    (base, len)
 }
 
 #[inline(always)]

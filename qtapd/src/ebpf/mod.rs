@@ -1,10 +1,16 @@
 //! The kernel side as qtapd holds it: loads the object built by `build.rs`,
-//! attaches every program to the tracepoint it is named after, and owns the
-//! maps. Dropping [`Kernel`] detaches and unloads everything.
+//! attaches every tracepoint program to the tracepoint it is named after,
+//! attaches the OpenSSL uprobes to the libraries sessions need, and owns
+//! the maps. Dropping [`Kernel`] detaches and unloads everything.
+
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{
+        uprobe::{UProbeLinkId, UProbeScope},
+        Program, ProgramError, UProbe,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use qtap_common::{map, offsets, stat, Config, Conn, ConnKey, PatternKey, ProcSel};
@@ -36,7 +42,18 @@ pub enum KernelError {
         name: &'static str,
         source: Box<MapError>,
     },
+    #[error("{target}: not OpenSSL: {source}")]
+    NotOpenssl {
+        target: PathBuf,
+        source: Box<ProgramError>,
+    },
 }
+
+/// OpenSSL functions a target must have; the other probes are optional
+/// (`SSL_read_ex` and friends are missing from old versions).
+const TLS_REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
+/// Suffix of the return-probe programs (`SSL_read_ret`).
+const RET_SUFFIX: &str = "_ret";
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map {
@@ -61,7 +78,9 @@ pub struct KernelStats {
 /// The loaded programs and the maps qtapd writes or reads.
 pub struct Kernel {
     // Holds the programs and their links; dropped last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// OpenSSL probe links, per target file.
+    tls_links: Vec<(PathBuf, Vec<(String, UProbeLinkId)>)>,
     procs: HashMap<MapData, u32, ProcSel>,
     conns: HashMap<MapData, ConnKey, Conn>,
     config: Array<MapData, Config>,
@@ -93,15 +112,21 @@ impl Kernel {
                 name: name.to_owned(),
                 source: Box::new(source),
             };
-            let category = if name.starts_with("sys_") {
-                "syscalls"
-            } else {
-                "sched"
-            };
-            let tracepoint: &mut TracePoint = program.try_into().map_err(fail)?;
-            tracepoint.load().map_err(fail)?;
-            tracepoint.attach(category, name).map_err(fail)?;
-            attached += 1;
+            match program {
+                Program::TracePoint(tracepoint) => {
+                    let category = if name.starts_with("sys_") {
+                        "syscalls"
+                    } else {
+                        "sched"
+                    };
+                    tracepoint.load().map_err(fail)?;
+                    tracepoint.attach(category, name).map_err(fail)?;
+                    attached += 1;
+                }
+                // Attached per library when a session needs them.
+                Program::UProbe(uprobe) => uprobe.load().map_err(fail)?,
+                _ => return Err(fail(ProgramError::UnexpectedProgramType)),
+            }
         }
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::NoMap(name));
@@ -112,7 +137,8 @@ impl Kernel {
         let patterns = HashMap::try_from(take(map::PATTERNS)?).map_err(map_err(map::PATTERNS))?;
         let stats = PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS))?;
         let kernel = Kernel {
-            _ebpf: ebpf,
+            ebpf,
+            tls_links: Vec::new(),
             procs,
             conns,
             config,
@@ -142,12 +168,29 @@ pub trait Selector {
     fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>);
     /// The kernel's counters, summed over CPUs.
     fn stats(&self) -> KernelStats;
+    /// Attaches the OpenSSL probes to a library or executable for every
+    /// process that runs it; returns the number of probes attached.
+    fn attach_tls(&mut self, target: &Path) -> Result<usize, KernelError>;
+    /// Detaches the OpenSSL probes from every target.
+    fn detach_tls(&mut self);
+}
+
+impl Kernel {
+    /// The uprobe programs by name (`SSL_read`, `SSL_read_ret`, …).
+    fn uprobes(&mut self) -> impl Iterator<Item = (&str, &mut UProbe)> {
+        self.ebpf
+            .programs_mut()
+            .filter_map(|(name, program)| match program {
+                Program::UProbe(p) => Some((name, p)),
+                _ => None,
+            })
+    }
 }
 
 impl Selector for Kernel {
-    /// Number of programs attached.
+    /// Number of programs attached (a uprobe counts once per target).
     fn attached(&self) -> usize {
-        self.attached
+        self.attached + self.tls_links.iter().map(|(_, l)| l.len()).sum::<usize>()
     }
 
     /// Replaces the compiled filters: new patterns first, then the config
@@ -211,6 +254,49 @@ impl Selector for Kernel {
             pending_full: sum(stat::PENDING_FULL),
             conns_full: sum(stat::CONNS_FULL),
             procs_full: sum(stat::PROCS_FULL),
+        }
+    }
+
+    fn attach_tls(&mut self, target: &Path) -> Result<usize, KernelError> {
+        let mut links = Vec::new();
+        let mut failure = None;
+        for (name, program) in self.uprobes() {
+            let symbol = name.trim_end_matches(RET_SUFFIX);
+            match program.attach(symbol, target, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((name.to_owned(), link)),
+                Err(error) if TLS_REQUIRED.contains(&symbol) => {
+                    failure = Some(error);
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(error) = failure {
+            self.detach_links(links);
+            return Err(KernelError::NotOpenssl {
+                target: target.to_owned(),
+                source: Box::new(error),
+            });
+        }
+        let count = links.len();
+        self.tls_links.push((target.to_owned(), links));
+        Ok(count)
+    }
+
+    fn detach_tls(&mut self) {
+        for (_, links) in std::mem::take(&mut self.tls_links) {
+            self.detach_links(links);
+        }
+    }
+}
+
+impl Kernel {
+    /// Detaches `(program name, link)` pairs.
+    fn detach_links(&mut self, links: Vec<(String, UProbeLinkId)>) {
+        for (name, link) in links {
+            if let Some(Program::UProbe(program)) = self.ebpf.program_mut(&name) {
+                let _ = program.detach(link);
+            }
         }
     }
 }

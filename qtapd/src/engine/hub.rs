@@ -17,7 +17,7 @@ use qtap_proto::v1::{
 };
 use tokio::sync::mpsc;
 
-use crate::filter::Filter;
+use crate::filter::{Filter, Module};
 
 /// Who started a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +232,14 @@ impl Hub {
 
     /// Delivers `event` to the sessions whose slot bits are in `mask` and
     /// that `wants` accepts.
+    /// Whether a session in `mask` asked for `module`.
+    #[must_use]
+    pub fn wanted(&self, mask: u64, module: Module) -> bool {
+        self.sessions
+            .values()
+            .any(|s| mask & (1 << s.slot) != 0 && s.spec.filter.wants(module))
+    }
+
     pub fn deliver(&mut self, mask: u64, event: &Event, wants: impl Fn(&Session) -> bool) {
         for session in self.sessions.values_mut() {
             if mask & (1 << session.slot) != 0 && wants(session) {

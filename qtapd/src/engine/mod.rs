@@ -5,6 +5,7 @@
 //! with the records they affect and nothing needs a lock.
 
 pub mod hub;
+mod libssl;
 
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,16 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::hub::{Hub, HubError, Session, Spec};
+use self::{
+    hub::{Hub, HubError, Session, Spec},
+    libssl::TlsTargets,
+};
 use crate::{
     ebpf::{Kernel, KernelError, KernelStats, Selector},
     enrich::Enricher,
     events::{
         decode::{decode, Record},
+        derived::{self, Notes},
         local_port, remote_port, Event,
     },
     filter::{compile::compile, Module},
@@ -111,6 +116,7 @@ pub struct Engine<K: Selector = Kernel> {
     kernel: K,
     hub: Hub,
     enricher: Enricher,
+    tls: TlsTargets,
     started: Instant,
     records: u64,
     malformed: u64,
@@ -125,6 +131,7 @@ impl<K: Selector> Engine<K> {
             kernel,
             hub: Hub::default(),
             enricher: Enricher::new(),
+            tls: TlsTargets::default(),
             started: Instant::now(),
             records: 0,
             malformed: 0,
@@ -198,6 +205,8 @@ impl<K: Selector> Engine<K> {
     fn reinstall(&mut self) -> Result<(), EngineError> {
         let compiled = compile(self.hub.filters(), std::process::id())?;
         self.kernel.install(&compiled)?;
+        let tls_needed = compiled.config.modules[qtap_common::module::OPENSSL] != 0;
+        self.tls.set_needed(&mut self.kernel, tls_needed);
         Ok(())
     }
 
@@ -225,6 +234,7 @@ impl<K: Selector> Engine<K> {
             if filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid, uid) {
                 let mask = current.get(&pid).copied().unwrap_or(0) | bit;
                 self.kernel.select(pid, mask)?;
+                self.tls.watch(pid);
                 selected += 1;
             }
         }
@@ -317,6 +327,9 @@ impl<K: Selector> Engine<K> {
             Record::Exec(rec) => {
                 let event = self.enricher.exec(&rec);
                 let mask = self.confirm_exec(&rec, &event);
+                if mask != 0 {
+                    self.tls.watch(rec.hdr.pid);
+                }
                 self.hub
                     .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
             }
@@ -334,9 +347,28 @@ impl<K: Selector> Engine<K> {
                 });
             }
             Record::Syscall(rec) => {
-                let event = self.enricher.syscall(&rec);
-                self.hub
-                    .deliver(rec.hdr.sessions, &event, |s| passes_ports(s, &event));
+                let (event, notes) = self.enricher.syscall(&rec);
+                self.deliver_fd_event(rec.hdr.sessions, &event, notes, Module::Socket);
+            }
+            Record::Tls(rec) => {
+                let (event, notes) = self.enricher.tls(&rec);
+                self.deliver_fd_event(rec.hdr.sessions, &event, notes, Module::Openssl);
+            }
+        }
+    }
+
+    /// Delivers an event about an fd to the sessions of `module`, and the
+    /// events derived from it to the sessions of `protocol` and `data`.
+    fn deliver_fd_event(&mut self, mask: u64, event: &Event, notes: Notes, module: Module) {
+        let wants = |m: Module| move |s: &Session| s.spec.filter.wants(m) && passes_ports(s, event);
+        self.hub.deliver(mask, event, wants(module));
+        if notes.detected && self.hub.wanted(mask, Module::Protocol) {
+            let detected = derived::protocol_event(event);
+            self.hub.deliver(mask, &detected, wants(Module::Protocol));
+        }
+        if self.hub.wanted(mask, Module::Data) {
+            if let Some(data) = derived::data_event(event, notes) {
+                self.hub.deliver(mask, &data, wants(Module::Data));
             }
         }
     }
@@ -377,6 +409,7 @@ impl<K: Selector> Engine<K> {
     /// send heartbeats.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.tls.tick(&mut self.kernel);
         let now = self.kernel.stats();
         let ring_lost = now.ring_full - self.reported.ring_full;
         if ring_lost > 0 {

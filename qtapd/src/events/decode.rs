@@ -4,7 +4,7 @@
 
 use std::mem::size_of;
 
-use qtap_common::{kind, ExecRecord, ForkRecord, Header, SyscallRecord, ABI_VERSION};
+use qtap_common::{kind, ExecRecord, ForkRecord, Header, SyscallRecord, TlsRecord, ABI_VERSION};
 
 /// One decoded kernel record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +13,7 @@ pub enum Record {
     Exec(ExecRecord),
     Fork(ForkRecord),
     Exit(Header),
+    Tls(TlsRecord),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +57,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::EXEC => read(bytes, "exec record").map(Record::Exec),
         kind::FORK => read(bytes, "fork record").map(Record::Fork),
         kind::EXIT => Ok(Record::Exit(header)),
+        kind::TLS => read(bytes, "tls record").map(Record::Tls),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -104,7 +106,7 @@ mod tests {
     #[test]
     fn truncated_records_are_errors() {
         let bytes = bytes_of(&syscall());
-        for len in [0, 1, 47, 48, 127] {
+        for len in [0, 1, 47, 48, 127, 167] {
             assert!(
                 matches!(decode(&bytes[..len]), Err(DecodeError::Short { .. })),
                 "len {len}"

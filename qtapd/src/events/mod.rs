@@ -3,6 +3,7 @@
 //! exe and the connection; `qtap_proto::json` gives its JSON form.
 
 pub mod decode;
+pub mod derived;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},

@@ -80,7 +80,9 @@ pub fn compile<'a>(
         let cfg = &mut out.config;
         cfg.active |= bit;
         for module in filter.modules() {
-            cfg.modules[module.index()] |= bit;
+            for &family in module.kernel_families() {
+                cfg.modules[family] |= bit;
+            }
         }
         for key in [
             StrKey::Exe,
@@ -185,13 +187,26 @@ mod tests {
     }
 
     #[test]
+    fn data_and_protocol_need_both_kernel_families() {
+        for text in ["mod:data,exe:/bin/a", "mod:protocol,exe:/bin/a"] {
+            let f = Filter::parse(text).unwrap();
+            let c = compile([(0, &f)], 1).unwrap();
+            assert_eq!(c.config.modules[qtap_common::module::SOCKET], 1, "{text}");
+            assert_eq!(c.config.modules[qtap_common::module::OPENSSL], 1, "{text}");
+        }
+        let f = Filter::parse("mod:openssl,exe:/bin/a").unwrap();
+        let c = compile([(0, &f)], 1).unwrap();
+        assert_eq!(c.config.modules[qtap_common::module::SOCKET], 0);
+    }
+
+    #[test]
     fn sessions_share_patterns_and_modules_are_masked() {
         let a = Filter::parse("mod:process,exe:/bin/a").unwrap();
         let b = Filter::parse("exe:/bin/a,pid:5").unwrap();
         let c = compile([(0, &a), (1, &b)], 1).unwrap();
         assert_eq!(c.config.active, 0b11);
         assert_eq!(c.config.modules[qtap_common::module::SOCKET], 0b10);
-        assert_eq!(c.config.modules[qtap_common::module::PROCESS], 0b01);
+        assert_eq!(c.config.modules[qtap_common::module::OPENSSL], 0);
         assert_eq!(c.config.uses[pred::PID as usize], 0b10);
         let key = PatternKeyOrd {
             key: pred::EXE,

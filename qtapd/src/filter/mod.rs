@@ -36,25 +36,57 @@ pub enum Module {
     Socket,
     /// exec, fork and exit of selected processes.
     Process,
+    /// OpenSSL library calls (plaintext side of TLS).
+    Openssl,
+    /// Protocol detections, once per fd (and once inside TLS).
+    Protocol,
+    /// What was done with each data event's bytes, and why.
+    Data,
 }
 
 impl Module {
+    /// Every module, in the order help and errors list them.
+    pub const ALL: [Module; 5] = [
+        Module::Socket,
+        Module::Process,
+        Module::Openssl,
+        Module::Protocol,
+        Module::Data,
+    ];
+
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Module::Socket => "socket",
             Module::Process => "process",
+            Module::Openssl => "openssl",
+            Module::Protocol => "protocol",
+            Module::Data => "data",
         }
     }
 
-    /// Index in `qtap_common::Config::modules`.
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The kernel record families (`qtap_common::module`) this module is
+    /// made from: protocol detection and data decisions need both the
+    /// syscalls and the TLS library calls.
     #[must_use]
-    pub fn index(self) -> usize {
+    pub fn kernel_families(self) -> &'static [usize] {
+        use qtap_common::module::{OPENSSL, SOCKET};
         match self {
-            Module::Socket => qtap_common::module::SOCKET,
-            Module::Process => qtap_common::module::PROCESS,
+            Module::Socket => &[SOCKET],
+            Module::Process => &[],
+            Module::Openssl => &[OPENSSL],
+            Module::Protocol | Module::Data => &[SOCKET, OPENSSL],
         }
     }
+}
+
+/// `socket, process, …` for messages.
+fn module_names() -> String {
+    Module::ALL.map(Module::name).join(", ")
 }
 
 /// A process predicate key; the value is matched against the exec path,
@@ -117,6 +149,8 @@ impl fmt::Display for Term {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     terms: Vec<Term>,
+    /// `Module::bit`s asked for, computed once (asked per event).
+    modules: u8,
 }
 
 /// Why a filter string was rejected. `position` counts terms from 1.
@@ -136,7 +170,10 @@ pub enum FilterError {
         term: String,
         key: String,
     },
-    #[error("term {position} `{term}`: unknown module `{value}`; valid modules: socket, process")]
+    #[error(
+        "term {position} `{term}`: unknown module `{value}`; valid modules: {}",
+        module_names()
+    )]
     UnknownModule {
         position: usize,
         term: String,
@@ -163,6 +200,19 @@ pub enum FilterError {
 }
 
 impl Filter {
+    fn from_terms(terms: Vec<Term>) -> Filter {
+        let named = terms.iter().fold(0, |bits, t| match t {
+            Term::Mod(m) => bits | m.bit(),
+            _ => bits,
+        });
+        let modules = if named == 0 {
+            Module::Socket.bit()
+        } else {
+            named
+        };
+        Filter { terms, modules }
+    }
+
     /// Parses a filter string; see the module doc for the grammar.
     pub fn parse(text: &str) -> Result<Filter, FilterError> {
         if text.trim().is_empty() {
@@ -173,28 +223,21 @@ impl Filter {
             .enumerate()
             .map(|(i, raw)| parse_term(i + 1, raw))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Filter { terms })
+        Ok(Filter::from_terms(terms))
     }
 
     /// The modules asked for (`socket` when none is named).
     #[must_use]
     pub fn modules(&self) -> Vec<Module> {
-        let mut mods: Vec<Module> = self
-            .terms
-            .iter()
-            .filter_map(|t| if let Term::Mod(m) = t { Some(*m) } else { None })
-            .collect();
-        if mods.is_empty() {
-            mods.push(Module::Socket);
-        }
-        mods.sort();
-        mods.dedup();
-        mods
+        Module::ALL
+            .into_iter()
+            .filter(|m| self.modules & m.bit() != 0)
+            .collect()
     }
 
     #[must_use]
     pub fn wants(&self, module: Module) -> bool {
-        self.modules().contains(&module)
+        self.modules & module.bit() != 0
     }
 
     /// Values of one string key.
@@ -228,7 +271,7 @@ impl Filter {
             .cloned()
             .collect();
         terms.push(Term::Uid(uid));
-        Filter { terms }
+        Filter::from_terms(terms)
     }
 
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
@@ -341,10 +384,9 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
         }
     };
     match key {
-        "mod" => match value {
-            "socket" => Ok(Term::Mod(Module::Socket)),
-            "process" => Ok(Term::Mod(Module::Process)),
-            _ => Err(FilterError::UnknownModule {
+        "mod" => match Module::ALL.into_iter().find(|m| m.name() == value) {
+            Some(m) => Ok(Term::Mod(m)),
+            None => Err(FilterError::UnknownModule {
                 position,
                 term,
                 value: value.to_owned(),

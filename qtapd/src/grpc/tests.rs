@@ -51,6 +51,10 @@ impl Selector for FakeKernel {
     fn stats(&self) -> KernelStats {
         KernelStats::default()
     }
+    fn attach_tls(&mut self, _: &std::path::Path) -> Result<usize, KernelError> {
+        Ok(0)
+    }
+    fn detach_tls(&mut self) {}
 }
 
 /// A running engine with its service; clients connect in memory.
@@ -265,7 +269,7 @@ async fn one_record_fans_out_to_every_selecting_session() {
     let harness = Harness::start();
     let mut root = harness.client(0).await;
     let a = start(&mut root, "pid:4000001", 0).await.unwrap();
-    let b = start(&mut root, "pid:4000001,mod:process", 0)
+    let b = start(&mut root, "pid:4000001,mod:socket,mod:process", 0)
         .await
         .unwrap();
     let mut fa = follow(&mut root, &a, 0).await.unwrap();

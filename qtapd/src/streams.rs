@@ -1,0 +1,290 @@
+//! What qtapd knows of each fd's byte stream beyond its addresses: whether
+//! TLS runs on it, what its first bytes showed, and which `SSL*` objects
+//! are bound to it. Kept per (pid, fd), never per process or thread: TLS
+//! on one fd says nothing of another. Reset when the fd is closed or a new
+//! socket takes its number.
+//!
+//! An `SSL*` is bound to an fd by `SSL_set_fd` (and `_rfd`/`_wfd`), which
+//! is authoritative. Failing that, a syscall on a socket made inside an
+//! `SSL_*` call of the same thread binds that `SSL*` to the socket (the
+//! kernel clears the "inside" state on every `SSL_*` return); such a
+//! binding never re-points an existing one, so a syscall on another fd
+//! during an `SSL_*` call cannot mark that fd as TLS.
+
+use std::collections::HashMap;
+
+use qtap_proto::v1::ConnInfo;
+
+use crate::{
+    events::{local_port, remote_port},
+    protocol::{self, Detected},
+};
+
+/// The state of one fd's stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stream {
+    /// TLS is in use on this fd.
+    pub ssl: bool,
+    /// An `SSL*` is bound to this fd: its plaintext is seen via openssl.
+    pub bound: bool,
+    /// The protocol of the first bytes (`tls`, `http1`, …).
+    pub protocol: Option<&'static str>,
+    pub tls_version: Option<&'static str>,
+    /// Inside TLS: the protocol of the first plaintext.
+    pub app_protocol: Option<&'static str>,
+    /// The connection last seen on this fd (TLS calls carry none).
+    pub conn: Option<ConnInfo>,
+    classified: bool,
+    app_classified: bool,
+}
+
+impl Stream {
+    /// The protocol to report: TLS whenever TLS is seen on the fd.
+    #[must_use]
+    pub fn protocol_name(&self) -> &'static str {
+        if self.ssl {
+            "tls"
+        } else {
+            self.protocol.unwrap_or("unknown")
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Binding {
+    rfd: i32,
+    wfd: i32,
+}
+
+impl Binding {
+    fn uses(self, fd: i32) -> bool {
+        self.rfd == fd || self.wfd == fd
+    }
+}
+
+/// How an `SSL_set_*fd` call binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Both,
+    Read,
+    Write,
+}
+
+/// What a data syscall brought about on its fd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// A protocol was detected by this call (first bytes or first plaintext).
+    pub detected: bool,
+}
+
+#[derive(Default)]
+pub struct Streams {
+    fds: HashMap<(u32, i32), Stream>,
+    bindings: HashMap<(u32, u64), Binding>,
+}
+
+impl Streams {
+    /// The stream of `(pid, fd)`, if anything is known of it.
+    #[must_use]
+    pub fn get(&self, pid: u32, fd: i32) -> Option<&Stream> {
+        self.fds.get(&(pid, fd))
+    }
+
+    /// The fd is closed, or a new socket took its number: forget its
+    /// state and every `SSL*` bound to it.
+    pub fn reset(&mut self, pid: u32, fd: i32) {
+        self.fds.remove(&(pid, fd));
+        self.bindings.retain(|&(p, _), b| p != pid || !b.uses(fd));
+    }
+
+    /// The process is gone (or exec'd).
+    pub fn forget(&mut self, pid: u32) {
+        self.fds.retain(|&(p, _), _| p != pid);
+        self.bindings.retain(|&(p, _), _| p != pid);
+    }
+
+    /// A data syscall on `fd`. `conn`: its connection (`None`: not a
+    /// socket); `tls`: the `SSL*` whose call it ran inside; `head`: the
+    /// first bytes it moved.
+    pub fn syscall(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        conn: Option<&ConnInfo>,
+        tls: Option<u64>,
+        head: &[u8],
+    ) -> (&Stream, Seen) {
+        if let (Some(ssl), Some(_)) = (tls, conn) {
+            let binding = self
+                .bindings
+                .entry((pid, ssl))
+                .or_insert(Binding { rfd: fd, wfd: fd });
+            if binding.uses(fd) {
+                let stream = self.fds.entry((pid, fd)).or_default();
+                stream.ssl = true;
+                stream.bound = true;
+            }
+        }
+        let stream = self.fds.entry((pid, fd)).or_default();
+        if stream.bound && stream.conn.is_none() {
+            stream.conn = conn.cloned();
+        }
+        let mut seen = Seen::default();
+        if !stream.classified && !head.is_empty() {
+            stream.classified = true;
+            let ports = [conn.and_then(local_port), conn.and_then(remote_port)];
+            let datagram = conn.is_some_and(|c| c.r#type == "udp" || c.r#type == "dgram");
+            if let Some(Detected {
+                protocol,
+                tls_version,
+            }) = protocol::detect(head, ports, datagram)
+            {
+                stream.protocol = Some(protocol);
+                stream.tls_version = tls_version;
+                stream.ssl |= protocol == "tls";
+                seen.detected = true;
+            }
+        }
+        (stream, seen)
+    }
+
+    /// `SSL_set_fd` and friends: `ssl` is bound to `fd`, which carries TLS.
+    pub fn bind(&mut self, pid: u32, ssl: u64, fd: i32, side: Side) {
+        let binding = self
+            .bindings
+            .entry((pid, ssl))
+            .or_insert(Binding { rfd: fd, wfd: fd });
+        match side {
+            Side::Both => *binding = Binding { rfd: fd, wfd: fd },
+            Side::Read => binding.rfd = fd,
+            Side::Write => binding.wfd = fd,
+        }
+        let stream = self.fds.entry((pid, fd)).or_default();
+        stream.ssl = true;
+        stream.bound = true;
+    }
+
+    /// `SSL_free`: the object and its binding are gone.
+    pub fn free(&mut self, pid: u32, ssl: u64) {
+        self.bindings.remove(&(pid, ssl));
+    }
+
+    /// An `SSL_read`/`SSL_write` on `ssl`: the fd it is bound to (for the
+    /// given direction) and that fd's stream, with the plaintext's first
+    /// bytes classified once per fd.
+    pub fn tls_call(
+        &mut self,
+        pid: u32,
+        ssl: u64,
+        ingress: bool,
+        plaintext: &[u8],
+    ) -> Option<(i32, &Stream, Seen)> {
+        let binding = self.bindings.get(&(pid, ssl))?;
+        let fd = if ingress { binding.rfd } else { binding.wfd };
+        let stream = self.fds.entry((pid, fd)).or_default();
+        stream.ssl = true;
+        stream.bound = true;
+        let mut seen = Seen::default();
+        if !stream.app_classified && !plaintext.is_empty() {
+            stream.app_classified = true;
+            let ports = [None, None];
+            if let Some(d) = protocol::detect(plaintext, ports, false) {
+                stream.app_protocol = Some(d.protocol);
+                seen.detected = true;
+            }
+        }
+        Some((fd, stream, seen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: u32 = 10;
+    const SSL: u64 = 0x5555_0000;
+
+    fn socket() -> ConnInfo {
+        ConnInfo {
+            family: "inet".into(),
+            r#type: "tcp".into(),
+            role: "client".into(),
+            local: None,
+            remote: Some("127.0.0.1:443".into()),
+        }
+    }
+
+    /// The reverse-proxy case: fd 11 speaks TLS through an SSL* bound by
+    /// SSL_set_fd, fd 3 is plain HTTP on the same thread. A plain write on
+    /// fd 3 made while the thread is inside an SSL call on fd 11's SSL*
+    /// (the worst interleaving) must not mark fd 3.
+    #[test]
+    fn tls_on_one_fd_never_marks_another() {
+        let mut s = Streams::default();
+        let conn = socket();
+        s.bind(PID, SSL, 11, Side::Both);
+        s.syscall(PID, 11, Some(&conn), Some(SSL), &[0x17, 3, 3, 0, 9]);
+        let (plain, _) = s.syscall(PID, 3, Some(&conn), Some(SSL), b"HTTP/1.1 200 OK");
+        assert!(!plain.ssl);
+        assert_eq!(plain.protocol_name(), "http1");
+        assert!(s.get(PID, 11).unwrap().ssl);
+        let (fd, stream, seen) = s.tls_call(PID, SSL, false, b"GET / HTTP/1.1").unwrap();
+        assert_eq!(fd, 11);
+        assert_eq!(stream.app_protocol, Some("http1"));
+        assert!(seen.detected);
+    }
+
+    /// curl's case: no SSL_set_fd (its own BIO); the nested send on the
+    /// socket binds the SSL*, later calls find the fd, and a syscall on a
+    /// different fd inside a later call of the same SSL* is not marked.
+    #[test]
+    fn nested_syscall_binds_only_once() {
+        let mut s = Streams::default();
+        let conn = socket();
+        let (first, _) = s.syscall(PID, 5, Some(&conn), Some(SSL), &[0x17, 3, 3]);
+        assert!(first.ssl && first.bound);
+        assert_eq!(s.tls_call(PID, SSL, true, b"").map(|t| t.0), Some(5));
+        let (other, _) = s.syscall(PID, 6, Some(&conn), Some(SSL), b"x");
+        assert!(!other.ssl);
+        // A file is never bound, even inside an SSL call.
+        let (file, _) = s.syscall(PID, 7, None, Some(0x77), b"log line");
+        assert!(!file.ssl);
+        assert_eq!(s.tls_call(PID, 0x77, true, b""), None);
+    }
+
+    #[test]
+    fn close_and_reuse_reset_the_fd() {
+        let mut s = Streams::default();
+        let conn = socket();
+        s.bind(PID, SSL, 4, Side::Both);
+        s.reset(PID, 4);
+        assert_eq!(s.get(PID, 4), None);
+        assert_eq!(s.tls_call(PID, SSL, true, b""), None, "binding dropped");
+        let (reused, _) = s.syscall(PID, 4, Some(&conn), None, b"GET / HTTP/1.1");
+        assert!(!reused.ssl);
+        assert_eq!(reused.protocol_name(), "http1");
+    }
+
+    #[test]
+    fn detection_happens_once_per_fd() {
+        let mut s = Streams::default();
+        let conn = socket();
+        let (_, seen) = s.syscall(PID, 3, Some(&conn), None, &[0x16, 3, 1, 1]);
+        assert!(seen.detected);
+        let (stream, seen) = s.syscall(PID, 3, Some(&conn), None, b"GET /");
+        assert!(!seen.detected);
+        assert_eq!(stream.protocol_name(), "tls");
+        assert_eq!(stream.tls_version, Some("TLS1.0"));
+    }
+
+    #[test]
+    fn read_and_write_sides_bind_separately() {
+        let mut s = Streams::default();
+        s.bind(PID, SSL, 8, Side::Read);
+        s.bind(PID, SSL, 9, Side::Write);
+        assert_eq!(s.tls_call(PID, SSL, true, b"").map(|t| t.0), Some(8));
+        assert_eq!(s.tls_call(PID, SSL, false, b"").map(|t| t.0), Some(9));
+        s.free(PID, SSL);
+        assert_eq!(s.tls_call(PID, SSL, true, b""), None);
+    }
+}
