@@ -23,6 +23,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub mod servers;
+
 /// The `qtapd` binary under test: `$QTAPD_BIN`, else the workspace's
 /// release build, else its debug build.
 pub fn qtapd_bin() -> Result<PathBuf> {

@@ -1,16 +1,11 @@
 //! The socket module end to end: a real qtapd traces real curl and nginx.
 
-use std::{
-    fs,
-    net::{TcpListener, TcpStream},
-    path::Path,
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, privileged, qtapd_bin, run_curl, serve_once, syscall, Daemon, READS, WRITES,
+    bytes_on, of_pid, privileged, qtapd_bin, run_curl, serve_once,
+    servers::{free_port, Nginx},
+    syscall, Daemon, READS, WRITES,
 };
 use serde_json::Value;
 
@@ -82,74 +77,19 @@ fn curl_connect_request_response_and_close_on_one_fd() {
     assert_eq!(close["ret"], 0);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(port: u16) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("qtap-nginx-{}-{port}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("logs")).unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n\
-             pid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log {d}/logs/access.log;\n\
-               client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
-               uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello from nginx\\n\"; }} }}\n}}\n"
-        );
-        fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("/usr/sbin/nginx")
-            .args(["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf")])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx is installed (make test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-            thread::sleep(Duration::from_millis(50));
-        }
-        Nginx { child, dir }
-    }
-
-    fn access_log(&self) -> String {
-        fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGQUIT is nginx's graceful stop.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn nginx_accept_request_response_and_access_log() {
     if !privileged() {
         return;
     }
-    assert!(
-        Path::new("/usr/sbin/nginx").exists(),
-        "nginx missing: make test installs it"
-    );
     let port = free_port();
     let daemon = Daemon::start("mod:socket,exe.contains:nginx").unwrap();
-    let nginx = Nginx::start(port);
+    let nginx = Nginx::start(
+        port,
+        &format!(
+            "server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello from nginx\\n\"; }} }}"
+        ),
+    );
     // The readiness probe above made a connection too; the curl request is
     // the one whose accept returns the fd that carries "GET /qtap".
     run_curl(&format!("http://127.0.0.1:{port}/qtap"));

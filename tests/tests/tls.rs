@@ -1,0 +1,405 @@
+//! TLS that is right per fd, end to end: real nginx, curl, python and
+//! `openssl s_server`, traced with the socket, openssl and data modules.
+
+use std::{net::TcpListener, process::Command, thread, time::Duration};
+
+use qtap_tests::{
+    privileged, serve_once,
+    servers::{free_port, HttpsFiles, Nginx},
+    syscall, Daemon,
+};
+use serde_json::Value;
+
+/// The events of one fd of one process, from the call that opened it
+/// (socket, connect, accept) to its close.
+#[derive(Debug)]
+struct Span<'a> {
+    fd: i64,
+    events: Vec<&'a Value>,
+}
+
+impl Span<'_> {
+    fn opener(&self) -> &Value {
+        self.events[0]
+    }
+
+    fn remote(&self) -> Option<&str> {
+        self.events
+            .iter()
+            .find_map(|e| e["conn_info"]["remote"].as_str())
+    }
+
+    /// Syscalls that moved bytes (or failed to).
+    fn data_syscalls(&self) -> impl Iterator<Item = &&Value> {
+        self.events
+            .iter()
+            .filter(|e| syscall(e).is_some() && e["bytes"].is_i64())
+    }
+
+    fn calls(&self, msg: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["msg"] == msg)
+            .copied()
+            .collect()
+    }
+
+    /// Bytes moved by syscalls in `direction` (failures and peeks left out).
+    fn syscall_bytes(&self, direction: i64) -> i64 {
+        self.data_syscalls()
+            .filter(|e| e["direction"].as_i64() == Some(direction))
+            .filter(|e| e["peek"].as_bool() != Some(true))
+            .filter_map(|e| e["bytes"].as_i64())
+            .filter(|&b| b > 0)
+            .sum()
+    }
+}
+
+/// Splits one process's events into per-fd spans.
+fn spans(events: &[Value], pid: u64) -> Vec<Span<'_>> {
+    let mut open: Vec<Span<'_>> = Vec::new();
+    let mut done = Vec::new();
+    for e in events.iter().filter(|e| e["pid"].as_u64() == Some(pid)) {
+        if let Some(new_fd) = e["new_fd"].as_i64() {
+            open.retain(|s| s.fd != new_fd);
+            open.push(Span {
+                fd: new_fd,
+                events: vec![e],
+            });
+            continue;
+        }
+        let Some(fd) = e["fd"].as_i64() else { continue };
+        if syscall(e) == Some("socket") {
+            open.retain(|s| s.fd != fd);
+        }
+        match open.iter_mut().find(|s| s.fd == fd) {
+            Some(span) => span.events.push(e),
+            None => open.push(Span {
+                fd,
+                events: vec![e],
+            }),
+        }
+        if syscall(e) == Some("close") {
+            let at = open.iter().position(|s| s.fd == fd).unwrap();
+            done.push(open.remove(at));
+        }
+    }
+    done.extend(open);
+    done
+}
+
+/// `curl --http1.0 URL`; returns the bytes it received (headers + body),
+/// which are exactly what the server wrote (no chunking in HTTP/1.0).
+fn curl_http10(url: &str) -> i64 {
+    let out = Command::new("curl")
+        .args(["-s", "--http1.0", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{size_header} %{size_download}", url])
+        .output()
+        .expect("curl is installed (make test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fields: Vec<i64> = text.split(' ').filter_map(|f| f.parse().ok()).collect();
+    assert_eq!(fields.first(), Some(&200), "curl {url}: {text}");
+    fields[1] + fields[2]
+}
+
+fn assert_no_tls(span: &Span<'_>, what: &str) {
+    for e in &span.events {
+        assert_eq!(e["ssl"], false, "{what} fd {}: {e}", span.fd);
+        assert!(
+            !e["msg"].as_str().unwrap().starts_with("openssl/"),
+            "{what} fd {} got a TLS call: {e}",
+            span.fd
+        );
+    }
+}
+
+fn assert_tls_syscalls(span: &Span<'_>, what: &str) {
+    let mut data = 0;
+    for e in span.data_syscalls() {
+        assert_eq!(e["ssl"], true, "{what} fd {}: {e}", span.fd);
+        assert_eq!(e["protocol"], "tls", "{what} fd {}: {e}", span.fd);
+        data += 1;
+    }
+    assert!(data > 0, "{what} fd {} moved no bytes: {span:#?}", span.fd);
+}
+
+/// The bug story this project is modelled on: nginx as a reverse proxy,
+/// plain HTTP to the client, HTTPS to the backend, one worker doing both.
+#[test]
+fn reverse_proxy_keeps_plain_and_tls_fds_apart() {
+    if !privileged() {
+        return;
+    }
+    let body = vec![b'q'; 20_000];
+    let backend = HttpsFiles::start(&[("file", &body)]);
+    let port = free_port();
+    let nginx = Nginx::start(
+        port,
+        &format!(
+            "server {{ listen 127.0.0.1:{port}; \
+             location / {{ proxy_pass https://127.0.0.1:{}; proxy_ssl_session_reuse off; }} }}",
+            backend.port
+        ),
+    );
+    let daemon = Daemon::start("mod:socket,mod:openssl,mod:data,exe:/usr/sbin/nginx").unwrap();
+    let url = format!("http://127.0.0.1:{port}/file");
+    let mut received: Vec<i64> = (0..3).map(|_| curl_http10(&url)).collect();
+    let concurrent: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || curl_http10(&url))
+        })
+        .collect();
+    received.extend(concurrent.into_iter().map(|h| h.join().unwrap()));
+    thread::sleep(Duration::from_millis(300));
+    let access_log = nginx.access_log();
+    let error_log = nginx.error_log();
+    let events = daemon.stop().unwrap();
+    drop(nginx);
+
+    let worker = events
+        .iter()
+        .find(|e| e["new_fd"].is_i64())
+        .and_then(|e| e["pid"].as_u64())
+        .unwrap_or_else(|| panic!("nginx accepted nothing: {events:#?}\n{error_log}"));
+    let spans = spans(&events, worker);
+
+    // Client side: the connections accepted on the proxy's port.
+    let clients: Vec<&Span<'_>> = spans
+        .iter()
+        .filter(|s| s.opener()["new_fd"].is_i64() && s.syscall_bytes(0) > 0)
+        .collect();
+    assert_eq!(clients.len(), 6, "client connections: {clients:#?}");
+    let mut sent: Vec<i64> = clients.iter().map(|s| s.syscall_bytes(1)).collect();
+    sent.sort_unstable();
+    received.sort_unstable();
+    assert_eq!(sent, received, "response bytes on the client fds vs curl");
+    for client in &clients {
+        assert_no_tls(client, "client");
+        assert!(
+            client
+                .events
+                .iter()
+                .any(|e| e["msg"] == "process_data (plaintext)" && e["direction"] == 1),
+            "no plaintext data decision for the response on fd {}",
+            client.fd
+        );
+    }
+
+    // Upstream side: the connections to the HTTPS backend.
+    let backend_addr = format!("127.0.0.1:{}", backend.port);
+    let upstreams: Vec<&Span<'_>> = spans
+        .iter()
+        .filter(|s| s.remote() == Some(backend_addr.as_str()))
+        .collect();
+    assert_eq!(upstreams.len(), 6, "upstream connections: {upstreams:#?}");
+    for up in &upstreams {
+        assert_tls_syscalls(up, "upstream");
+        assert_eq!(up.calls("openssl/SSL_set_fd").len(), 1, "{up:#?}");
+        let writes = up.calls("openssl/SSL_write");
+        assert!(
+            writes.iter().any(|e| e["bytes"].as_i64() > Some(0)),
+            "no SSL_write of the request on fd {}: {up:#?}",
+            up.fd
+        );
+        let plaintext_in: i64 = up
+            .calls("openssl/SSL_read")
+            .iter()
+            .filter_map(|e| e["bytes"].as_i64())
+            .sum();
+        assert!(
+            plaintext_in > body.len() as i64,
+            "SSL_read on fd {} gave {plaintext_in} bytes for a {}-byte body",
+            up.fd,
+            body.len()
+        );
+        for e in writes {
+            assert_eq!(e["app_protocol"], "http1", "{e}");
+            assert_eq!(e["conn_info"]["remote"], backend_addr.as_str(), "{e}");
+        }
+        assert!(
+            up.events
+                .iter()
+                .any(|e| e["msg"] == "process_data (ciphertext; plaintext via openssl)"),
+            "no ciphertext data decision on fd {}",
+            up.fd
+        );
+    }
+
+    // The access log: a file, no connection, said so.
+    let line = access_log.lines().next().expect("access log is empty");
+    let log_write = events
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(worker) && syscall(e) == Some("write"))
+        .find(|e| e["bytes"].as_i64() == Some(line.len() as i64 + 1))
+        .unwrap_or_else(|| panic!("no access-log write: {events:#?}"));
+    assert!(log_write["conn_info"].is_null(), "{log_write}");
+    assert_eq!(log_write["ssl"], false);
+    assert!(events
+        .iter()
+        .any(|e| e["msg"] == "process_data (conn_info = NULL)" && e["fd"] == log_write["fd"]));
+}
+
+/// One curl, two URLs: plain HTTP to one server, HTTPS to another.
+#[test]
+fn one_client_plain_and_tls_connections() {
+    if !privileged() {
+        return;
+    }
+    let backend = HttpsFiles::start(&[("file", b"secret bytes\n")]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let daemon = Daemon::start("mod:socket,mod:openssl,mod:protocol,exe.contains:curl").unwrap();
+    let status = Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("http://127.0.0.1:{plain_port}/plain"))
+        .arg(format!("https://127.0.0.1:{}/file", backend.port))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.join().unwrap();
+    let events = daemon.stop().unwrap();
+    let curl = events
+        .iter()
+        .find(|e| syscall(e) == Some("connect"))
+        .and_then(|e| e["pid"].as_u64())
+        .unwrap_or_else(|| panic!("curl made no connection: {events:#?}"));
+    let spans = spans(&events, curl);
+    let by_remote = |port: u16| {
+        let remote = format!("127.0.0.1:{port}");
+        spans
+            .iter()
+            .find(|s| s.remote() == Some(remote.as_str()))
+            .unwrap_or_else(|| panic!("no connection to {remote}: {spans:#?}"))
+    };
+
+    let plain = by_remote(plain_port);
+    assert_no_tls(plain, "plain");
+    for e in plain.data_syscalls() {
+        assert_eq!(e["protocol"], "http1", "{e}");
+    }
+    let tls = by_remote(backend.port);
+    assert_tls_syscalls(tls, "https");
+    let write = tls
+        .calls("openssl/SSL_write")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no SSL_write bound to fd {}: {events:#?}", tls.fd));
+    assert_eq!(write["app_protocol"], "http1");
+    let detections: Vec<&str> = tls
+        .calls("protocol/detected")
+        .iter()
+        .filter_map(|e| e["app_protocol"].as_str().or(e["protocol"].as_str()))
+        .collect();
+    assert!(detections.contains(&"http1"), "{detections:?}");
+    assert!(
+        tls.calls("protocol/detected")
+            .iter()
+            .any(|e| e["tls_version"].is_string()),
+        "{tls:#?}"
+    );
+}
+
+/// A non-blocking TLS client whose `SSL_read` returns `WANT_READ`, then
+/// does plain I/O on another socket from the same thread: the failed TLS
+/// call leaves nothing behind that could mark the plain socket.
+#[test]
+fn want_read_marks_no_other_fd() {
+    if !privileged() {
+        return;
+    }
+    let backend = HttpsFiles::start(&[("file", b"after want-read\n")]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let script = r"
+import socket, ssl, sys
+tls = ssl._create_unverified_context().wrap_socket(
+    socket.create_connection(('127.0.0.1', int(sys.argv[1]))))
+tls.setblocking(False)
+wants = 0
+for _ in range(3):
+    try:
+        tls.recv(100)
+    except ssl.SSLWantReadError:
+        wants += 1
+plain = socket.create_connection(('127.0.0.1', int(sys.argv[2])))
+plain.sendall(b'GET /plain HTTP/1.0\r\n\r\n')
+while plain.recv(4096):
+    pass
+tls.setblocking(True)
+tls.sendall(b'GET /file HTTP/1.0\r\n\r\n')
+got = b''
+while True:
+    try:
+        chunk = tls.recv(4096)
+    except (ssl.SSLEOFError, ConnectionResetError):
+        break
+    if not chunk:
+        break
+    got += chunk
+print(wants, len(got), tls.fileno(), plain.fileno())
+";
+    let daemon = Daemon::start("mod:socket,mod:openssl,exe.contains:python3").unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .args([backend.port.to_string(), plain_port.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.join().unwrap();
+    let events = daemon.stop().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<i64> = printed
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [wants, got, tls_fd, plain_fd] = fields[..] else {
+        panic!("python printed {printed}")
+    };
+    assert!(wants >= 1, "SSL_read never returned WANT_READ");
+    assert!(got > 0, "no response over TLS");
+    let python = events
+        .iter()
+        .find(|e| e["fd"].as_i64() == Some(plain_fd) && syscall(e) == Some("connect"))
+        .and_then(|e| e["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no connect on fd {plain_fd}: {events:#?}"));
+    let spans = spans(&events, python);
+    let on = |fd: i64| {
+        spans
+            .iter()
+            .find(|s| s.fd == fd && s.remote().is_some())
+            .unwrap_or_else(|| panic!("no connection on fd {fd}: {spans:#?}"))
+    };
+    let plain = on(plain_fd);
+    assert_no_tls(plain, "plain");
+    assert!(plain.syscall_bytes(0) > 0);
+    let tls = on(tls_fd);
+    assert_tls_syscalls(tls, "tls");
+    let reads: Vec<&Value> = ["openssl/SSL_read", "openssl/SSL_read_ex"]
+        .iter()
+        .flat_map(|m| tls.calls(m))
+        .collect();
+    let failed = reads
+        .iter()
+        .filter(|e| e["bytes"] == 0 && e["ret"].as_i64() <= Some(0))
+        .count();
+    assert!(
+        failed as i64 >= wants,
+        "{wants} WANT_READs but {failed} failed SSL reads on fd {tls_fd}: {reads:#?}"
+    );
+    assert!(reads.iter().any(|e| e["bytes"].as_i64() > Some(0)));
+}
