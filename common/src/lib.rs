@@ -45,6 +45,10 @@ pub mod map {
     pub const STATS: &str = "STATS";
     /// `PerCpuArray<ExecScratch>`: room to copy an exec filename.
     pub const SCRATCH: &str = "SCRATCH";
+    /// `PerCpuArray<WithPayload<SyscallRecord>>` and `…<TlsRecord>`: where
+    /// records are assembled.
+    pub const SYSCALL_BUF: &str = "SYSCALL_BUF";
+    pub const TLS_BUF: &str = "TLS_BUF";
     /// `HashMap<u64 pid_tgid, TlsPending>`: a TLS library call in progress
     /// on a thread (what its nested syscalls are correlated with).
     pub const TLS_ACTIVE: &str = "TLS_ACTIVE";
@@ -76,6 +80,9 @@ pub mod limit {
     pub const HEAD_BYTES: usize = 32;
     /// TLS library calls in progress at once (one per thread).
     pub const TLS_ACTIVE: u32 = 16_384;
+    /// Most payload bytes a session may capture per data event (a power
+    /// of two: the kernel masks lengths with it).
+    pub const CAPTURE_MAX: usize = 4096;
 }
 
 /// Indexes of the per-CPU kernel counters in [`map::STATS`].
@@ -308,7 +315,8 @@ pub struct Pending {
     pub _pad2: u32,
 }
 
-/// A socket-module syscall, made at its exit.
+/// A socket-module syscall, made at its exit. Followed in the ring by up
+/// to `Config::capture_bytes` of payload (the item's length tells how many).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallRecord {
@@ -355,7 +363,8 @@ pub struct TlsPending {
 }
 
 /// A TLS library call, made at its return (or at entry for the calls that
-/// bind or free an `SSL*`).
+/// bind or free an `SSL*`). Followed in the ring by up to
+/// `Config::capture_bytes` of plaintext.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsRecord {
@@ -440,7 +449,9 @@ pub struct Config {
     pub contains_pows: [u64; limit::CONTAINS_LENS],
     /// qtapd itself, never selected.
     pub self_tgid: u32,
-    pub _pad: u32,
+    /// Payload bytes to copy after each data record (the most any session
+    /// asked for; 0: none).
+    pub capture_bytes: u32,
 }
 
 /// Per-CPU room for matching an exec filename: the filename, the
@@ -459,6 +470,15 @@ pub struct ExecScratch {
     pub len: u32,
     /// Window length of an `exe.contains` walk.
     pub width: u32,
+}
+
+/// Per-CPU room where a record and its payload are assembled before they
+/// are copied to the ring (`T`: [`SyscallRecord`] or [`TlsRecord`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WithPayload<T> {
+    pub record: T,
+    pub payload: [u8; limit::CAPTURE_MAX],
 }
 
 /// Offsets of tracepoint fields that differ between kernels, read by

@@ -2,6 +2,7 @@
 //! `--bpf-trace` output. Optional fields appear only when set, except
 //! `conn_info`, which socket events always carry (null for a file or pipe).
 
+use base64::{engine::general_purpose::STANDARD, Engine};
 use serde_json::{json, Map, Value};
 
 use crate::v1::{ConnInfo, Event};
@@ -66,6 +67,10 @@ pub fn event(e: &Event) -> Value {
             m.insert(key.into(), v);
         }
     };
+    opt(
+        "payload",
+        (!e.payload.is_empty()).then(|| STANDARD.encode(&e.payload).into()),
+    );
     opt("filename", e.filename.clone().map(Value::from));
     opt("child_pid", e.child_pid.map(Value::from));
     if !e.session.is_empty() {

@@ -10,6 +10,7 @@ mod render;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use qtap_proto::v1::TraceOptions;
 
 /// Start, follow, stop and list qtapd trace sessions.
 ///
@@ -84,6 +85,10 @@ enum TraceCommand {
         /// (0: the daemon's default).
         #[arg(long, default_value_t = 0)]
         idle_timeout: u32,
+        /// Include the first N bytes of each data event (plaintext for TLS
+        /// library calls), escaped in the console, base64 in JSON (0-4096).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        capture_bytes: u32,
         /// Follow the new session right away.
         #[arg(long)]
         follow: bool,
@@ -98,6 +103,9 @@ enum TraceCommand {
         /// Follow this filter in a session that ends with the stream.
         #[arg(long)]
         filter: Option<String>,
+        /// With --filter: include the first N bytes of each data event.
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "filter")]
+        capture_bytes: u32,
         #[command(flatten)]
         view: View,
     },
@@ -184,11 +192,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             filter,
             name,
             idle_timeout,
+            capture_bytes,
             follow,
             view,
-        }) => cmd::trace::start(&conn, filter, name, idle_timeout, follow.then_some(view)).await,
-        Command::Trace(TraceCommand::Follow { id, filter, view }) => {
-            cmd::trace::follow(&conn, id, filter, &view).await
+        }) => {
+            let options = TraceOptions {
+                idle_timeout_secs: idle_timeout,
+                capture_bytes,
+            };
+            cmd::trace::start(&conn, filter, name, options, follow.then_some(view)).await
+        }
+        Command::Trace(TraceCommand::Follow {
+            id,
+            filter,
+            capture_bytes,
+            view,
+        }) => {
+            let options = TraceOptions {
+                idle_timeout_secs: 0,
+                capture_bytes,
+            };
+            cmd::trace::follow(&conn, id, filter.map(|f| (f, options)), &view).await
         }
         Command::Trace(TraceCommand::Stop { id }) => cmd::trace::stop(&conn, id).await,
         Command::Trace(TraceCommand::List) => cmd::trace::list(&conn).await,

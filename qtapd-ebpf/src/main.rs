@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use qtap_common::{
     call, limit, stat, tls_call, Config, Conn, ConnKey, ExecScratch, PatternKey, Pending, ProcSel,
-    SyscallRecord, TlsPending,
+    SyscallRecord, TlsPending, TlsRecord, WithPayload,
 };
 
 #[map]
@@ -39,8 +39,12 @@ static PATTERNS: HashMap<PatternKey, u64> = HashMap::with_max_entries(limit::PAT
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+// Records are assembled here, with their payload, then copied to the ring:
+// they do not fit the BPF stack beside the rest.
 #[map]
-static RECORD: PerCpuArray<SyscallRecord> = PerCpuArray::with_max_entries(1, 0);
+static SYSCALL_BUF: PerCpuArray<WithPayload<SyscallRecord>> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TLS_BUF: PerCpuArray<WithPayload<TlsRecord>> = PerCpuArray::with_max_entries(1, 0);
 // LRU: a thread killed inside an SSL call never returns from it.
 #[map]
 static TLS_ACTIVE: LruHashMap<u64, TlsPending> = LruHashMap::with_max_entries(limit::TLS_ACTIVE, 0);

@@ -49,6 +49,7 @@ fn load() -> anyhow::Result<(Kernel, aya::maps::RingBuf<aya::maps::MapData>)> {
 /// or stdout closes. `log` is `None` when the log level hides traces.
 pub async fn bpf_trace(
     filter: Filter,
+    capture_bytes: u32,
     log: Option<TraceLog>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -63,6 +64,7 @@ pub async fn bpf_trace(
         owner: Owner { uid: 0 },
         idle_timeout: Duration::MAX,
         ephemeral: false,
+        capture_bytes,
     };
     let session = engine.start(spec)?;
     let (_, mut follower) =

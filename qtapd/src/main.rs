@@ -43,6 +43,11 @@ struct Args {
     /// different keys AND. Without a process term every process is traced.
     #[arg(long, value_name = "FILTER")]
     bpf_trace: Option<String>,
+    /// With --bpf-trace: include the first N bytes of each data event
+    /// (plaintext for TLS library calls) as `payload`, base64 in JSON.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "bpf_trace",
+          value_parser = clap::value_parser!(u32).range(0..=qtap_common::limit::CAPTURE_MAX as i64))]
+    capture_bytes: u32,
     /// error and warn print no traces; info prints every trace; debug
     /// adds the daemon's own debug lines.
     #[arg(long, value_enum, default_value_t = Level::Info)]
@@ -164,7 +169,7 @@ fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Re
         });
         if let Some(filter) = filter {
             let log = (args.log_level >= Level::Info).then(|| TraceLog::new(args.log_encoding));
-            daemon::bpf_trace(filter, log, shutdown).await
+            daemon::bpf_trace(filter, args.capture_bytes, log, shutdown).await
         } else {
             let config = ServeConfig {
                 socket: args.socket,

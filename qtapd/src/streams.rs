@@ -22,6 +22,10 @@ use crate::{
 
 /// The state of one fd's stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "four independent facts about one fd"
+)]
 pub struct Stream {
     /// TLS is in use on this fd.
     pub ssl: bool,
@@ -215,7 +219,7 @@ mod tests {
     }
 
     /// The reverse-proxy case: fd 11 speaks TLS through an SSL* bound by
-    /// SSL_set_fd, fd 3 is plain HTTP on the same thread. A plain write on
+    /// `SSL_set_fd`, fd 3 is plain HTTP on the same thread. A plain write on
     /// fd 3 made while the thread is inside an SSL call on fd 11's SSL*
     /// (the worst interleaving) must not mark fd 3.
     #[test]
@@ -234,7 +238,7 @@ mod tests {
         assert!(seen.detected);
     }
 
-    /// curl's case: no SSL_set_fd (its own BIO); the nested send on the
+    /// curl's case: no `SSL_set_fd` (its own BIO); the nested send on the
     /// socket binds the SSL*, later calls find the fd, and a syscall on a
     /// different fd inside a later call of the same SSL* is not marked.
     #[test]

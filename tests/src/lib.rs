@@ -113,9 +113,15 @@ const READY: &str = "tracing; already-running processes selected";
 impl Daemon {
     /// Starts qtapd and waits until its filter is installed.
     pub fn start(filter: &str) -> Result<Daemon> {
+        Daemon::start_with(filter, &[])
+    }
+
+    /// As `start`, with more qtapd arguments (`--capture-bytes=64`).
+    pub fn start_with(filter: &str, extra: &[&str]) -> Result<Daemon> {
         let mut child = Command::new(qtapd_bin()?)
             .arg(format!("--bpf-trace={filter}"))
             .args(["--log-encoding=json", "--log-level=info"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -3,6 +3,7 @@
 
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
+use base64::{engine::general_purpose::STANDARD, Engine};
 use qtap_tests::{
     privileged, serve_once,
     servers::{free_port, HttpsFiles, Nginx},
@@ -102,6 +103,14 @@ fn curl_http10(url: &str) -> i64 {
     fields[1] + fields[2]
 }
 
+/// The captured payload of an event (empty when there is none).
+fn payload(e: &Value) -> Vec<u8> {
+    e["payload"]
+        .as_str()
+        .map(|p| STANDARD.decode(p).unwrap())
+        .unwrap_or_default()
+}
+
 fn assert_no_tls(span: &Span<'_>, what: &str) {
     for e in &span.events {
         assert_eq!(e["ssl"], false, "{what} fd {}: {e}", span.fd);
@@ -194,36 +203,7 @@ fn reverse_proxy_keeps_plain_and_tls_fds_apart() {
         .collect();
     assert_eq!(upstreams.len(), 6, "upstream connections: {upstreams:#?}");
     for up in &upstreams {
-        assert_tls_syscalls(up, "upstream");
-        assert_eq!(up.calls("openssl/SSL_set_fd").len(), 1, "{up:#?}");
-        let writes = up.calls("openssl/SSL_write");
-        assert!(
-            writes.iter().any(|e| e["bytes"].as_i64() > Some(0)),
-            "no SSL_write of the request on fd {}: {up:#?}",
-            up.fd
-        );
-        let plaintext_in: i64 = up
-            .calls("openssl/SSL_read")
-            .iter()
-            .filter_map(|e| e["bytes"].as_i64())
-            .sum();
-        assert!(
-            plaintext_in > body.len() as i64,
-            "SSL_read on fd {} gave {plaintext_in} bytes for a {}-byte body",
-            up.fd,
-            body.len()
-        );
-        for e in writes {
-            assert_eq!(e["app_protocol"], "http1", "{e}");
-            assert_eq!(e["conn_info"]["remote"], backend_addr.as_str(), "{e}");
-        }
-        assert!(
-            up.events
-                .iter()
-                .any(|e| e["msg"] == "process_data (ciphertext; plaintext via openssl)"),
-            "no ciphertext data decision on fd {}",
-            up.fd
-        );
+        check_upstream(up, &backend_addr, body.len());
     }
 
     // The access log: a file, no connection, said so.
@@ -240,6 +220,41 @@ fn reverse_proxy_keeps_plain_and_tls_fds_apart() {
         .any(|e| e["msg"] == "process_data (conn_info = NULL)" && e["fd"] == log_write["fd"]));
 }
 
+/// One proxied request's upstream connection: TLS on every data syscall,
+/// its `SSL*` bound by `SSL_set_fd`, the request and the response in clear
+/// through `SSL_write`/`SSL_read` on the same fd.
+fn check_upstream(up: &Span<'_>, backend_addr: &str, body_len: usize) {
+    assert_tls_syscalls(up, "upstream");
+    assert_eq!(up.calls("openssl/SSL_set_fd").len(), 1, "{up:#?}");
+    let writes = up.calls("openssl/SSL_write");
+    assert!(
+        writes.iter().any(|e| e["bytes"].as_i64() > Some(0)),
+        "no SSL_write of the request on fd {}: {up:#?}",
+        up.fd
+    );
+    let plaintext_in: i64 = up
+        .calls("openssl/SSL_read")
+        .iter()
+        .filter_map(|e| e["bytes"].as_i64())
+        .sum();
+    assert!(
+        plaintext_in > body_len as i64,
+        "SSL_read on fd {} gave {plaintext_in} bytes for a {body_len}-byte body",
+        up.fd,
+    );
+    for e in writes {
+        assert_eq!(e["app_protocol"], "http1", "{e}");
+        assert_eq!(e["conn_info"]["remote"], backend_addr, "{e}");
+    }
+    assert!(
+        up.events
+            .iter()
+            .any(|e| e["msg"] == "process_data (ciphertext; plaintext via openssl)"),
+        "no ciphertext data decision on fd {}",
+        up.fd
+    );
+}
+
 /// One curl, two URLs: plain HTTP to one server, HTTPS to another.
 #[test]
 fn one_client_plain_and_tls_connections() {
@@ -250,7 +265,11 @@ fn one_client_plain_and_tls_connections() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let plain_port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || serve_once(&listener));
-    let daemon = Daemon::start("mod:socket,mod:openssl,mod:protocol,exe.contains:curl").unwrap();
+    let daemon = Daemon::start_with(
+        "mod:socket,mod:openssl,mod:protocol,exe.contains:curl",
+        &["--capture-bytes=64"],
+    )
+    .unwrap();
     let status = Command::new("curl")
         .args([
             "-s",
@@ -268,11 +287,16 @@ fn one_client_plain_and_tls_connections() {
     assert!(status.success());
     server.join().unwrap();
     let events = daemon.stop().unwrap();
+    // Other tests of this file run curl at the same time: this one is
+    // the curl that connected to the plain server.
+    let plain_remote = format!("127.0.0.1:{plain_port}");
     let curl = events
         .iter()
-        .find(|e| syscall(e) == Some("connect"))
+        .find(|e| {
+            syscall(e) == Some("connect") && e["conn_info"]["remote"] == plain_remote.as_str()
+        })
         .and_then(|e| e["pid"].as_u64())
-        .unwrap_or_else(|| panic!("curl made no connection: {events:#?}"));
+        .unwrap_or_else(|| panic!("curl made no connection to {plain_remote}: {events:#?}"));
     let spans = spans(&events, curl);
     let by_remote = |port: u16| {
         let remote = format!("127.0.0.1:{port}");
@@ -287,6 +311,17 @@ fn one_client_plain_and_tls_connections() {
     for e in plain.data_syscalls() {
         assert_eq!(e["protocol"], "http1", "{e}");
     }
+    // --capture-bytes: the request line in clear on the plain fd, a TLS
+    // record on the TLS fd, and the request in clear from SSL_write.
+    let first_write = |span: &Span<'_>, msg: &str| {
+        let e = span
+            .events
+            .iter()
+            .find(|e| e["msg"].as_str().is_some_and(|m| m.ends_with(msg)) && e["direction"] == 1)
+            .unwrap_or_else(|| panic!("no {msg} on fd {}: {span:#?}", span.fd));
+        payload(e)
+    };
+    assert!(first_write(plain, "sendto").starts_with(b"GET /plain HTTP/1.1\r\n"));
     let tls = by_remote(backend.port);
     assert_tls_syscalls(tls, "https");
     let write = tls
@@ -295,6 +330,10 @@ fn one_client_plain_and_tls_connections() {
         .next()
         .unwrap_or_else(|| panic!("no SSL_write bound to fd {}: {events:#?}", tls.fd));
     assert_eq!(write["app_protocol"], "http1");
+    assert!(payload(write).starts_with(b"GET /file HTTP/1.1\r\n"));
+    let record = first_write(tls, "sendto");
+    assert_eq!(&record[..2], &[0x16, 3], "a TLS handshake record first");
+    assert!(payload(write).len() <= 64);
     let detections: Vec<&str> = tls
         .calls("protocol/detected")
         .iter()

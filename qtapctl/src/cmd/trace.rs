@@ -13,16 +13,14 @@ pub async fn start(
     conn: &client::Connection,
     filter: String,
     name: String,
-    idle_timeout: u32,
+    options: TraceOptions,
     follow_with: Option<View>,
 ) -> anyhow::Result<()> {
     let mut client = client::connect(conn).await?;
     let request = StartTraceRequest {
         filter,
         name,
-        options: Some(TraceOptions {
-            idle_timeout_secs: idle_timeout,
-        }),
+        options: Some(options),
     };
     let session = client.start_trace(request).await?.into_inner();
     match follow_with {
@@ -107,15 +105,16 @@ struct Summary {
     lost: u64,
 }
 
+/// Follows session `id`, or an inline `(filter, options)` session.
 pub async fn follow(
     conn: &client::Connection,
     id: Option<String>,
-    filter: Option<String>,
+    inline: Option<(String, TraceOptions)>,
     view: &View,
 ) -> anyhow::Result<()> {
-    let target = match (id, filter) {
-        (Some(id), _) => Target::Id(id),
-        (None, Some(filter)) => Target::Filter(filter),
+    let (target, options) = match (id, inline) {
+        (Some(id), _) => (Target::Id(id), None),
+        (None, Some((filter, options))) => (Target::Filter(filter), Some(options)),
         (None, None) => anyhow::bail!("give a session id or --filter"),
     };
     let started = Instant::now();
@@ -126,6 +125,7 @@ pub async fn follow(
         let request = FollowTraceRequest {
             target: Some(target.clone()),
             queue_len: view.queue_len,
+            options,
         };
         match follow_once(conn, request, renderer.as_mut(), &mut summary).await {
             Ok(End::Interrupted) => break Ok(()),

@@ -94,8 +94,13 @@ impl<W: Write> Console<W> {
             None => String::new(),
         };
         let new_fd = e.new_fd.map(|n| format!(" -> fd {n}")).unwrap_or_default();
+        let payload = if e.payload.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", super::escaped(&e.payload, e.bytes))
+        };
         format!(
-            "{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<9} {remote}{new_fd}",
+            "{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<9} {remote}{new_fd}{payload}",
             arrow = self.paint(arrow_colour, arrow),
         )
     }
@@ -231,6 +236,7 @@ pub mod tests {
                 msg: "syscall/sendto".into(),
                 bytes: Some(109),
                 ret: Some(109),
+                payload: vec![0x17, 3, 3, 0, 0x68],
                 seq: 7,
                 ..tls.clone()
             },
@@ -246,6 +252,7 @@ pub mod tests {
                 caller: "uretprobe/SSL_write".into(),
                 bytes: Some(87),
                 ret: Some(87),
+                payload: b"GET /file HTTP/1.1\r\n".to_vec(),
                 seq: 9,
                 ..tls.clone()
             },

@@ -46,6 +46,33 @@ fn what(e: &Event) -> &str {
         .unwrap_or(&e.msg)
 }
 
+/// A captured payload as strace's `-s` shows it: quoted, printable ASCII
+/// as is, `\r \n \t \" \\` escaped, other bytes as `\xNN`, and `...` when
+/// the call moved more than was captured.
+fn escaped(payload: &[u8], moved: Option<i64>) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(payload.len() + 8);
+    out.push('"');
+    for &b in payload {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out.push('"');
+    if moved.is_some_and(|m| m > payload.len() as i64) {
+        out.push_str("...");
+    }
+    out
+}
+
 /// `←` ingress, `→` egress, `·` neither.
 fn arrow(direction: Option<u32>) -> &'static str {
     match direction {

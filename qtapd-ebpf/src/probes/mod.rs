@@ -7,9 +7,9 @@ pub mod tls;
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
 };
-use qtap_common::{limit, Header, ABI_VERSION};
+use qtap_common::{limit, stat, Header, WithPayload, ABI_VERSION};
 
-use crate::{CONFIG, PROCS, STATS};
+use crate::{CONFIG, EVENTS, PROCS, STATS};
 
 /// Adds one to the per-CPU counter `index` (one of `qtap_common::stat`).
 #[inline(always)]
@@ -71,5 +71,35 @@ pub fn copy_head(src: u64, len: u64, head: &mut [u8; limit::HEAD_BYTES]) -> u32 
     match unsafe { bpf_probe_read_user_buf(src as *const u8, dst) } {
         Ok(()) => n as u32,
         Err(_) => 0,
+    }
+}
+
+/// Sends `buf.record` to the ring, followed by up to the configured capture
+/// of the `len` bytes at user address `src` (a data call's payload).
+#[inline(always)]
+pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64) {
+    let capture = u64::from(CONFIG.get(0).map_or(0, |c| c.capture_bytes));
+    let mut n = if len < capture { len } else { capture };
+    if n > limit::CAPTURE_MAX as u64 {
+        n = limit::CAPTURE_MAX as u64;
+    }
+    if n > 0 && src != 0 {
+        let copied = match buf.payload.get_mut(..n as usize) {
+            // SAFETY: a user pointer read through the fault-tolerant helper.
+            Some(dst) => unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_ok(),
+            None => false,
+        };
+        if !copied {
+            n = 0;
+        }
+    } else {
+        n = 0;
+    }
+    let size = core::mem::size_of::<T>() + n as usize;
+    // SAFETY: `size` is at most the size of `*buf` (`n <= CAPTURE_MAX`),
+    // and the record comes first (`repr(C)`).
+    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(stat::RING_FULL);
     }
 }

@@ -23,8 +23,8 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::{copy_head, count, header, selected_for};
-use crate::{CONNS, EVENTS, PENDING, RECORD, TLS_ACTIVE};
+use super::{copy_head, count, header, selected_for, submit};
+use crate::{CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u16 = 1;
@@ -93,13 +93,12 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // SAFETY: offset of `ret` in the syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
 
-    // The record is built in per-CPU scratch: it does not fit the BPF
-    // stack beside the rest.
-    let Some(record) = RECORD.get_ptr_mut(0) else {
+    let Some(buf) = SYSCALL_BUF.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
-    let record = unsafe { &mut *record };
+    let buf = unsafe { &mut *buf };
+    let record = &mut buf.record;
     record.hdr = header(kind::SYSCALL, pending.sessions);
     record.ret = ret;
     record.bytes = 0;
@@ -122,6 +121,8 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         tgid,
         fd: pending.fd as u32,
     };
+    // The payload to capture: the first buffer of a data call.
+    let mut payload = (0, 0);
     let conn = match call {
         call::SOCKET => on_socket(record, &pending, tgid),
         call::BIND => on_bind(record, &pending, key),
@@ -142,8 +143,9 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
                 ret
             };
             if record.bytes > 0 {
-                let (buf, len) = first_buffer(call, pending.arg2);
-                record.head_len = copy_head(buf, len.min(record.bytes as u64), &mut record.head);
+                let (src, len) = first_buffer(call, pending.arg2);
+                payload = (src, len.min(record.bytes as u64));
+                record.head_len = copy_head(src, payload.1, &mut record.head);
             }
             known(key)
         }
@@ -152,9 +154,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         record.conn = conn;
         record.flags |= flag::CONN_KNOWN;
     }
-    if EVENTS.output::<SyscallRecord>(&*record, 0).is_err() {
-        count(stat::RING_FULL);
-    }
+    submit(buf, payload.0, payload.1);
 }
 
 #[inline(always)]

@@ -19,8 +19,8 @@ use aya_ebpf::{
 };
 use qtap_common::{direction, kind, limit, module, stat, tls_call, TlsPending, TlsRecord};
 
-use super::{copy_head, count, header, selected_for};
-use crate::{EVENTS, TLS_ACTIVE};
+use super::{copy_head, count, header, selected_for, submit};
+use crate::{TLS_ACTIVE, TLS_BUF};
 
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
 #[inline(always)]
@@ -74,7 +74,12 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     } else {
         ret.max(0)
     };
-    let mut record = TlsRecord {
+    let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, only this program on this CPU uses it.
+    let buf = unsafe { &mut *buf };
+    buf.record = TlsRecord {
         hdr: header(kind::TLS, pending.sessions),
         ssl: pending.ssl,
         ret,
@@ -91,10 +96,11 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
         _pad2: 0,
         head: [0; limit::HEAD_BYTES],
     };
-    if bytes > 0 {
-        record.head_len = copy_head(pending.buf, bytes as u64, &mut record.head);
+    let plaintext = bytes.max(0) as u64;
+    if plaintext > 0 {
+        buf.record.head_len = copy_head(pending.buf, plaintext, &mut buf.record.head);
     }
-    emit(&record);
+    submit(buf, pending.buf, plaintext);
 }
 
 /// Entry of `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd`/`SSL_free`.
@@ -104,7 +110,12 @@ pub fn bind(ctx: &ProbeContext, call: u16) {
     if sessions == 0 {
         return;
     }
-    let record = TlsRecord {
+    let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, only this program on this CPU uses it.
+    let buf = unsafe { &mut *buf };
+    buf.record = TlsRecord {
         hdr: header(kind::TLS, sessions),
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         call,
@@ -116,12 +127,5 @@ pub fn bind(ctx: &ProbeContext, call: u16) {
         },
         ..TlsRecord::default()
     };
-    emit(&record);
-}
-
-#[inline(always)]
-fn emit(record: &TlsRecord) {
-    if EVENTS.output::<TlsRecord>(record, 0).is_err() {
-        count(stat::RING_FULL);
-    }
+    submit(buf, 0, 0);
 }

@@ -34,6 +34,8 @@ pub struct Spec {
     pub idle_timeout: Duration,
     /// Ends when its last follower leaves (a `follow --filter` session).
     pub ephemeral: bool,
+    /// Payload bytes kept with each data event.
+    pub capture_bytes: u32,
 }
 
 struct Follower {
@@ -96,6 +98,7 @@ impl Session {
             events_lost: self.lost,
             followers: self.followers.len() as u32,
             idle_timeout_secs: self.spec.idle_timeout.as_secs() as u32,
+            capture_bytes: self.spec.capture_bytes,
         }
     }
 
@@ -104,6 +107,8 @@ impl Session {
         self.seq += 1;
         event.session.clone_from(&self.id);
         event.seq = self.seq;
+        // The kernel captured what the most demanding session asked for.
+        event.payload.truncate(self.spec.capture_bytes as usize);
         let (mut delivered, mut lost) = (0, 0);
         self.followers
             .retain_mut(|f| match f.offer(Item::Event(event.clone())) {
@@ -232,6 +237,16 @@ impl Hub {
 
     /// Delivers `event` to the sessions whose slot bits are in `mask` and
     /// that `wants` accepts.
+    /// The most payload bytes any session asked for.
+    #[must_use]
+    pub fn capture_bytes(&self) -> u32 {
+        self.sessions
+            .values()
+            .map(|s| s.spec.capture_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether a session in `mask` asked for `module`.
     #[must_use]
     pub fn wanted(&self, mask: u64, module: Module) -> bool {
@@ -314,6 +329,7 @@ mod tests {
             owner: Owner { uid: 0 },
             idle_timeout: Duration::from_mins(10),
             ephemeral: false,
+            capture_bytes: 0,
         }
     }
 
@@ -363,6 +379,34 @@ mod tests {
         assert_eq!((e.session.as_str(), e.seq, e.pid), (b.as_str(), 2, 2));
         let Item::Event(e) = &got_a[0] else { panic!() };
         assert_eq!((e.session.as_str(), e.seq), (a.as_str(), 1));
+    }
+
+    #[test]
+    fn each_session_gets_the_payload_it_asked_for() {
+        let mut hub = Hub::default();
+        let a = hub
+            .create(Spec {
+                capture_bytes: 4,
+                ..spec("pid:1")
+            })
+            .unwrap()
+            .id
+            .clone();
+        let b = hub.create(spec("pid:1")).unwrap().id.clone();
+        assert_eq!(hub.capture_bytes(), 4);
+        let mut ra = hub.follow(&a, 16).unwrap();
+        let mut rb = hub.follow(&b, 16).unwrap();
+        let e = Event {
+            payload: b"GET /index.html".to_vec(),
+            ..event(1)
+        };
+        hub.deliver(0b11, &e, |_| true);
+        let payload = |items: Vec<Item>| match &items[..] {
+            [Item::Event(e)] => e.payload.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(payload(drain(&mut ra)), b"GET ");
+        assert_eq!(payload(drain(&mut rb)), b"");
     }
 
     #[test]

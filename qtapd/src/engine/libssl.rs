@@ -93,7 +93,8 @@ impl TlsTargets {
         if !self.examined.insert((meta.dev(), meta.ino())) {
             return;
         }
-        if !library && !(meta.len() <= MAX_EXE_BYTES && defines_openssl(path)) {
+        let openssl = library || (meta.len() <= MAX_EXE_BYTES && defines_openssl(path));
+        if !openssl {
             return;
         }
         match kernel.attach_tls(path) {

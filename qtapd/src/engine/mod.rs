@@ -203,7 +203,8 @@ impl<K: Selector> Engine<K> {
     }
 
     fn reinstall(&mut self) -> Result<(), EngineError> {
-        let compiled = compile(self.hub.filters(), std::process::id())?;
+        let mut compiled = compile(self.hub.filters(), std::process::id())?;
+        compiled.config.capture_bytes = self.hub.capture_bytes();
         self.kernel.install(&compiled)?;
         let tls_needed = compiled.config.modules[qtap_common::module::OPENSSL] != 0;
         self.tls.set_needed(&mut self.kernel, tls_needed);
@@ -346,12 +347,14 @@ impl<K: Selector> Engine<K> {
                     s.spec.filter.wants(Module::Process)
                 });
             }
-            Record::Syscall(rec) => {
-                let (event, notes) = self.enricher.syscall(&rec);
+            Record::Syscall(rec, payload) => {
+                let (mut event, notes) = self.enricher.syscall(&rec);
+                event.payload = payload.to_vec();
                 self.deliver_fd_event(rec.hdr.sessions, &event, notes, Module::Socket);
             }
-            Record::Tls(rec) => {
-                let (event, notes) = self.enricher.tls(&rec);
+            Record::Tls(rec, payload) => {
+                let (mut event, notes) = self.enricher.tls(&rec);
+                event.payload = payload.to_vec();
                 self.deliver_fd_event(rec.hdr.sessions, &event, notes, Module::Openssl);
             }
         }

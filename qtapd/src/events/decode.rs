@@ -6,14 +6,15 @@ use std::mem::size_of;
 
 use qtap_common::{kind, ExecRecord, ForkRecord, Header, SyscallRecord, TlsRecord, ABI_VERSION};
 
-/// One decoded kernel record.
+/// One decoded kernel record; data records carry the payload bytes the
+/// kernel captured after them (empty unless a session asked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Record {
-    Syscall(SyscallRecord),
+pub enum Record<'a> {
+    Syscall(SyscallRecord, &'a [u8]),
     Exec(ExecRecord),
     Fork(ForkRecord),
     Exit(Header),
-    Tls(TlsRecord),
+    Tls(TlsRecord, &'a [u8]),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,18 +47,25 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
+/// The bytes after a `T` at the start of `bytes` (checked by `read`).
+fn after<T>(bytes: &[u8]) -> &[u8] {
+    bytes.get(size_of::<T>()..).unwrap_or_default()
+}
+
 /// Decodes one ring buffer item.
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header: Header = read(bytes, "header")?;
     if header.abi != ABI_VERSION {
         return Err(DecodeError::Abi(header.abi));
     }
     match header.kind {
-        kind::SYSCALL => read(bytes, "syscall record").map(Record::Syscall),
+        kind::SYSCALL => {
+            read(bytes, "syscall record").map(|r| Record::Syscall(r, after::<SyscallRecord>(bytes)))
+        }
         kind::EXEC => read(bytes, "exec record").map(Record::Exec),
         kind::FORK => read(bytes, "fork record").map(Record::Fork),
         kind::EXIT => Ok(Record::Exit(header)),
-        kind::TLS => read(bytes, "tls record").map(Record::Tls),
+        kind::TLS => read(bytes, "tls record").map(|r| Record::Tls(r, after::<TlsRecord>(bytes))),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -93,7 +101,10 @@ mod tests {
     #[test]
     fn decodes_each_kind() {
         let rec = syscall();
-        assert_eq!(decode(&bytes_of(&rec)), Ok(Record::Syscall(rec)));
+        assert_eq!(decode(&bytes_of(&rec)), Ok(Record::Syscall(rec, &[])));
+        let mut with_payload = bytes_of(&rec);
+        with_payload.extend_from_slice(b"GET /");
+        assert_eq!(decode(&with_payload), Ok(Record::Syscall(rec, b"GET /")));
         let exit = Header {
             kind: kind::EXIT,
             abi: ABI_VERSION,
@@ -138,6 +149,6 @@ mod tests {
     fn unaligned_input_is_fine() {
         let mut bytes = vec![0u8];
         bytes.extend(bytes_of(&syscall()));
-        assert_eq!(decode(&bytes[1..]), Ok(Record::Syscall(syscall())));
+        assert_eq!(decode(&bytes[1..]), Ok(Record::Syscall(syscall(), &[])));
     }
 }

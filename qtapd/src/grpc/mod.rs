@@ -8,9 +8,11 @@ mod tests;
 
 use std::{pin::Pin, time::Duration};
 
+use qtap_common::limit;
 use qtap_proto::v1::{
     follow_trace_request, qtap_server::Qtap, FollowItem, FollowTraceRequest, GetStatusRequest,
     ListTracesRequest, ListTracesResponse, Session, StartTraceRequest, Status, StopTraceRequest,
+    TraceOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
@@ -99,9 +101,18 @@ impl Service {
         filter: &str,
         name: String,
         caller: Caller,
-        idle_secs: u32,
+        options: Option<TraceOptions>,
         ephemeral: bool,
     ) -> Result<Spec, tonic::Status> {
+        let options = options.unwrap_or_default();
+        if options.capture_bytes as usize > limit::CAPTURE_MAX {
+            return Err(tonic::Status::invalid_argument(format!(
+                "capture_bytes {} exceeds {}",
+                options.capture_bytes,
+                limit::CAPTURE_MAX
+            )));
+        }
+        let idle_secs = options.idle_timeout_secs;
         if filter.len() > MAX_FILTER_LEN {
             return Err(tonic::Status::invalid_argument(format!(
                 "the filter is {} bytes; the limit is {MAX_FILTER_LEN}",
@@ -126,6 +137,7 @@ impl Service {
             owner: Owner { uid: caller.uid },
             idle_timeout,
             ephemeral,
+            capture_bytes: options.capture_bytes,
         })
     }
 }
@@ -159,8 +171,7 @@ impl Qtap for Service {
     ) -> Result<Response<Session>, tonic::Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let idle = req.options.map_or(0, |o| o.idle_timeout_secs);
-        let spec = self.spec(&req.filter, req.name, caller, idle, false)?;
+        let spec = self.spec(&req.filter, req.name, caller, req.options, false)?;
         let session = self.ask(|reply| Command::Start { spec, reply }).await??;
         Ok(Response::new(session))
     }
@@ -216,7 +227,7 @@ impl Qtap for Service {
         let target = match req.target {
             Some(follow_trace_request::Target::Id(id)) => Target::Id(id),
             Some(follow_trace_request::Target::Filter(f)) => {
-                Target::Session(self.spec(&f, "follow".into(), caller, 0, true)?)
+                Target::Session(self.spec(&f, "follow".into(), caller, req.options, true)?)
             }
             None => {
                 return Err(tonic::Status::invalid_argument(

@@ -150,6 +150,7 @@ async fn start(
         name: String::new(),
         options: Some(TraceOptions {
             idle_timeout_secs: idle,
+            capture_bytes: 0,
         }),
     };
     Ok(client.start_trace(request).await?.into_inner().id)
@@ -163,6 +164,7 @@ async fn follow(
     let request = FollowTraceRequest {
         target: Some(Target::Id(id.into())),
         queue_len,
+        options: None,
     };
     Ok(client.follow_trace(request).await?.into_inner())
 }
@@ -206,6 +208,21 @@ async fn filter_errors_are_invalid_argument_naming_the_term() {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = follow(&mut root, "s999", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    let too_much = StartTraceRequest {
+        filter: "pid:1".into(),
+        name: String::new(),
+        options: Some(TraceOptions {
+            idle_timeout_secs: 0,
+            capture_bytes: 4097,
+        }),
+    };
+    let err = root.start_trace(too_much).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("capture_bytes 4097"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
