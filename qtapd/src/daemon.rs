@@ -95,7 +95,8 @@ pub async fn bpf_trace(
                     };
                     warn!(stage, lost = lost.count, "events lost");
                 }
-                Some(Item::Heartbeat(_)) | None => {}
+                // Batches are made by the gRPC stream, never queued.
+                Some(Item::Heartbeat(_) | Item::Batch(_)) | None => {}
             }
         }
     });

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use qtap_proto::v1::{
-    follow_item::Item, follow_trace_request::Target, FollowTraceRequest, ListTracesRequest,
-    LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
+    follow_item::Item, follow_trace_request::Target, Event, FollowTraceRequest,
+    ListTracesRequest, LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
 };
 
 use crate::{client, render, View};
@@ -103,6 +103,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 struct Summary {
     events: u64,
     lost: u64,
+    /// Of `lost`, what qtapd reported for this follower's queue: each such
+    /// event is a gap in the session's `seq`.
+    queue_lost: u64,
+    /// Gaps seen in `seq` (a check on `queue_lost`).
+    seq_gaps: u64,
+    last_seq: u64,
+}
+
+impl Summary {
+    fn event(&mut self, seq: u64) {
+        self.events += 1;
+        if self.last_seq != 0 && seq > self.last_seq + 1 {
+            self.seq_gaps += seq - self.last_seq - 1;
+        }
+        self.last_seq = seq;
+    }
 }
 
 /// Follows session `id`, or an inline `(filter, options)` session.
@@ -126,6 +142,7 @@ pub async fn follow(
             target: Some(target.clone()),
             queue_len: view.queue_len,
             options,
+            batch: true,
         };
         match follow_once(conn, request, renderer.as_mut(), &mut summary).await {
             Ok(End::Interrupted) => break Ok(()),
@@ -149,9 +166,11 @@ pub async fn follow(
     };
     let finished = renderer.finish().map_err(super::stdout_error);
     eprintln!(
-        "qtapctl: {} events, {} lost, {:.1}s",
+        "qtapctl: {} events, {} lost ({} in qtapd's queue for this follower, seq gaps {}), {:.1}s",
         summary.events,
         summary.lost,
+        summary.queue_lost,
+        summary.seq_gaps,
         started.elapsed().as_secs_f64()
     );
     result.and(finished)
@@ -168,26 +187,26 @@ async fn follow_once(
         .map_err(FollowError::Transport)?;
     let response = client.follow_trace(request).await.map_err(classify)?;
     let mut stream = response.into_inner();
+    // One signal listener for the whole stream, not one per message.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let item = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
+            _ = &mut interrupted => return Ok(End::Interrupted),
             item = stream.message() => item.map_err(classify)?,
         };
         let Some(item) = item else {
             return Ok(End::SessionEnded);
         };
         match item.item {
-            Some(Item::Event(event)) => {
-                summary.events += 1;
-                renderer
-                    .event(&event)
-                    .map_err(|e| FollowError::Fatal(super::stdout_error(e)))?;
-            }
+            Some(Item::Event(event)) => show(renderer, summary, [&event])?,
+            Some(Item::Batch(batch)) => show(renderer, summary, &batch.events)?,
             Some(Item::Lost(lost)) => {
                 summary.lost += lost.count;
                 let stage = if lost.stage == LossStage::KernelRing as i32 {
                     "the kernel ring buffer was full (all sessions)"
                 } else {
+                    summary.queue_lost += lost.count;
                     "this follower's queue in qtapd was full"
                 };
                 eprintln!("qtapctl: lost {} events: {stage}", lost.count);
@@ -195,6 +214,20 @@ async fn follow_once(
             Some(Item::Heartbeat(_)) | None => {}
         }
     }
+}
+
+/// Renders events, then writes them out.
+fn show<'a>(
+    renderer: &mut dyn render::Render,
+    summary: &mut Summary,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Result<(), FollowError> {
+    let gone = |e| FollowError::Fatal(super::stdout_error(e));
+    for event in events {
+        summary.event(event.seq);
+        renderer.event(event).map_err(gone)?;
+    }
+    renderer.flush().map_err(gone)
 }
 
 fn classify(status: tonic::Status) -> FollowError {

@@ -14,11 +14,11 @@ pub struct Console<W: Write> {
     header: bool,
 }
 
-impl Console<io::Stdout> {
-    pub fn stdout() -> Console<io::Stdout> {
+impl Console<io::BufWriter<io::Stdout>> {
+    pub fn stdout() -> Console<io::BufWriter<io::Stdout>> {
         let colour = io::stdout().is_terminal();
         Console {
-            out: io::stdout(),
+            out: super::stdout(),
             colour,
             header: colour,
         }
@@ -117,7 +117,10 @@ impl<W: Write> Render for Console<W> {
             writeln!(self.out, "{}", self.paint(DIM, &head))?;
         }
         let line = self.line(e);
-        writeln!(self.out, "{line}")?;
+        writeln!(self.out, "{line}")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }

@@ -56,8 +56,7 @@ impl<W: Write> Flows<W> {
             flow.bytes_in,
             flow.bytes_out,
             flow.calls.len()
-        )?;
-        self.out.flush()
+        )
     }
 }
 
@@ -92,13 +91,12 @@ fn call_line(e: &Event) -> String {
 impl<W: Write> Render for Flows<W> {
     fn event(&mut self, e: &Event) -> io::Result<()> {
         let Some(fd) = e.fd.filter(|_| qtap_proto::json::is_socket_event(e)) else {
-            writeln!(
+            return writeln!(
                 self.out,
                 "{} {}",
                 e.msg,
                 e.filename.as_deref().unwrap_or(&e.exe)
-            )?;
-            return self.out.flush();
+            );
         };
         // An accept opens a flow for the fd it returns.
         if let Some(new_fd) = e.new_fd {
@@ -134,11 +132,15 @@ impl<W: Write> Render for Flows<W> {
         Ok(())
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     fn finish(&mut self) -> io::Result<()> {
         for flow in std::mem::take(&mut self.open).into_values() {
             self.print(&flow, "  (still open)")?;
         }
-        Ok(())
+        self.out.flush()
     }
 }
 

@@ -19,7 +19,10 @@ impl<W: Write> Json<W> {
 
 impl<W: Write> Render for Json<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        writeln!(self.out, "{}", json::event(event))?;
+        writeln!(self.out, "{}", json::event(event))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }

@@ -10,15 +10,25 @@ use qtap_proto::v1::Event;
 
 use crate::{GroupBy, Output};
 
-/// One way of showing events.
+/// One way of showing events. Output is buffered: `flush` after each
+/// message from qtapd, so a batch costs one write, a lone event shows at once.
 pub trait Render {
     /// Shows one event. An error means stdout is gone.
     fn event(&mut self, event: &Event) -> io::Result<()>;
+
+    /// Writes out what is buffered.
+    fn flush(&mut self) -> io::Result<()>;
 
     /// Called once when the stream ends.
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Stdout with a buffer of our own: its line buffering would cost a write
+/// per event.
+fn stdout() -> io::BufWriter<io::Stdout> {
+    io::BufWriter::with_capacity(64 * 1024, io::stdout())
 }
 
 /// `2026-11-27T06:42:40.145840716Z` → `06:42:40.145840`.
@@ -85,10 +95,10 @@ fn arrow(direction: Option<u32>) -> &'static str {
 /// The renderer for `--output` and `--group-by`.
 pub fn new(output: Output, group_by: Option<GroupBy>) -> Box<dyn Render> {
     if group_by == Some(GroupBy::Fd) {
-        return Box::new(flows::Flows::new(io::stdout()));
+        return Box::new(flows::Flows::new(stdout()));
     }
     match output {
         Output::Console => Box::new(console::Console::stdout()),
-        Output::Json => Box::new(json::Json::new(io::stdout())),
+        Output::Json => Box::new(json::Json::new(stdout())),
     }
 }

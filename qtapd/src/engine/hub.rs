@@ -52,13 +52,35 @@ enum Offer {
 }
 
 impl Follower {
-    fn offer(&mut self, item: Item) -> Offer {
-        if self.unreported > 0 {
-            let lost = Item::Lost(Lost {
+    /// The notice of the losses not yet reported to this follower.
+    fn lost_notice(&self) -> FollowItem {
+        FollowItem {
+            item: Some(Item::Lost(Lost {
                 stage: LossStage::DaemonQueue.into(),
                 count: self.unreported,
-            });
-            match self.tx.try_send(FollowItem { item: Some(lost) }) {
+            })),
+        }
+    }
+
+    /// The stream ends: hand over the losses not reported yet, waiting (in
+    /// a task, never in the engine) for room in a full queue, so that the
+    /// follower's count of lost events is complete when its stream ends.
+    fn finish(&mut self) {
+        if self.unreported == 0 {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(notice)) = self.tx.try_send(self.lost_notice()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let tx = self.tx.clone();
+                runtime.spawn(async move { tx.send(notice).await });
+            }
+        }
+        self.unreported = 0;
+    }
+
+    fn offer(&mut self, item: Item) -> Offer {
+        if self.unreported > 0 {
+            match self.tx.try_send(self.lost_notice()) {
                 Ok(()) => self.unreported = 0,
                 Err(mpsc::error::TrySendError::Full(_)) => {}
                 Err(mpsc::error::TrySendError::Closed(_)) => return Offer::Gone,
@@ -189,10 +211,17 @@ impl Hub {
         Ok(self.sessions.entry(id).or_insert(session))
     }
 
+    /// Removes a session; its followers' streams end after what is
+    /// queued for them, and the losses they were not told of yet.
     pub fn remove(&mut self, id: &str) -> Result<Session, HubError> {
-        self.sessions
+        let mut session = self
+            .sessions
             .remove(id)
-            .ok_or_else(|| HubError::NotFound(id.to_owned()))
+            .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
+        for follower in &mut session.followers {
+            follower.finish();
+        }
+        Ok(session)
     }
 
     #[must_use]
@@ -440,6 +469,31 @@ mod tests {
             .map(|i| if let Item::Lost(l) = i { l.count } else { 0 })
             .sum();
         assert_eq!(received + told_lost, 11);
+    }
+
+    /// Losses after the last event a follower could take are reported when
+    /// the session stops, even with its queue still full.
+    #[tokio::test]
+    async fn losses_at_the_end_are_reported_when_the_session_stops() {
+        let mut hub = Hub::default();
+        let id = hub.create(spec("pid:1")).unwrap().id.clone();
+        let slot = hub.get(&id).unwrap().slot;
+        let mut rx = hub.follow(&id, 4).unwrap();
+        for n in 0..10 {
+            hub.deliver(1 << slot, &event(n), |_| true);
+        }
+        let session = hub.remove(&id).unwrap();
+        drop(session);
+        let mut events = 0;
+        let mut lost = 0;
+        while let Some(item) = rx.recv().await {
+            match item.item.unwrap() {
+                Item::Event(_) => events += 1,
+                Item::Lost(l) => lost += l.count,
+                Item::Heartbeat(_) | Item::Batch(_) => {}
+            }
+        }
+        assert_eq!((events, lost), (4, 6));
     }
 
     #[test]

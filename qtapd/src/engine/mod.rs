@@ -39,6 +39,10 @@ use crate::{
 const TICK: Duration = Duration::from_secs(1);
 /// Heartbeats go out every this many ticks.
 const HEARTBEAT_TICKS: u64 = 5;
+/// Records handled before the engine lets other tasks run: qtapd runs on
+/// one thread, and under a constant load the ring is never empty, so
+/// without this the gRPC streams to followers would never be served.
+const RING_BATCH: usize = 256;
 
 /// The identity an RPC arrives with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -469,10 +473,18 @@ impl<K: Selector> Engine<K> {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
+                    let mut handled = 0;
+                    while handled < RING_BATCH {
+                        let Some(item) = ring.next() else { break };
                         self.handle(&item);
+                        handled += 1;
                     }
-                    guard.clear_ready();
+                    if handled < RING_BATCH {
+                        guard.clear_ready();
+                    } else {
+                        drop(guard);
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         }

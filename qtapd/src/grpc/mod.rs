@@ -2,6 +2,7 @@
 //! parse and check the request, forward a [`Command`] to the engine, and
 //! map errors to precise status codes.
 
+mod batch;
 pub mod socket;
 #[cfg(test)]
 mod tests;
@@ -243,7 +244,11 @@ impl Qtap for Service {
                 reply,
             })
             .await??;
-        let stream: FollowStream = Box::pin(ReceiverStream::new(rx).map(Ok));
+        let stream: FollowStream = if req.batch {
+            Box::pin(batch::Batches::new(rx).map(Ok))
+        } else {
+            Box::pin(ReceiverStream::new(rx).map(Ok))
+        };
         Ok(Response::new(stream))
     }
 }

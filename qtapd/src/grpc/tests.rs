@@ -165,6 +165,7 @@ async fn follow(
         target: Some(Target::Id(id.into())),
         queue_len,
         options: None,
+        batch: false,
     };
     Ok(client.follow_trace(request).await?.into_inner())
 }
@@ -357,6 +358,7 @@ async fn a_slow_follower_loses_is_told_how_many_and_slows_no_one() {
                 lost += l.count;
             }
             Item::Heartbeat(_) => unreachable!("next() skips heartbeats"),
+            Item::Batch(_) => unreachable!("batches were not asked for"),
         }
     }
     assert!(lost > 0, "a queue of 1 cannot hold 200 events");
@@ -390,4 +392,35 @@ async fn idle_sessions_expire_and_followed_ones_stay() {
         .map(|s| s.id)
         .collect();
     assert_eq!(ids, vec![watched], "{idle} should have expired");
+}
+
+/// A client that accepts batches gets every event, in order, in fewer
+/// messages than events.
+#[tokio::test]
+async fn batched_follow_keeps_every_event_in_order() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let id = start(&mut root, "pid:4000002", 0).await.unwrap();
+    let request = FollowTraceRequest {
+        target: Some(Target::Id(id)),
+        queue_len: 0,
+        options: None,
+        batch: true,
+    };
+    let mut stream = root.follow_trace(request).await.unwrap().into_inner();
+    for n in 1..=200 {
+        harness.write_record(4_000_002, 1, n).await;
+    }
+    let (mut seqs, mut messages) = (Vec::new(), 0);
+    while seqs.len() < 200 {
+        match next(&mut stream).await {
+            Item::Batch(b) => {
+                messages += 1;
+                seqs.extend(b.events.iter().map(|e| e.seq));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert!(messages < 200, "{messages} messages for 200 events");
 }

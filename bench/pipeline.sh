@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# make bench, part 2: the event pipeline from kernel to followers. A load
+# generator (qtap-loadgen: 64-byte writes over loopback TCP to a reader in
+# the same process) is selected by a session; N followers run
+# `qtapctl trace follow --output json > /dev/null`. For each run: the
+# syscalls the generator made, the records qtapd decoded, kernel ring
+# losses, events each follower received and lost, whether every event of
+# the session is accounted for (each follower's received + reported queue
+# losses = the events the session had), and qtapd's CPU. After
+# the load the session is stopped: followers get what is queued for them
+# and the count of what they lost, and exit; the time that takes is the
+# drain.
+#
+# Usage: bench/pipeline.sh QTAPD QTAPCTL LOADGEN   (root)
+# Knobs: DURATION (5 s), FOLLOWERS ("1 4 16"), RATES (writes/s with one
+# follower, "50000 100000 200000 400000"), QUEUE_LEN (65536).
+# Prints a markdown section on stdout.
+set -euo pipefail
+
+qtapd=$(realpath "$1")
+qtapctl=$(realpath "$2")
+loadgen=$(realpath "$3")
+duration=${DURATION:-5}
+followers_list=${FOLLOWERS:-1 4 16}
+rates=${RATES:-50000 100000 200000 400000}
+queue_len=${QUEUE_LEN:-65536}
+work=$(mktemp -d /tmp/qtap-pipeline.XXXXXX)
+socket=$work/qtapd.sock
+ctl=("$qtapctl" --socket "$socket")
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	sleep 0.3
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+status_field() { # status_field 'records decoded' N
+	"${ctl[@]}" status | awk -v k="$1" -v n="$2" 'index($0, k) == 1 {print $n}'
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run FOLLOWERS RATE(0 = as fast as possible) -> one table row
+run() {
+	local nf=$1 rate=$2
+	"$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
+	local qpid=$!
+	pids+=("$qpid")
+	for _ in $(seq 100); do "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
+	local id
+	id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")")
+	local fpids=()
+	for i in $(seq "$nf"); do
+		"${ctl[@]}" trace follow "$id" --output json --queue-len "$queue_len" >/dev/null 2>"$work/f$i.err" &
+		fpids+=($!)
+	done
+	sleep 1
+	local rec0 ring0 cpu0 rec1 ring1 cpu1 out
+	rec0=$(status_field 'records decoded' 3)
+	ring0=$(status_field 'lost' 4)
+	cpu0=$(cpu_ticks "$qpid")
+	out=$("$loadgen" "$duration" "$rate")
+	sleep 0.5 # the last records out of the ring
+	rec1=$(status_field 'records decoded' 3)
+	ring1=$(status_field 'lost' 4)
+	local t0 drain
+	t0=$(date +%s.%N)
+	# "stopped ID: D events delivered, L lost" (summed over followers).
+	local stopped
+	stopped=$("${ctl[@]}" trace stop "$id")
+	# A follower that does not finish in a minute is stopped (and shows).
+	(trap - EXIT; sleep 60 && kill -INT "${fpids[@]}" 2>/dev/null) &
+	local watchdog=$!
+	for p in "${fpids[@]}"; do wait "$p" 2>/dev/null || true; done
+	kill "$watchdog" 2>/dev/null || true
+	drain=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+	cpu1=$(cpu_ticks "$qpid")
+	kill "$qpid"
+	wait "$qpid" 2>/dev/null || true
+	# Each follower's last line: "qtapctl: N events, M lost (Q in qtapd's
+	# queue for this follower, seq gaps G), Ts".
+	local per
+	per=$(for i in $(seq "$nf"); do
+		grep -h 'events,' "$work/f$i.err" | tail -1 | tr -d '(),' |
+			awk '{print $2, $4, $6, $15}'
+	done)
+	local writes reads secs
+	writes=$(sed 's/.*writes=\([0-9]*\).*/\1/' <<<"$out")
+	reads=$(sed 's/.*reads=\([0-9]*\).*/\1/' <<<"$out")
+	secs=$(sed 's/.*seconds=\([0-9.]*\).*/\1/' <<<"$out")
+	awk -v nf="$nf" -v rate="$rate" -v w="$writes" -v r="$reads" -v s="$secs" \
+		-v rec=$((rec1 - rec0)) -v ring=$((ring1 - ring0)) -v cpu=$((cpu1 - cpu0)) \
+		-v per="$per" -v drain="$drain" -v stopped="$stopped" 'BEGIN {
+		split(stopped, st, " "); offered = st[3] + st[6]
+		n = split(per, f, "\n"); ev = 0; lost = 0; accounted = 0; exact = "yes"
+		for (i = 1; i <= n; i++) {
+			split(f[i], x, " ")
+			ev += x[1]; lost += x[2]; accounted += x[1] + x[3]
+			# A loss followed by a later event is a gap in seq.
+			if (x[4] > x[3]) exact = "no: more seq gaps than reported losses"
+		}
+		if (accounted != offered) exact = sprintf("no: %d received + queue-lost vs %d offered", accounted, offered)
+		target = rate > 0 ? sprintf("%d/s", rate) : "max"
+		printf "| %d | %s | %.0f | %.0f | %d | %.0f | %.0f | %.1f | %s | %.0f%% |\n",
+			nf, target, (w + r) / s, rec / s, ring, ev / nf, lost / nf, drain, exact, cpu / (s + drain)
+	}'
+}
+
+echo "| followers | load | syscalls/s made | records/s decoded | kernel ring lost | events received per follower | lost per follower | drain s | every event accounted | qtapd CPU |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+for rate in $rates; do
+	echo "bench: pipeline, 1 follower, $rate writes/s" >&2
+	run 1 "$rate"
+done
+for nf in $followers_list; do
+	echo "bench: pipeline, $nf followers, max rate" >&2
+	run "$nf" 0
+done
