@@ -36,11 +36,14 @@ test: build
 	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
 	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl cargo test --release --locked -p qtap-tests -- --test-threads=1
 
-# Overhead of qtap and of strace/bpftrace on nginx under wrk; writes
-# docs/benchmarks.md. Needs root; takes a few minutes.
+# Overhead of qtap and of strace/bpftrace on nginx under wrk, the event
+# pipeline's throughput to 1/4/16 followers, and criterion micro-benchmarks
+# of the per-event hot path; writes docs/benchmarks.md. Needs root; takes
+# about ten minutes.
 bench: build
 	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) wrk strace bpftrace
-	bench/run.sh $(QTAPD) target/release/qtapctl
+	cargo build --release --locked -p qtap-tests --bin qtap-loadgen
+	bench/run.sh $(QTAPD) target/release/qtapctl target/release/qtap-loadgen
 
 lint: deps
 	cargo fmt --all --check

@@ -69,10 +69,14 @@ run() {
 	local stopped
 	stopped=$("${ctl[@]}" trace stop "$id")
 	# A follower that does not finish in a minute is stopped (and shows).
-	(trap - EXIT; sleep 60 && kill -INT "${fpids[@]}" 2>/dev/null) &
-	local watchdog=$!
-	for p in "${fpids[@]}"; do wait "$p" 2>/dev/null || true; done
-	kill "$watchdog" 2>/dev/null || true
+	local deadline=$((SECONDS + 60))
+	for p in "${fpids[@]}"; do
+		while kill -0 "$p" 2>/dev/null; do
+			((SECONDS < deadline)) || kill -INT "$p" 2>/dev/null || true
+			sleep 0.05
+		done
+		wait "$p" 2>/dev/null || true
+	done
 	drain=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 	cpu1=$(cpu_ticks "$qpid")
 	kill "$qpid"

@@ -4,12 +4,15 @@
 # printed as a markdown table and written to docs/benchmarks.md, plus the
 # event pipeline throughput of one session with one follower.
 #
-# Usage: bench/run.sh QTAPD QTAPCTL   (root; make bench builds both)
-# Knobs: ROUNDS (5), DURATION (5 s per wrk run), CONNECTIONS (32).
+# Usage: bench/run.sh QTAPD QTAPCTL LOADGEN   (root; make bench builds them)
+# Knobs: ROUNDS (5), DURATION (5 s per wrk run), CONNECTIONS (32); the
+# pipeline part's knobs are in bench/pipeline.sh (PIPELINE_DURATION sets
+# its DURATION).
 set -euo pipefail
 
 qtapd=$(realpath "$1")
 qtapctl=$(realpath "$2")
+loadgen=$(realpath "$3")
 rounds=${ROUNDS:-5}
 duration=${DURATION:-5}
 connections=${CONNECTIONS:-32}
@@ -55,9 +58,16 @@ start_qtapd() {
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# One wrk run: prints "req_per_s p50_ms p99_ms".
+# One wrk run: prints "req_per_s p50_ms p99_ms". With a rate: as many
+# connections as that needs at a 10 ms pause between a response and the
+# next request (wrk's delay(); closed-loop, the substitute for wrk2's
+# fixed-rate load, which Debian lacks).
 load() {
-	wrk -t2 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
+	local rate=${1:-0} args=(-c"$connections")
+	if ((rate > 0)); then
+		args=(-c"$((rate / 100))" -s "$work/pace.lua")
+	fi
+	wrk -t2 "${args[@]}" -d"${duration}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
 	local rps p50 p99
 	rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
 	p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.out")
@@ -68,8 +78,20 @@ to_ms() { # wrk prints 1.23ms / 456.00us / 1.10s
 	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[^m]s$/) n *= 1000; printf "%.3f", n }'
 }
 
+echo 'function delay() return 10 end' >"$work/pace.lua"
+
+# A session selecting nginx, and a JSON follower: sets follower_pid.
+follow_nginx() {
+	id=$("${ctl[@]}" trace start --filter 'mod:socket,exe.contains:nginx')
+	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >/dev/null 2>"$work/follow.err" &
+	follower_pid=$!
+	sleep 0.5
+}
+
 scenarios=(baseline idle other nginx strace)
 command -v bpftrace >/dev/null && scenarios+=(bpftrace)
+fixed_rates=(1000 10000)
+for r in "${fixed_rates[@]}"; do scenarios+=("base@$r" "qtap@$r"); done
 declare -A rps p50 p99 extra
 
 run_scenario() {
@@ -87,12 +109,21 @@ run_scenario() {
 		result=$(load)
 		stop_pid "$qtapd_pid"
 		;;
+	base@*) result=$(load "${s#*@}") ;;
+	qtap@*)
+		start_qtapd
+		follow_nginx
+		local t0
+		t0=$(($(cpu_ticks "$qtapd_pid") + $(cpu_ticks "$follower_pid")))
+		result=$(load "${s#*@}")
+		extra[$s]+="$(($(cpu_ticks "$qtapd_pid") + $(cpu_ticks "$follower_pid") - t0)) "
+		stop_pid "$follower_pid"
+		stop_pid "$qtapd_pid"
+		;;
 	nginx)
 		start_qtapd
-		id=$("${ctl[@]}" trace start --filter 'mod:socket,exe.contains:nginx')
-		"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >/dev/null 2>"$work/follow.err" &
-		aux+=($!)
-		sleep 0.5
+		follow_nginx
+		aux+=("$follower_pid")
 		local before after
 		before=$(cpu_ticks "$qtapd_pid")
 		result=$(load)
@@ -152,12 +183,29 @@ table=$(
 	echo "| scenario | req/s (median) | min–max | × baseline | p50 ms (× base) | p99 ms (× base) |"
 	echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 	for s in "${scenarios[@]}"; do
+		[[ $s == *@* ]] && continue
 		r=$(echo "${rps[$s]}" | median)
 		a=$(echo "${p50[$s]}" | median)
 		b=$(echo "${p99[$s]}" | median)
 		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" -v base="$base" \
 			-v a="$a" -v b="$b" -v ba="$base_p50" -v bb="$base_p99" \
 			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.3f (%.2f) | %.3f (%.2f) |\n", l, r, mm, r / base, a, a / ba, b, b / bb }'
+	done
+)
+
+# Fixed rates: the traced run against the untraced one at the same rate,
+# and qtapd's plus the follower's CPU as a share of one core.
+fixed=$(
+	echo "| target req/s | untraced req/s | traced req/s | p50 ms untraced → traced | p99 ms untraced → traced | qtapd + follower CPU (% of one core) |"
+	echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
+	for r in "${fixed_rates[@]}"; do
+		b="base@$r" q="qtap@$r"
+		cpu=$(echo "${extra[$q]}" | median)
+		awk -v r="$r" -v br="$(echo "${rps[$b]}" | median)" -v qr="$(echo "${rps[$q]}" | median)" \
+			-v b50="$(echo "${p50[$b]}" | median)" -v q50="$(echo "${p50[$q]}" | median)" \
+			-v b99="$(echo "${p99[$b]}" | median)" -v q99="$(echo "${p99[$q]}" | median)" \
+			-v cpu="$cpu" -v d="$duration" \
+			'BEGIN { printf "| %d | %.0f | %.0f | %.3f → %.3f | %.3f → %.3f | %.1f%% |\n", r, br, qr, b50, q50, b99, q99, cpu / d }'
 	done
 )
 
@@ -179,9 +227,26 @@ $table
 
 $cost.
 
-Not measured yet: fixed-rate load (1k and 10k req/s; needs wrk2, which Debian lacks),
-the openssl scenario (TLS is not built), the event-pipeline throughput with 1/4/16 followers,
-and criterion micro-benchmarks.
+## Fixed rate
+
+wrk with a 10 ms pause between a response and the next request on each of
+rate/100 connections (closed-loop: the substitute for wrk2, which Debian
+lacks), untraced and traced (scenario 4's session and follower) in the
+same rounds; medians over $rounds rounds.
+
+$fixed
+
+## Event pipeline
+
+$(DURATION=${PIPELINE_DURATION:-5} "$(dirname "$0")/pipeline.sh" "$qtapd" "$qtapctl" "$loadgen")
+
+Reproduce: \`sudo make bench\`. qtap-loadgen (tests/src/bin) makes 64-byte
+writes over loopback TCP to a reader in the same process, at a fixed rate or
+as fast as it can; it shares the two cores with qtapd and the followers.
+"Every event accounted": each follower's events received plus the queue
+losses qtapd reported to it equal the events the session offered it.
+
+Not measured yet: the openssl scenario (nginx serving HTTPS under load).
 MD
 )
 echo "$report"

@@ -3,7 +3,8 @@
 //! `conn_info`, which socket events always carry (null for a file or pipe).
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use serde_json::{json, Map, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
 use crate::v1::{ConnInfo, Event};
 
@@ -16,68 +17,162 @@ pub fn is_socket_event(event: &Event) -> bool {
         .any(|prefix| event.msg.starts_with(prefix))
 }
 
+/// The JSON object of an event, borrowed from it. Fields are in
+/// alphabetical order, the order of the object's keys; `None` fields are
+/// left out.
+#[derive(Serialize)]
+struct Fields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_protocol: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<i64>,
+    caller: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child_pid: Option<u32>,
+    comm: &'a str,
+    #[serde(skip_serializing_if = "ConnField::is_absent")]
+    conn_info: ConnField<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    exe: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filename: Option<&'a str>,
+    msg: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open: Option<bool>,
+    #[serde(skip_serializing_if = "<[u8]>::is_empty", serialize_with = "base64")]
+    payload: &'a [u8],
+    /// Only `true` is shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peek: Option<bool>,
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret: Option<i64>,
+    /// With `session` only: events printed by `--bpf-trace` have neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssl: Option<bool>,
+    tid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_version: Option<&'a str>,
+    ts: &'a str,
+}
+
+/// `conn_info` is absent from events that are not about an fd, and `null`
+/// for an fd that is not a network socket.
+enum ConnField<'a> {
+    Absent,
+    Null,
+    Conn(Conn<'a>),
+}
+
+impl ConnField<'_> {
+    fn is_absent(&self) -> bool {
+        matches!(self, ConnField::Absent)
+    }
+}
+
+impl Serialize for ConnField<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ConnField::Conn(conn) => conn.serialize(s),
+            ConnField::Absent | ConnField::Null => s.serialize_none(),
+        }
+    }
+}
+
+/// `conn_info`, keys in alphabetical order.
+#[derive(Serialize)]
+struct Conn<'a> {
+    family: &'a str,
+    local: Option<&'a str>,
+    remote: Option<&'a str>,
+    role: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+fn base64<S: Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&STANDARD.encode(bytes))
+}
+
+impl<'a> Fields<'a> {
+    fn of(e: &'a Event) -> Fields<'a> {
+        let session = (!e.session.is_empty()).then_some(e.session.as_str());
+        Fields {
+            app_protocol: e.app_protocol.as_deref(),
+            bytes: e.bytes,
+            caller: &e.caller,
+            child_pid: e.child_pid,
+            comm: &e.comm,
+            conn_info: match (is_socket_event(e), &e.conn_info) {
+                (false, _) => ConnField::Absent,
+                (true, None) => ConnField::Null,
+                (true, Some(c)) => ConnField::Conn(Conn::of(c)),
+            },
+            direction: e.direction,
+            error: e.error.as_deref(),
+            exe: &e.exe,
+            fd: e.fd,
+            filename: e.filename.as_deref(),
+            msg: &e.msg,
+            new_fd: e.new_fd,
+            open: e.open,
+            payload: &e.payload,
+            peek: e.peek.then_some(true),
+            pid: e.pid,
+            protocol: e.protocol.as_deref(),
+            ret: e.ret,
+            seq: session.map(|_| e.seq),
+            session,
+            ssl: e.ssl,
+            tid: e.tid,
+            tls_version: e.tls_version.as_deref(),
+            ts: &e.ts,
+        }
+    }
+}
+
+impl<'a> Conn<'a> {
+    fn of(c: &'a ConnInfo) -> Conn<'a> {
+        Conn {
+            family: &c.family,
+            local: c.local.as_deref(),
+            remote: c.remote.as_deref(),
+            role: &c.role,
+            kind: &c.r#type,
+        }
+    }
+}
+
 /// `conn_info` as JSON.
 #[must_use]
 pub fn conn_info(conn: &ConnInfo) -> Value {
-    json!({
-        "family": conn.family,
-        "type": conn.r#type,
-        "role": conn.role,
-        "local": conn.local,
-        "remote": conn.remote,
-    })
+    serde_json::to_value(Conn::of(conn)).unwrap_or(Value::Null)
 }
 
 /// The event as one JSON object.
 #[must_use]
 pub fn event(e: &Event) -> Value {
-    let mut m = Map::new();
-    m.insert("ts".into(), e.ts.clone().into());
-    m.insert("msg".into(), e.msg.clone().into());
-    m.insert("caller".into(), e.caller.clone().into());
-    m.insert("pid".into(), e.pid.into());
-    m.insert("tid".into(), e.tid.into());
-    m.insert("exe".into(), e.exe.clone().into());
-    m.insert("comm".into(), e.comm.clone().into());
-    let mut opt = |key: &str, value: Option<Value>| {
-        if let Some(v) = value {
-            m.insert(key.into(), v);
-        }
-    };
-    opt("fd", e.fd.map(Value::from));
-    opt("new_fd", e.new_fd.map(Value::from));
-    opt("direction", e.direction.map(Value::from));
-    opt("bytes", e.bytes.map(Value::from));
-    opt("ret", e.ret.map(Value::from));
-    opt("error", e.error.clone().map(Value::from));
-    opt("peek", e.peek.then_some(Value::Bool(true)));
-    opt("ssl", e.ssl.map(Value::from));
-    opt("protocol", e.protocol.clone().map(Value::from));
-    opt("tls_version", e.tls_version.clone().map(Value::from));
-    opt("app_protocol", e.app_protocol.clone().map(Value::from));
-    opt("open", e.open.map(Value::from));
-    if is_socket_event(e) {
-        m.insert(
-            "conn_info".into(),
-            e.conn_info.as_ref().map_or(Value::Null, conn_info),
-        );
-    }
-    let mut opt = |key: &str, value: Option<Value>| {
-        if let Some(v) = value {
-            m.insert(key.into(), v);
-        }
-    };
-    opt(
-        "payload",
-        (!e.payload.is_empty()).then(|| STANDARD.encode(&e.payload).into()),
-    );
-    opt("filename", e.filename.clone().map(Value::from));
-    opt("child_pid", e.child_pid.map(Value::from));
-    if !e.session.is_empty() {
-        m.insert("session".into(), e.session.clone().into());
-        m.insert("seq".into(), e.seq.into());
-    }
-    Value::Object(m)
+    serde_json::to_value(Fields::of(e)).unwrap_or(Value::Null)
+}
+
+/// Writes the event as one line of JSON (the object of [`event`]), without
+/// building it first.
+pub fn write_line(out: &mut impl std::io::Write, e: &Event) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, &Fields::of(e))?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -159,5 +254,17 @@ mod tests {
             (v["session"].as_str(), v["seq"].as_u64()),
             (Some("s1"), Some(7))
         );
+    }
+
+    #[test]
+    fn the_line_is_the_object() {
+        let mut e = writev();
+        e.payload = b"GET /".to_vec();
+        e.peek = true;
+        e.session = "s2".into();
+        let mut line = Vec::new();
+        write_line(&mut line, &e).unwrap();
+        assert_eq!(String::from_utf8(line).unwrap(), format!("{}\n", event(&e)));
+        assert_eq!(event(&e)["payload"], "R0VUIC8=");
     }
 }

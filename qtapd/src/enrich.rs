@@ -13,7 +13,7 @@ use qtap_common::{
 
 use crate::{
     events::{
-        addr_text, base, call_name, derived::Notes, errno_name, family_name, is_data_call,
+        addr_text, base, call_labels, derived::Notes, errno_name, family_name, is_data_call,
         role_name, type_name, Clock, ConnInfo, Event,
     },
     procfs::{self, FdTarget},
@@ -34,6 +34,10 @@ pub struct Enricher {
     locals: HashMap<(u32, i32), Option<String>>,
     /// fds with a kernel `CONNS` entry, per process, to purge at exit.
     kernel_fds: HashMap<u32, HashSet<u32>>,
+    /// `conn_info` made from the kernel's `Conn` of an fd, reused while
+    /// the kernel reports the same `Conn` (formatting addresses per event
+    /// was a large part of qtapd's cost).
+    kernel_conns: HashMap<(u32, i32), (Conn, ConnInfo)>,
     streams: Streams,
 }
 
@@ -53,13 +57,13 @@ impl Enricher {
 
     pub fn syscall(&mut self, rec: &SyscallRecord) -> (Event, Notes) {
         let hdr = &rec.hdr;
-        let name = call_name(rec.call);
+        let labels = call_labels(rec.call);
         let exe = self.exe(hdr.pid);
         let mut event = base(
             &self.clock,
             hdr,
-            format!("syscall/{name}"),
-            format!("tracepoint/syscalls/sys_exit_{name}"),
+            labels.msg.into(),
+            labels.caller.into(),
             exe,
         );
         event.fd = Some(rec.fd);
@@ -153,6 +157,7 @@ impl Enricher {
         match rec.call {
             call::CLOSE => {
                 self.streams.reset(pid, rec.fd);
+                self.kernel_conns.remove(&(pid, rec.fd));
                 self.resolved.remove(&(pid, rec.fd));
                 self.locals.remove(&(pid, rec.fd));
                 if let Some(fds) = self.kernel_fds.get_mut(&pid) {
@@ -184,10 +189,18 @@ impl Enricher {
     fn conn(&mut self, rec: &SyscallRecord) -> Option<ConnInfo> {
         let pid = rec.hdr.pid;
         if rec.flags & flag::CONN_KNOWN != 0 {
+            let accepted = rec.new_fd >= 0;
+            let key = (pid, if accepted { rec.new_fd } else { rec.fd });
+            if let Some((conn, info)) = self.kernel_conns.get(&key) {
+                if *conn == rec.conn && !accepted {
+                    return Some(info.clone());
+                }
+            }
             let mut info = kernel_conn(&rec.conn);
             if info.local.is_none() && info.family.starts_with("inet") {
                 info.local = self.local_of(rec);
             }
+            self.kernel_conns.insert(key, (rec.conn, info.clone()));
             return Some(info);
         }
         self.resolve(pid, rec.fd)
@@ -277,6 +290,7 @@ impl Enricher {
     /// Drops what is cached about `pid`'s fds.
     fn forget(&mut self, pid: u32) -> Vec<u32> {
         self.streams.forget(pid);
+        self.kernel_conns.retain(|(p, _), _| *p != pid);
         self.resolved.retain(|(p, _), _| *p != pid);
         self.locals.retain(|(p, _), _| *p != pid);
         self.kernel_fds

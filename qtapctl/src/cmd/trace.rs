@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use qtap_proto::v1::{
-    follow_item::Item, follow_trace_request::Target, Event, FollowTraceRequest,
-    ListTracesRequest, LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
+    follow_item::Item, follow_trace_request::Target, Event, FollowTraceRequest, ListTracesRequest,
+    LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
 };
 
 use crate::{client, render, View};

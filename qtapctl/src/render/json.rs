@@ -19,7 +19,7 @@ impl<W: Write> Json<W> {
 
 impl<W: Write> Render for Json<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        writeln!(self.out, "{}", json::event(event))
+        json::write_line(&mut self.out, event)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -132,8 +132,19 @@ impl Session {
         // The kernel captured what the most demanding session asked for.
         event.payload.truncate(self.spec.capture_bytes as usize);
         let (mut delivered, mut lost) = (0, 0);
-        self.followers
-            .retain_mut(|f| match f.offer(Item::Event(event.clone())) {
+        // Every follower but the last gets a copy; the last gets the event.
+        let final_index = self.followers.len().saturating_sub(1);
+        let mut event = Some(event);
+        let mut index = 0;
+        self.followers.retain_mut(|f| {
+            let copy = if index == final_index {
+                event.take()
+            } else {
+                event.clone()
+            };
+            index += 1;
+            let Some(copy) = copy else { return true };
+            match f.offer(Item::Event(copy)) {
                 Offer::Sent => {
                     delivered += 1;
                     true
@@ -144,7 +155,8 @@ impl Session {
                     true
                 }
                 Offer::Gone => false,
-            });
+            }
+        });
         self.delivered += delivered;
         self.lost += lost;
         self.note_idle();

@@ -31,9 +31,12 @@ fn port_of(addr: Option<&str>) -> Option<u16> {
 }
 
 /// Converts kernel monotonic timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Clock {
     boot: SystemTime,
+    /// The last second formatted, `2026-11-27T06:42:40.`: events come in
+    /// time order, so most reuse it.
+    second: std::cell::RefCell<(u64, String)>,
 }
 
 impl Clock {
@@ -49,6 +52,7 @@ impl Clock {
         let since_boot = Duration::new(mono.tv_sec as u64, mono.tv_nsec as u32);
         Clock {
             boot: SystemTime::now() - since_boot,
+            second: std::cell::RefCell::new((u64::MAX, String::new())),
         }
     }
 
@@ -57,9 +61,26 @@ impl Clock {
         self.boot + Duration::from_nanos(ts_ns)
     }
 
+    /// RFC 3339 with nanoseconds, UTC.
     #[must_use]
     pub fn rfc3339(&self, ts_ns: u64) -> String {
-        humantime::format_rfc3339_nanos(self.at(ts_ns)).to_string()
+        use std::fmt::Write;
+        let since_epoch = self
+            .at(ts_ns)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, nanos) = (since_epoch.as_secs(), since_epoch.subsec_nanos());
+        let mut second = self.second.borrow_mut();
+        if second.0 != secs {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            second.1 = format!("{}.", text.trim_end_matches('Z'));
+            second.0 = secs;
+        }
+        let mut out = String::with_capacity(second.1.len() + 10);
+        out.push_str(&second.1);
+        let _ = write!(out, "{nanos:09}Z");
+        out
     }
 }
 
@@ -69,29 +90,56 @@ impl Default for Clock {
     }
 }
 
-/// The syscall name of a `qtap_common::call` number.
+/// How a syscall's events are labelled: `msg` and `caller`, made once at
+/// compile time rather than formatted per event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallLabels {
+    pub name: &'static str,
+    /// `syscall/<name>`.
+    pub msg: &'static str,
+    /// `tracepoint/syscalls/sys_exit_<name>`.
+    pub caller: &'static str,
+}
+
+macro_rules! call_labels {
+    ($c:expr, $($call:ident => $name:literal),* $(,)?) => {
+        match $c {
+            $(call::$call => CallLabels {
+                name: $name,
+                msg: concat!("syscall/", $name),
+                caller: concat!("tracepoint/syscalls/sys_exit_", $name),
+            },)*
+            _ => CallLabels {
+                name: "unknown",
+                msg: "syscall/unknown",
+                caller: "tracepoint/syscalls/unknown",
+            },
+        }
+    };
+}
+
+/// The labels of a `qtap_common::call` number.
 #[must_use]
-pub fn call_name(c: u16) -> &'static str {
-    match c {
-        call::SOCKET => "socket",
-        call::ACCEPT => "accept",
-        call::ACCEPT4 => "accept4",
-        call::CONNECT => "connect",
-        call::READ => "read",
-        call::WRITE => "write",
-        call::READV => "readv",
-        call::WRITEV => "writev",
-        call::SENDTO => "sendto",
-        call::RECVFROM => "recvfrom",
-        call::SENDMSG => "sendmsg",
-        call::RECVMSG => "recvmsg",
-        call::SENDMMSG => "sendmmsg",
-        call::RECVMMSG => "recvmmsg",
-        call::SENDFILE => "sendfile64",
-        call::CLOSE => "close",
-        call::BIND => "bind",
-        _ => "unknown",
-    }
+pub fn call_labels(c: u16) -> CallLabels {
+    call_labels!(c,
+        SOCKET => "socket",
+        ACCEPT => "accept",
+        ACCEPT4 => "accept4",
+        CONNECT => "connect",
+        READ => "read",
+        WRITE => "write",
+        READV => "readv",
+        WRITEV => "writev",
+        SENDTO => "sendto",
+        RECVFROM => "recvfrom",
+        SENDMSG => "sendmsg",
+        RECVMSG => "recvmsg",
+        SENDMMSG => "sendmmsg",
+        RECVMMSG => "recvmmsg",
+        SENDFILE => "sendfile64",
+        CLOSE => "close",
+        BIND => "bind",
+    )
 }
 
 /// Whether `c` moves bytes (and so has `bytes` and `direction`).
@@ -205,7 +253,10 @@ mod tests {
     fn names() {
         assert_eq!(errno_name(-11).as_deref(), Some("EAGAIN"));
         assert_eq!(errno_name(5), None);
-        assert_eq!(call_name(call::WRITEV), "writev");
+        let writev = call_labels(call::WRITEV);
+        assert_eq!(writev.name, "writev");
+        assert_eq!(writev.msg, "syscall/writev");
+        assert_eq!(writev.caller, "tracepoint/syscalls/sys_exit_writev");
         assert!(is_data_call(call::SENDFILE));
         assert!(!is_data_call(call::ACCEPT4));
         assert_eq!(type_name(family::INET, 1), "tcp");
@@ -239,5 +290,12 @@ mod tests {
             Duration::from_micros(1)
         );
         assert!(clock.rfc3339(0).ends_with('Z'));
+        // The cached second and humantime agree, across a second boundary.
+        for ts in [999_999_999, 1_000_000_000, 1_000_000_001, 5_123_456_789] {
+            assert_eq!(
+                clock.rfc3339(ts),
+                humantime::format_rfc3339_nanos(clock.at(ts)).to_string()
+            );
+        }
     }
 }

@@ -107,10 +107,7 @@ mod tests {
         .unwrap();
         tx.send(event(4)).await.unwrap();
         drop(tx);
-        let items: Vec<Item> = Batches::new(rx)
-            .map(|i| i.item.unwrap())
-            .collect()
-            .await;
+        let items: Vec<Item> = Batches::new(rx).map(|i| i.item.unwrap()).collect().await;
         let seqs = |i: &Item| match i {
             Item::Batch(b) => b.events.iter().map(|e| e.seq).collect(),
             _ => vec![],

@@ -43,7 +43,7 @@ fn main() {
     while Instant::now() < end {
         if rate > 0 {
             // Writes due by now; sleep a millisecond when ahead.
-            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            let due = start.elapsed().as_micros() as u64 * rate / 1_000_000;
             if writes >= due {
                 thread::sleep(Duration::from_millis(1));
                 continue;
