@@ -214,6 +214,20 @@ cost=$(echo "${extra[nginx]}" | tr ';' '\n' | grep -v '^$' | awk '
 	{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
 	END { printf "qtapd in scenario 4 (sum over %d rounds): %d kernel records decoded, %.2f ms CPU (user+sys) per 1k records, peak RSS %d KiB (last round), follower lost %d", n, v["records"], v["cpu_ticks"] * 10 / (v["records"] / 1000), v["peak_rss_kib"] / n, v["lost"] }')
 
+# Criterion micro-benchmarks of the per-event hot path (qtapd/benches,
+# qtapctl/benches): one row per benchmark, the median estimate.
+echo "bench: criterion micro-benchmarks" >&2
+micro=$(
+	echo "| per event | median time | events/s on one core |"
+	echo "| --- | ---: | ---: |"
+	(cd "$(dirname "$0")/.." && cargo bench --locked -p qtapd -p qtapctl \
+		--bench hot_path --bench render -- --warm-up-time 1 --measurement-time 3 2>/dev/null) |
+		awk '/^per event\// { sub(/^per event\//, ""); name = $0; sub(/ +time:.*/, "", name); taken = 0 }
+			/time:/ && !taken { taken = 1; sub(/.*time: +\[/, ""); split($0, t, " "); v = t[3]; u = t[4]
+				ns = v * (u == "µs" ? 1000 : u == "ms" ? 1e6 : 1)
+				printf "| %s | %s %s | %.0f |\n", name, v, u, 1e9 / ns }'
+)
+
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r), nginx $(/usr/sbin/nginx -v 2>&1 | sed 's/.*\///')"
 report=$(
 	cat <<MD
@@ -235,6 +249,10 @@ lacks), untraced and traced (scenario 4's session and follower) in the
 same rounds; medians over $rounds rounds.
 
 $fixed
+
+## Per-event costs (criterion)
+
+$micro
 
 ## Event pipeline
 

@@ -5,12 +5,12 @@
 
 mod client;
 mod cmd;
-mod render;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use qtap_proto::v1::TraceOptions;
+use qtapctl::render::{GroupBy, Output};
 
 /// Start, follow, stop and list qtapd trace sessions.
 ///
@@ -132,18 +132,6 @@ pub struct View {
     /// Items qtapd may queue for this follower before it counts losses.
     #[arg(long, default_value_t = 0)]
     queue_len: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum GroupBy {
-    /// One flow per process and file descriptor.
-    Fd,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Console,
-    Json,
 }
 
 fn main() -> ExitCode {

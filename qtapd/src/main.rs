@@ -1,27 +1,14 @@
 //! qtapd: the qtap daemon. Parses flags, validates the filter before
 //! anything is loaded, sets up logging, and runs until SIGINT/SIGTERM.
 
-mod daemon;
-mod ebpf;
-mod engine;
-mod enrich;
-mod events;
-mod filter;
-mod grpc;
-mod procfs;
-mod protocol;
-mod streams;
-mod tracefs;
-mod tracelog;
-
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, level_filters::LevelFilter};
 
-use crate::{
-    daemon::{ServeConfig, TcpConfig},
+use qtapd::{
+    daemon::{self, ServeConfig, TcpConfig},
     filter::Filter,
     tracelog::{Encoding, TraceLog},
 };

@@ -7,7 +7,9 @@ use qtap_proto::v1::{
     LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
 };
 
-use crate::{client, render, View};
+use qtapctl::render;
+
+use crate::{client, View};
 
 pub async fn start(
     conn: &client::Connection,

@@ -15,6 +15,7 @@ pub struct Console<W: Write> {
 }
 
 impl Console<io::BufWriter<io::Stdout>> {
+    #[must_use]
     pub fn stdout() -> Console<io::BufWriter<io::Stdout>> {
         let colour = io::stdout().is_terminal();
         Console {
@@ -32,7 +33,7 @@ const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
 impl<W: Write> Console<W> {
-    #[cfg(test)]
+    /// Plain lines (no colour, no header) into `out`.
     pub fn plain(out: W) -> Console<W> {
         Console {
             out,
@@ -134,6 +135,7 @@ pub mod tests {
     use super::*;
 
     /// A curl request as qtapd reports it, hand-built.
+    #[must_use]
     pub fn sample() -> Vec<Event> {
         let base = Event {
             ts: "2026-11-27T06:42:40.145840716Z".into(),

@@ -8,7 +8,21 @@ use std::io;
 
 use qtap_proto::v1::Event;
 
-use crate::{GroupBy, Output};
+use clap::ValueEnum;
+
+/// `--output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Console,
+    Json,
+}
+
+/// `--group-by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    /// One flow per process and file descriptor.
+    Fd,
+}
 
 /// One way of showing events. Output is buffered: `flush` after each
 /// message from qtapd, so a batch costs one write, a lone event shows at once.
@@ -93,6 +107,7 @@ fn arrow(direction: Option<u32>) -> &'static str {
 }
 
 /// The renderer for `--output` and `--group-by`.
+#[must_use]
 pub fn new(output: Output, group_by: Option<GroupBy>) -> Box<dyn Render> {
     if group_by == Some(GroupBy::Fd) {
         return Box::new(flows::Flows::new(stdout()));

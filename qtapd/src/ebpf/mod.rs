@@ -64,10 +64,6 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
 
 /// Counters the kernel keeps (`qtap_common::stat`), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[expect(
-    clippy::struct_field_names,
-    reason = "each field counts a table that was full"
-)]
 pub struct KernelStats {
     pub ring_full: u64,
     pub pending_full: u64,

@@ -250,12 +250,18 @@ impl Hub {
         self.sessions.len()
     }
 
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
     /// The filters in force, by slot, for the kernel compiler.
     pub fn filters(&self) -> impl Iterator<Item = (usize, &Filter)> {
         self.sessions.values().map(|s| (s.slot, &s.spec.filter))
     }
 
     /// The session in `slot`.
+    #[must_use]
     pub fn by_slot(&self, slot: usize) -> Option<&Session> {
         self.sessions.values().find(|s| s.slot == slot)
     }

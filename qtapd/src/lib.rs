@@ -1,0 +1,15 @@
+//! qtapd's modules, as a library so that the binary (`main.rs`: flags,
+//! logging, the runtime) and the micro-benchmarks (`benches/`) share them.
+
+pub mod daemon;
+pub mod ebpf;
+pub mod engine;
+pub mod enrich;
+pub mod events;
+pub mod filter;
+pub mod grpc;
+pub mod procfs;
+pub mod protocol;
+pub mod streams;
+pub mod tracefs;
+pub mod tracelog;
