@@ -545,4 +545,79 @@ mod tests {
         drop(rx);
         assert_eq!(hub.expire(Instant::now()).len(), 1);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            /// The engine delivers this many events.
+            Deliver(u8),
+            /// The follower reads this many items.
+            Read(u8),
+            /// A heartbeat tick.
+            Heartbeat,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (1u8..40).prop_map(Step::Deliver),
+                (0u8..40).prop_map(Step::Read),
+                Just(Step::Heartbeat),
+            ]
+        }
+
+        fn count(item: &Item, received: &mut u64, lost: &mut u64) {
+            match item {
+                Item::Event(_) => *received += 1,
+                Item::Lost(l) => *lost += l.count,
+                Item::Heartbeat(_) | Item::Batch(_) => {}
+            }
+        }
+
+        proptest! {
+            /// For any follower speed and queue size: events received plus
+            /// losses reported equal the events offered, once the session
+            /// has stopped and the follower has read to the end.
+            #[test]
+            fn delivered_plus_reported_lost_is_offered(
+                queue in 1usize..16,
+                steps in prop::collection::vec(step(), 1..60),
+            ) {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let (received, lost, offered) = runtime.block_on(async {
+                    let mut hub = Hub::default();
+                    let id = hub.create(spec("pid:1")).unwrap().id.clone();
+                    let slot = hub.get(&id).unwrap().slot;
+                    let mut rx = hub.follow(&id, queue).unwrap();
+                    let (mut received, mut lost, mut offered) = (0, 0, 0u64);
+                    for step in steps {
+                        match step {
+                            Step::Deliver(n) => {
+                                for _ in 0..n {
+                                    hub.deliver(1 << slot, &event(1), |_| true);
+                                    offered += 1;
+                                }
+                            }
+                            Step::Read(n) => {
+                                for _ in 0..n {
+                                    let Ok(item) = rx.try_recv() else { break };
+                                    count(&item.item.unwrap(), &mut received, &mut lost);
+                                }
+                            }
+                            Step::Heartbeat => hub.heartbeat(),
+                        }
+                    }
+                    drop(hub.remove(&id).unwrap());
+                    while let Some(item) = rx.recv().await {
+                        count(&item.item.unwrap(), &mut received, &mut lost);
+                    }
+                    (received, lost, offered)
+                });
+                prop_assert_eq!(received + lost, offered);
+            }
+        }
+    }
 }

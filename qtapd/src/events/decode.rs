@@ -151,4 +151,17 @@ mod tests {
         bytes.extend(bytes_of(&syscall()));
         assert_eq!(decode(&bytes[1..]), Ok(Record::Syscall(syscall(), &[])));
     }
+
+    proptest::proptest! {
+        /// Any bytes decode to a record or an error, never a panic; a
+        /// valid header with any tail decodes as long as the kind's layout
+        /// fits.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = decode(&bytes);
+            let mut framed = bytes_of(&syscall());
+            framed.truncate(bytes.len().min(framed.len()));
+            let _ = decode(&framed);
+        }
+    }
 }

@@ -529,4 +529,35 @@ mod tests {
         assert!(matches!(err(&long), FilterError::TooLong { .. }));
         assert!(matches!(err("exe:a\u{7}b"), FilterError::Control { .. }));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::{Filter, KEYS};
+
+        /// A term of any key with a value drawn from letters, digits,
+        /// paths, spaces, colons, non-ASCII and numbers of every size.
+        fn term() -> impl Strategy<Value = String> {
+            let value = prop_oneof!["[a-zA-Z0-9/._ :-]{0,40}", "[0-9]{1,12}", "\\PC{0,8}",];
+            (prop::sample::select(KEYS), value).prop_map(|(k, v)| format!("{k}:{v}"))
+        }
+
+        proptest! {
+            /// Whatever parses, prints in a form that parses to the same filter.
+            #[test]
+            fn display_round_trips(terms in prop::collection::vec(term(), 1..6)) {
+                let text = terms.join(",");
+                if let Ok(filter) = Filter::parse(&text) {
+                    let shown = filter.to_string();
+                    prop_assert_eq!(Filter::parse(&shown), Ok(filter), "{} -> {}", text, shown);
+                }
+            }
+
+            /// Any input gets an answer, never a panic.
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+                let _ = Filter::parse(&text);
+            }
+        }
+    }
 }
