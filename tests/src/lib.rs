@@ -262,6 +262,20 @@ impl Service {
         std::fs::create_dir_all(&dir)?;
         // Other users must reach the socket inside (its own mode decides).
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Service::spawn(dir, netns, extra)
+    }
+
+    /// A new qtapd on the socket of this one, which must have exited
+    /// (killed, say): the new daemon replaces what the old one left.
+    pub fn restart(mut self, extra: &[&str]) -> Result<Service> {
+        self.child.wait()?;
+        // The directory (and the socket file in it) goes to the new daemon.
+        let dir = std::mem::take(&mut self.dir);
+        drop(self);
+        Service::spawn(dir, None, extra)
+    }
+
+    fn spawn(dir: PathBuf, netns: Option<&str>, extra: &[&str]) -> Result<Service> {
         let socket = dir.join("qtapd.sock");
         let mut command = match netns {
             Some(ns) => {

@@ -1,0 +1,324 @@
+//! Faults and awkward processes, end to end: a daemon killed under load,
+//! fd numbers reused for a file and then another socket, non-blocking
+//! reads that fail, vectors with empty entries, several threads on one fd,
+//! and an executable whose path has spaces and bytes that are not UTF-8.
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::ffi::OsStrExt,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use qtap_tests::{privileged, serve_once, syscall, Daemon, Follower, Service};
+use serde_json::Value;
+
+/// Programs of qtap's kernel object loaded now (by name: the tracepoints
+/// and OpenSSL symbols they attach to; the kernel keeps 15 bytes).
+fn qtap_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str().is_some_and(|n| {
+                ["sys_enter_", "sys_exit_", "sched_process_", "SSL_"]
+                    .iter()
+                    .any(|prefix| n.starts_with(prefix))
+            })
+        })
+        .count()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `kill -9` under load: the kernel drops every program and link with the
+/// daemon's fds, a new daemon takes the socket over, and a session works
+/// at once.
+#[test]
+fn killed_daemon_leaves_nothing_attached_and_restarts() {
+    if !privileged() {
+        return;
+    }
+    assert_eq!(qtap_programs(), 0, "qtap programs loaded before the test");
+    let service = Service::start(&[]).unwrap();
+    let started = service.ctl(&[
+        "trace",
+        "start",
+        "--filter",
+        "mod:socket,mod:openssl,exe.contains:curl",
+    ]);
+    assert!(started.status.success());
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let follower =
+        Follower::spawn(service.ctl_command(None, &["trace", "follow", &id, "--output", "json"]))
+            .unwrap();
+    let loaded = qtap_programs();
+    assert!(loaded >= 37, "only {loaded} qtap programs loaded");
+    // Load: curl requests while the daemon dies.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        for _ in 0..20 {
+            serve_once(&listener);
+        }
+    });
+    for i in 0..20 {
+        if i == 10 {
+            service.kill();
+        }
+        let _ = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/{i}"),
+            ])
+            .status();
+    }
+    server.join().unwrap();
+    wait_for("the kernel to drop qtap's programs", || {
+        qtap_programs() == 0
+    });
+    drop(follower);
+
+    let service = service.restart(&[]).unwrap();
+    let status = service.ctl(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("sessions            0"), "{text}");
+    let again = service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]);
+    assert!(again.status.success(), "{again:?}");
+    service.stop().unwrap();
+    wait_for("a clean stop to drop qtap's programs", || {
+        qtap_programs() == 0
+    });
+}
+
+/// Runs a python script under a `--bpf-trace` daemon selecting python;
+/// returns the script's stdout and the events of its process.
+fn traced_python(script: &str, args: &[String]) -> (String, Vec<Value>) {
+    let daemon = Daemon::start("mod:socket,exe.contains:python3").unwrap();
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let events = daemon.stop().unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout).into_owned();
+    // The script prints its pid first.
+    let pid: u64 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let mine = events
+        .into_iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid))
+        .collect();
+    (stdout, mine)
+}
+
+fn on_fd<'a>(events: &'a [Value], fd: i64, call: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["fd"].as_i64() == Some(fd) && syscall(e) == Some(call))
+        .collect()
+}
+
+/// An fd number used by a socket, then a file, then another socket: each
+/// event describes what the fd was at the time, never what it had been.
+#[test]
+fn reused_fd_numbers_carry_nothing_over() {
+    if !privileged() {
+        return;
+    }
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = [
+        first.local_addr().unwrap().port(),
+        second.local_addr().unwrap().port(),
+    ];
+    let servers = [first, second].map(|l| thread::spawn(move || l.accept().map(|_| ())));
+    let file = std::env::temp_dir().join(format!("qtap-reuse-{}", std::process::id()));
+    let script = r"
+import os, socket, sys
+print(os.getpid())
+a = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+fd = a.fileno()
+a.sendall(b'first')
+a.close()
+f = open(sys.argv[3], 'w')
+f.write('a line for the file\n')
+f.flush()
+print(fd, f.fileno())
+f.close()
+b = socket.create_connection(('127.0.0.1', int(sys.argv[2])))
+b.sendall(b'second')
+print(b.fileno())
+b.close()
+";
+    let args = [
+        ports[0].to_string(),
+        ports[1].to_string(),
+        file.display().to_string(),
+    ];
+    let (out, events) = traced_python(script, &args);
+    let _ = fs::remove_file(&file);
+    for s in servers {
+        let _ = s.join();
+    }
+    let fds: Vec<i64> = out
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(
+        fds[0], fds[1],
+        "the file must take the socket's number: {out}"
+    );
+    assert_eq!(
+        fds[0], fds[2],
+        "the second socket must take it again: {out}"
+    );
+    let fd = fds[0];
+    let sends = on_fd(&events, fd, "sendto");
+    assert_eq!(sends.len(), 2, "{events:#?}");
+    assert_eq!(
+        sends[0]["conn_info"]["remote"],
+        format!("127.0.0.1:{}", ports[0])
+    );
+    assert_eq!(
+        sends[1]["conn_info"]["remote"],
+        format!("127.0.0.1:{}", ports[1])
+    );
+    let write = on_fd(&events, fd, "write");
+    assert_eq!(write.len(), 1, "{events:#?}");
+    assert!(write[0]["conn_info"].is_null(), "{}", write[0]);
+    assert_eq!(write[0]["open"], false);
+    assert_eq!(write[0]["protocol"], "unknown");
+}
+
+/// Non-blocking reads that fail are errors (`bytes` is -errno), vectors
+/// with empty entries count every byte, and threads sharing an fd are each
+/// seen with their own tid.
+#[test]
+fn eagain_vectors_and_threads() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut sink).unwrap();
+        sink.len()
+    });
+    let script = r"
+import os, socket, sys, threading
+print(os.getpid())
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+s.setblocking(False)
+try:
+    s.recv(100)
+except BlockingIOError:
+    pass
+s.setblocking(True)
+parts = [b'', b'ab', b''] + [b'x'] * 100 + [b'', b'cde']
+print(s.fileno(), os.writev(s.fileno(), parts))
+def send():
+    for _ in range(50):
+        s.sendall(b'0123456789')
+threads = [threading.Thread(target=send) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+s.close()
+";
+    let (out, events) = traced_python(script, &[port.to_string()]);
+    let received = server.join().unwrap();
+    let fields: Vec<i64> = out
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let (fd, written) = (fields[0], fields[1]);
+    assert_eq!(written, 105);
+
+    let failed = on_fd(&events, fd, "recvfrom");
+    let eagain = failed
+        .iter()
+        .find(|e| e["error"] == "EAGAIN")
+        .unwrap_or_else(|| panic!("no EAGAIN recvfrom on fd {fd}: {events:#?}"));
+    assert_eq!(eagain["bytes"], -11);
+
+    let writev = on_fd(&events, fd, "writev");
+    assert_eq!(writev.len(), 1, "{events:#?}");
+    assert_eq!(writev[0]["bytes"], 105);
+
+    let sends = on_fd(&events, fd, "sendto");
+    let sent: i64 = sends.iter().filter_map(|e| e["bytes"].as_i64()).sum();
+    assert_eq!(sent, 4 * 50 * 10);
+    let tids: std::collections::HashSet<u64> =
+        sends.iter().filter_map(|e| e["tid"].as_u64()).collect();
+    assert_eq!(tids.len(), 4, "four threads, four tids");
+    assert_eq!(received as i64, 105 + sent);
+}
+
+/// An executable whose path has a space and a byte that is not UTF-8 is
+/// selected at exec by a filter on its directory, and shown with the byte
+/// replaced.
+#[test]
+fn exec_of_an_awkward_path() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("qtap dir {}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let mut name = b"cu\xffrl".to_vec();
+    name.splice(
+        0..0,
+        dir.as_os_str().as_bytes().iter().copied().chain(*b"/"),
+    );
+    let exe = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&name));
+    fs::copy("/usr/bin/curl", &exe).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let filter = format!("mod:socket,mod:process,exe.startsWith:{}/", dir.display());
+    let daemon = Daemon::start(&filter).unwrap();
+    let status = Command::new(&exe)
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.join().unwrap();
+    let events = daemon.stop().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    let exec = events
+        .iter()
+        .find(|e| e["msg"] == "process/exec")
+        .unwrap_or_else(|| panic!("no exec: {events:#?}"));
+    let shown = exec["filename"].as_str().unwrap();
+    assert!(
+        shown.contains(" dir ") && shown.ends_with("cu\u{fffd}rl"),
+        "{shown}"
+    );
+    assert!(
+        events.iter().any(|e| syscall(e) == Some("connect")
+            && e["conn_info"]["remote"] == format!("127.0.0.1:{port}")),
+        "{events:#?}"
+    );
+}
