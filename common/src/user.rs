@@ -1,7 +1,7 @@
 //! User-space side of the contract: `aya::Pod` for the types qtapd reads
 //! from or writes to maps. Only built with the `user` feature.
 
-use crate::{Config, Conn, ConnKey, PatternKey, ProcSel};
+use crate::{Config, Conn, ConnKey, PatternKey, Pending, ProcSel, TlsPending};
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte
 // arrays with explicit padding fields, so every bit pattern is valid.
@@ -14,3 +14,7 @@ unsafe impl aya::Pod for ConnKey {}
 unsafe impl aya::Pod for PatternKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProcSel {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Pending {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TlsPending {}

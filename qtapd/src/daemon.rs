@@ -13,7 +13,7 @@ use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{Kernel, Selector},
+    ebpf::Kernel,
     engine::{
         hub::{Owner, Spec},
         Caller, Engine, Target,
@@ -41,7 +41,7 @@ fn load() -> anyhow::Result<(Kernel, aya::maps::RingBuf<aya::maps::MapData>)> {
         );
     }
     let (kernel, ring) = Kernel::load()?;
-    info!(programs = kernel.attached(), "eBPF programs attached");
+    info!("eBPF programs loaded; their tracepoints are attached while a session runs");
     Ok((kernel, ring))
 }
 

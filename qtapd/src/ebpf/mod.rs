@@ -1,19 +1,24 @@
 //! The kernel side as qtapd holds it: loads the object built by `build.rs`,
-//! attaches every tracepoint program to the tracepoint it is named after,
-//! attaches the OpenSSL uprobes to the libraries sessions need, and owns
-//! the maps. Dropping [`Kernel`] detaches and unloads everything.
+//! attaches every tracepoint program to the tracepoint it is named after
+//! while at least one session runs (a qtapd with no session costs traced
+//! programs nothing), attaches the OpenSSL uprobes to the libraries
+//! sessions need, and owns the maps. Dropping [`Kernel`] detaches and
+//! unloads everything.
 
 use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
+        trace_point::TracePointLinkId,
         uprobe::{UProbeLinkId, UProbeScope},
         Program, ProgramError, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use qtap_common::{map, offsets, stat, Config, Conn, ConnKey, PatternKey, ProcSel};
+use qtap_common::{
+    map, offsets, stat, Config, Conn, ConnKey, PatternKey, Pending, ProcSel, TlsPending,
+};
 
 use crate::{
     filter::compile::{CompileError, Compiled},
@@ -75,6 +80,8 @@ pub struct KernelStats {
 pub struct Kernel {
     // Holds the programs and their links; dropped last.
     ebpf: Ebpf,
+    /// Tracepoint links by program name, while sessions run.
+    tracepoint_links: Vec<(String, TracePointLinkId)>,
     /// OpenSSL probe links, per target file.
     tls_links: Vec<(PathBuf, Vec<(String, UProbeLinkId)>)>,
     procs: HashMap<MapData, u32, ProcSel>,
@@ -82,13 +89,15 @@ pub struct Kernel {
     config: Array<MapData, Config>,
     patterns: HashMap<MapData, PatternKey, u64>,
     stats: PerCpuArray<MapData, u64>,
+    pending: HashMap<MapData, u64, Pending>,
+    tls_active: HashMap<MapData, u64, TlsPending>,
     installed: Vec<PatternKey>,
-    attached: usize,
 }
 
 impl Kernel {
-    /// Loads and attaches everything; returns the kernel and the ring
-    /// buffer the reader consumes.
+    /// Loads every program and proves the tracepoints attach (then detaches
+    /// them until a session starts); returns the kernel and the ring buffer
+    /// the reader consumes.
     pub fn load() -> Result<(Kernel, RingBuf<MapData>), KernelError> {
         let fork_child = tracefs::required_offset("sched", "sched_process_fork", "child_pid")?;
         let exec_filename = tracefs::required_offset("sched", "sched_process_exec", "filename")?;
@@ -102,23 +111,13 @@ impl Kernel {
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
 
-        let mut attached = 0;
         for (name, program) in ebpf.programs_mut() {
             let fail = |source| KernelError::Program {
                 name: name.to_owned(),
                 source: Box::new(source),
             };
             match program {
-                Program::TracePoint(tracepoint) => {
-                    let category = if name.starts_with("sys_") {
-                        "syscalls"
-                    } else {
-                        "sched"
-                    };
-                    tracepoint.load().map_err(fail)?;
-                    tracepoint.attach(category, name).map_err(fail)?;
-                    attached += 1;
-                }
+                Program::TracePoint(tracepoint) => tracepoint.load().map_err(fail)?,
                 // Attached per library when a session needs them.
                 Program::UProbe(uprobe) => uprobe.load().map_err(fail)?,
                 _ => return Err(fail(ProgramError::UnexpectedProgramType)),
@@ -132,17 +131,26 @@ impl Kernel {
         let config = Array::try_from(take(map::CONFIG)?).map_err(map_err(map::CONFIG))?;
         let patterns = HashMap::try_from(take(map::PATTERNS)?).map_err(map_err(map::PATTERNS))?;
         let stats = PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS))?;
-        let kernel = Kernel {
+        let pending = HashMap::try_from(take(map::PENDING)?).map_err(map_err(map::PENDING))?;
+        let tls_active =
+            HashMap::try_from(take(map::TLS_ACTIVE)?).map_err(map_err(map::TLS_ACTIVE))?;
+        let mut kernel = Kernel {
             ebpf,
+            tracepoint_links: Vec::new(),
             tls_links: Vec::new(),
             procs,
             conns,
             config,
             patterns,
             stats,
+            pending,
+            tls_active,
             installed: Vec::new(),
-            attached,
         };
+        // Fail at start, not at the first session, if a tracepoint cannot
+        // be attached.
+        kernel.set_tracing(true)?;
+        kernel.set_tracing(false)?;
         Ok((kernel, ring))
     }
 }
@@ -164,6 +172,8 @@ pub trait Selector {
     fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>);
     /// The kernel's counters, summed over CPUs.
     fn stats(&self) -> KernelStats;
+    /// Attaches the tracepoints (`on`: a session runs) or detaches them.
+    fn set_tracing(&mut self, on: bool) -> Result<(), KernelError>;
     /// Attaches the OpenSSL probes to a library or executable for every
     /// process that runs it; returns the number of probes attached.
     fn attach_tls(&mut self, target: &Path) -> Result<usize, KernelError>;
@@ -186,7 +196,52 @@ impl Kernel {
 impl Selector for Kernel {
     /// Number of programs attached (a uprobe counts once per target).
     fn attached(&self) -> usize {
-        self.attached + self.tls_links.iter().map(|(_, l)| l.len()).sum::<usize>()
+        self.tracepoint_links.len() + self.tls_links.iter().map(|(_, l)| l.len()).sum::<usize>()
+    }
+
+    fn set_tracing(&mut self, on: bool) -> Result<(), KernelError> {
+        if on == !self.tracepoint_links.is_empty() {
+            return Ok(());
+        }
+        if !on {
+            for (name, link) in std::mem::take(&mut self.tracepoint_links) {
+                if let Some(Program::TracePoint(tp)) = self.ebpf.program_mut(&name) {
+                    let _ = tp.detach(link);
+                }
+            }
+            self.forget_in_flight();
+            return Ok(());
+        }
+        let mut links = Vec::new();
+        let mut failure = None;
+        for (name, program) in self.ebpf.programs_mut() {
+            let Program::TracePoint(tracepoint) = program else {
+                continue;
+            };
+            let category = if name.starts_with("sys_") {
+                "syscalls"
+            } else {
+                "sched"
+            };
+            match tracepoint.attach(category, name) {
+                Ok(link) => links.push((name.to_owned(), link)),
+                Err(source) => {
+                    failure = Some(KernelError::Program {
+                        name: name.to_owned(),
+                        source: Box::new(source),
+                    });
+                    break;
+                }
+            }
+        }
+        self.tracepoint_links = links;
+        match failure {
+            Some(error) => {
+                self.set_tracing(false)?;
+                Err(error)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Replaces the compiled filters: new patterns first, then the config
@@ -287,6 +342,24 @@ impl Selector for Kernel {
 }
 
 impl Kernel {
+    /// Tracing stopped: syscalls and TLS calls caught between their entry
+    /// and return, and what the kernel learnt of fds, would be stale when
+    /// tracing starts again (fds may be closed and reused meanwhile).
+    fn forget_in_flight(&mut self) {
+        let keys: Vec<u64> = self.pending.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.pending.remove(&key);
+        }
+        let keys: Vec<u64> = self.tls_active.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.tls_active.remove(&key);
+        }
+        let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.conns.remove(&key);
+        }
+    }
+
     /// Detaches `(program name, link)` pairs.
     fn detach_links(&mut self, links: Vec<(String, UProbeLinkId)>) {
         for (name, link) in links {

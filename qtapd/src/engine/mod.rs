@@ -212,6 +212,7 @@ impl<K: Selector> Engine<K> {
         self.kernel.install(&compiled)?;
         let tls_needed = compiled.config.modules[qtap_common::module::OPENSSL] != 0;
         self.tls.set_needed(&mut self.kernel, tls_needed);
+        self.kernel.set_tracing(!self.hub.is_empty())?;
         Ok(())
     }
 

@@ -51,6 +51,9 @@ impl Selector for FakeKernel {
     fn stats(&self) -> KernelStats {
         KernelStats::default()
     }
+    fn set_tracing(&mut self, _: bool) -> Result<(), KernelError> {
+        Ok(())
+    }
     fn attach_tls(&mut self, _: &std::path::Path) -> Result<usize, KernelError> {
         Ok(0)
     }
