@@ -30,9 +30,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# nginx: one worker, a small static response, keep-alive.
+# nginx: one worker, a small static response, keep-alive; the same over
+# HTTPS (a throwaway self-signed certificate) for scenario 5.
+tls_port=18443
 mkdir -p "$work/logs" "$work/html"
 printf 'hello from nginx\n' >"$work/html/index.html"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+	-keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat >"$work/nginx.conf" <<CONF
 daemon on; master_process on; worker_processes 1; user root;
 pid $work/nginx.pid; error_log $work/logs/error.log;
@@ -41,6 +45,8 @@ http {
   access_log off; keepalive_requests 1000000;
   client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
   server { listen 127.0.0.1:$port; root $work/html; location / { } }
+  server { listen 127.0.0.1:$tls_port ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+           root $work/html; location / { } }
 }
 CONF
 /usr/sbin/nginx -p "$work/" -c "$work/nginx.conf"
@@ -67,7 +73,7 @@ load() {
 	if ((rate > 0)); then
 		args=(-c"$((rate / 100))" -s "$work/pace.lua")
 	fi
-	wrk -t2 "${args[@]}" -d"${duration}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
+	wrk -t2 "${args[@]}" -d"${duration}s" --latency "${url:-http://127.0.0.1:$port/}" >"$work/wrk.out"
 	local rps p50 p99
 	rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
 	p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.out")
@@ -80,15 +86,16 @@ to_ms() { # wrk prints 1.23ms / 456.00us / 1.10s
 
 echo 'function delay() return 10 end' >"$work/pace.lua"
 
-# A session selecting nginx, and a JSON follower: sets follower_pid.
+# A session selecting nginx (with more modules given as $1), and a JSON
+# follower: sets follower_pid.
 follow_nginx() {
-	id=$("${ctl[@]}" trace start --filter 'mod:socket,exe.contains:nginx')
+	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:nginx")
 	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >/dev/null 2>"$work/follow.err" &
 	follower_pid=$!
 	sleep 0.5
 }
 
-scenarios=(baseline idle other nginx strace)
+scenarios=(baseline idle other nginx https_base https strace)
 command -v bpftrace >/dev/null && scenarios+=(bpftrace)
 fixed_rates=(1000 10000)
 for r in "${fixed_rates[@]}"; do scenarios+=("base@$r" "qtap@$r"); done
@@ -107,6 +114,14 @@ run_scenario() {
 		start_qtapd
 		"${ctl[@]}" trace start --filter 'exe.contains:qtap-bench-nothing' >/dev/null
 		result=$(load)
+		stop_pid "$qtapd_pid"
+		;;
+	https_base) result=$(url="https://127.0.0.1:$tls_port/" load) ;;
+	https)
+		start_qtapd
+		follow_nginx "mod:openssl,"
+		result=$(url="https://127.0.0.1:$tls_port/" load)
+		stop_pid "$follower_pid"
 		stop_pid "$qtapd_pid"
 		;;
 	base@*) result=$(load "${s#*@}") ;;
@@ -167,15 +182,14 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 minmax() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
-base=$(echo "${rps[baseline]}" | median)
-base_p50=$(echo "${p50[baseline]}" | median)
-base_p99=$(echo "${p99[baseline]}" | median)
 
 declare -A label=(
 	[baseline]="1. baseline (no qtapd)"
 	[idle]="2. qtapd running, no session"
 	[other]="3. session selecting another program"
 	[nginx]="4. session selecting nginx, one json follower"
+	[https_base]="5a. HTTPS baseline (no qtapd); the × columns of 5a and 5 are against it"
+	[https]="5. HTTPS, session with mod:socket,mod:openssl selecting nginx, one json follower"
 	[strace]="6a. strace -f -p <worker> to a file"
 	[bpftrace]="6b. bpftrace printing nginx's read/write/writev/recvfrom"
 )
@@ -187,8 +201,11 @@ table=$(
 		r=$(echo "${rps[$s]}" | median)
 		a=$(echo "${p50[$s]}" | median)
 		b=$(echo "${p99[$s]}" | median)
-		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" -v base="$base" \
-			-v a="$a" -v b="$b" -v ba="$base_p50" -v bb="$base_p99" \
+		against=baseline
+		[[ $s == https* ]] && against=https_base
+		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" \
+			-v base="$(echo "${rps[$against]}" | median)" -v a="$a" -v b="$b" \
+			-v ba="$(echo "${p50[$against]}" | median)" -v bb="$(echo "${p99[$against]}" | median)" \
 			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.3f (%.2f) | %.3f (%.2f) |\n", l, r, mm, r / base, a, a / ba, b, b / bb }'
 	done
 )
@@ -264,7 +281,6 @@ as fast as it can; it shares the two cores with qtapd and the followers.
 "Every event accounted": each follower's events received plus the queue
 losses qtapd reported to it equal the events the session offered it.
 
-Not measured yet: the openssl scenario (nginx serving HTTPS under load).
 MD
 )
 echo "$report"

@@ -200,7 +200,8 @@ impl Selector for Kernel {
     }
 
     fn set_tracing(&mut self, on: bool) -> Result<(), KernelError> {
-        if on == !self.tracepoint_links.is_empty() {
+        let attached = !self.tracepoint_links.is_empty();
+        if on == attached {
             return Ok(());
         }
         if !on {
