@@ -281,6 +281,7 @@ as fast as it can; it shares the two cores with qtapd and the followers.
 "Every event accounted": each follower's events received plus the queue
 losses qtapd reported to it equal the events the session offered it.
 
+$(cat "$(dirname "$0")/history.md")
 MD
 )
 echo "$report"

@@ -13,7 +13,7 @@ use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::Kernel,
+    ebpf::{Kernel, Selector},
     engine::{
         hub::{Owner, Spec},
         Caller, Engine, Target,
@@ -41,7 +41,7 @@ fn load() -> anyhow::Result<(Kernel, aya::maps::RingBuf<aya::maps::MapData>)> {
         );
     }
     let (kernel, ring) = Kernel::load()?;
-    info!("eBPF programs loaded; their tracepoints are attached while a session runs");
+    info!("eBPF programs loaded and attached");
     Ok((kernel, ring))
 }
 
@@ -125,7 +125,9 @@ pub struct TcpConfig {
 
 /// Service mode: sessions over gRPC until `shutdown` fires.
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (kernel, ring) = load()?;
+    let (mut kernel, ring) = load()?;
+    // No session yet: traced programs cost nothing until one starts.
+    kernel.set_tracing(false)?;
     let listener = grpc::socket::bind(&config.socket, &config.group)?;
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE_LEN);
     let engine = tokio::spawn(Engine::new(kernel).run(ring, commands, shutdown.child_token()));

@@ -82,6 +82,10 @@ pub struct Kernel {
     ebpf: Ebpf,
     /// Tracepoint links by program name, while sessions run.
     tracepoint_links: Vec<(String, TracePointLinkId)>,
+    /// Links being detached: the kernel waits for a grace period per
+    /// tracepoint (about 2.7 s for all of them here), so it happens on a
+    /// thread of its own instead of stalling the engine.
+    detaching: Option<std::thread::JoinHandle<()>>,
     /// OpenSSL probe links, per target file.
     tls_links: Vec<(PathBuf, Vec<(String, UProbeLinkId)>)>,
     procs: HashMap<MapData, u32, ProcSel>,
@@ -95,9 +99,10 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Loads every program and proves the tracepoints attach (then detaches
-    /// them until a session starts); returns the kernel and the ring buffer
-    /// the reader consumes.
+    /// Loads every program and attaches the tracepoints (so a kernel that
+    /// refuses them fails qtapd at start); returns the kernel and the ring
+    /// buffer the reader consumes. `set_tracing(false)` detaches them until
+    /// a session needs them.
     pub fn load() -> Result<(Kernel, RingBuf<MapData>), KernelError> {
         let fork_child = tracefs::required_offset("sched", "sched_process_fork", "child_pid")?;
         let exec_filename = tracefs::required_offset("sched", "sched_process_exec", "filename")?;
@@ -137,6 +142,7 @@ impl Kernel {
         let mut kernel = Kernel {
             ebpf,
             tracepoint_links: Vec::new(),
+            detaching: None,
             tls_links: Vec::new(),
             procs,
             conns,
@@ -147,10 +153,7 @@ impl Kernel {
             tls_active,
             installed: Vec::new(),
         };
-        // Fail at start, not at the first session, if a tracepoint cannot
-        // be attached.
         kernel.set_tracing(true)?;
-        kernel.set_tracing(false)?;
         Ok((kernel, ring))
     }
 }
@@ -205,14 +208,20 @@ impl Selector for Kernel {
             return Ok(());
         }
         if !on {
+            let mut links = Vec::new();
             for (name, link) in std::mem::take(&mut self.tracepoint_links) {
                 if let Some(Program::TracePoint(tp)) = self.ebpf.program_mut(&name) {
-                    let _ = tp.detach(link);
+                    links.extend(tp.take_link(link).ok());
                 }
             }
-            self.forget_in_flight();
+            self.detaching = Some(std::thread::spawn(move || drop(links)));
             return Ok(());
         }
+        // Entries left from before the last detach would be stale.
+        if let Some(detaching) = self.detaching.take() {
+            let _ = detaching.join();
+        }
+        self.forget_in_flight();
         let mut links = Vec::new();
         let mut failure = None;
         for (name, program) in self.ebpf.programs_mut() {
