@@ -41,7 +41,10 @@ pub fn header(kind: u16, sessions: u64) -> Header {
 /// `qtap_common::module`).
 #[inline(always)]
 pub fn module_sessions(module: usize) -> u64 {
-    CONFIG.get(0).map_or(0, |c| c.modules[module & 1])
+    CONFIG
+        .get(0)
+        .and_then(|c| c.modules.get(module).copied())
+        .unwrap_or(0)
 }
 
 /// The sessions of `module` that select the current process (0: none).

@@ -344,10 +344,23 @@ impl Selector for Kernel {
         Ok(count)
     }
 
+    /// Synchronous (about 1.3 s here: a grace period per probe), because a
+    /// thread caught inside an `SSL_*` call keeps its `TLS_ACTIVE` entry,
+    /// which would tie that thread's later syscalls to an `SSL*`; the
+    /// entries are cleared once no probe can add one.
     fn detach_tls(&mut self) {
         for (_, links) in std::mem::take(&mut self.tls_links) {
             self.detach_links(links);
         }
+        clear(&mut self.tls_active);
+    }
+}
+
+/// Removes every entry of a hash map.
+fn clear<K: aya::Pod + Copy, V: aya::Pod>(map: &mut HashMap<MapData, K, V>) {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let _ = map.remove(&key);
     }
 }
 
@@ -356,18 +369,9 @@ impl Kernel {
     /// and return, and what the kernel learnt of fds, would be stale when
     /// tracing starts again (fds may be closed and reused meanwhile).
     fn forget_in_flight(&mut self) {
-        let keys: Vec<u64> = self.pending.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.pending.remove(&key);
-        }
-        let keys: Vec<u64> = self.tls_active.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.tls_active.remove(&key);
-        }
-        let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.conns.remove(&key);
-        }
+        clear(&mut self.pending);
+        clear(&mut self.tls_active);
+        clear(&mut self.conns);
     }
 
     /// Detaches `(program name, link)` pairs.
