@@ -322,3 +322,65 @@ fn exec_of_an_awkward_path() {
         "{events:#?}"
     );
 }
+
+/// A hundred followers that connect and leave in turn: qtapd drops each as
+/// it goes, keeps serving, and a follower after them gets events.
+#[test]
+fn followers_coming_and_going() {
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let started = service.ctl(&["trace", "start", "--filter", "mod:socket,exe.contains:curl"]);
+    assert!(started.status.success());
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    for _ in 0..100 {
+        let mut child = service
+            .ctl_command(None, &["trace", "follow", &id, "--output", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(10));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let followers = || {
+        let list = String::from_utf8_lossy(&service.ctl(&["trace", "list"]).stdout).into_owned();
+        list.lines()
+            .find(|l| l.starts_with(&id))
+            .and_then(|l| l.split_whitespace().rev().nth(2).map(str::to_owned))
+    };
+    wait_for("qtapd to drop the followers that left", || {
+        followers().as_deref() == Some("0")
+    });
+    let follower =
+        Follower::spawn(service.ctl_command(None, &["trace", "follow", &id, "--output", "json"]))
+            .unwrap();
+    wait_for("the last follower to attach", || {
+        followers().as_deref() == Some("1")
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let status = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let events = follower.stop().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["conn_info"]["remote"] == format!("127.0.0.1:{port}")),
+        "{events:#?}"
+    );
+    service.stop().unwrap();
+}

@@ -229,6 +229,41 @@ async fn filter_errors_are_invalid_argument_naming_the_term() {
     );
 }
 
+/// Hostile filters: a megabyte, control characters, a message larger than
+/// the transport takes. Each is refused, and the service goes on.
+#[tokio::test]
+async fn hostile_requests_are_refused_and_the_service_goes_on() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let err = start(&mut root, &format!("exe:/{}", "a".repeat(1 << 20)), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit is 4096"), "{}", err.message());
+    let err = start(&mut root, "exe.contains:cu\u{7}rl", 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("control characters"),
+        "{}",
+        err.message()
+    );
+    // Over tonic's 4 MiB message limit: refused by the transport.
+    let huge = start(&mut root, &"x".repeat(5 << 20), 0).await.unwrap_err();
+    assert_ne!(huge.code(), Code::Ok);
+    // Still serving.
+    let id = start(&mut root, "pid:4000003", 0).await.unwrap();
+    assert!(root
+        .list_traces(ListTracesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .iter()
+        .any(|s| s.id == id));
+}
+
 #[tokio::test]
 async fn users_see_and_touch_only_their_own_sessions() {
     let harness = Harness::start();
