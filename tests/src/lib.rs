@@ -345,6 +345,12 @@ impl Service {
         cmd
     }
 
+    /// qtapd's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills qtapd with SIGKILL, as a crash would.
     pub fn kill(&self) {
         // SAFETY: signalling our own child.

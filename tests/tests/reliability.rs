@@ -384,3 +384,128 @@ fn followers_coming_and_going() {
     );
     service.stop().unwrap();
 }
+
+/// Runs `qtapctl trace follow ID --output json --queue-len N` with stdout
+/// counted and stderr kept; `summary` parses its last line.
+struct RawFollower {
+    child: std::process::Child,
+}
+
+impl RawFollower {
+    fn spawn(service: &Service, id: &str, queue_len: &str) -> RawFollower {
+        let child = service
+            .ctl_command(
+                None,
+                &[
+                    "trace",
+                    "follow",
+                    id,
+                    "--output",
+                    "json",
+                    "--queue-len",
+                    queue_len,
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        RawFollower { child }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the stream to end (the session was stopped); returns the
+    /// lines it printed and its summary: (events, lost in qtapd's queue).
+    fn finish(self) -> (usize, u64, u64) {
+        let out = self.child.wait_with_output().unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // "qtapctl: N events, M lost (Q in qtapd's queue …, seq gaps G), Ts"
+        let summary = stderr
+            .lines()
+            .rfind(|l| l.contains(" events, "))
+            .unwrap_or_else(|| panic!("no summary: {stderr}"));
+        let numbers: Vec<u64> = summary
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        (lines, numbers[0], numbers[2])
+    }
+}
+
+/// A follower that stops reading (SIGSTOP) loses events, counted; the
+/// follower beside it gets everything; qtapd's memory stays bounded; once
+/// resumed, the stopped one is told exactly what it lost.
+#[test]
+fn a_stopped_follower_loses_counted_and_others_are_unaffected() {
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let started = service.ctl(&["trace", "start", "--filter", "mod:socket,exe.contains:curl"]);
+    assert!(started.status.success());
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let stalled = RawFollower::spawn(&service, &id, "4");
+    let reader = RawFollower::spawn(&service, &id, "65536");
+    thread::sleep(Duration::from_millis(500));
+    stalled.signal(libc::SIGSTOP);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        for _ in 0..30 {
+            serve_once(&listener);
+        }
+    });
+    for i in 0..30 {
+        let status = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/{i}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let rss_kib: u64 = fs::read_to_string(format!("/proc/{}/status", service.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    assert!(rss_kib < 256 * 1024, "qtapd uses {rss_kib} KiB");
+    stalled.signal(libc::SIGCONT);
+    let stopped = service.ctl(&["trace", "stop", &id]);
+    // "stopped ID: D events delivered, L lost" (summed over followers).
+    let numbers: Vec<u64> = String::from_utf8_lossy(&stopped.stdout)
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (delivered, lost) = (numbers[numbers.len() - 2], numbers[numbers.len() - 1]);
+    let (stalled_lines, stalled_events, stalled_lost) = stalled.finish();
+    let (reader_lines, reader_events, reader_lost) = reader.finish();
+    assert_eq!(reader_lost, 0, "the reading follower lost events");
+    assert!(
+        stalled_lost > 0,
+        "a stopped follower with a queue of 4 lost nothing"
+    );
+    assert_eq!(
+        stalled_events + stalled_lost,
+        reader_events,
+        "each was offered every event"
+    );
+    assert_eq!(stalled_events + reader_events, delivered);
+    assert_eq!(stalled_lost, lost);
+    assert_eq!(
+        (stalled_lines as u64, reader_lines as u64),
+        (stalled_events, reader_events)
+    );
+    service.stop().unwrap();
+}
