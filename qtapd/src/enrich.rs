@@ -14,7 +14,7 @@ use qtap_common::{
 use crate::{
     events::{
         addr_text, base, call_labels, derived::Notes, errno_name, family_name, is_data_call,
-        role_name, type_name, Clock, ConnInfo, Event,
+        role_name, tls_call_labels, type_name, Clock, ConnInfo, Event,
     },
     procfs::{self, FdTarget},
     streams::{Side, Stream, Streams},
@@ -101,13 +101,13 @@ impl Enricher {
     /// A TLS library call: binds, frees, or moves plaintext on an `SSL*`.
     pub fn tls(&mut self, rec: &TlsRecord) -> (Event, Notes) {
         let hdr = &rec.hdr;
-        let (name, probe) = tls_call_name(rec.call);
+        let labels = tls_call_labels(rec.call);
         let exe = self.exe(hdr.pid);
         let mut event = base(
             &self.clock,
             hdr,
-            format!("openssl/{name}"),
-            format!("{probe}/{name}"),
+            labels.msg.into(),
+            labels.caller.into(),
             exe,
         );
         let mut notes = Notes::default();
@@ -312,21 +312,6 @@ fn stream_fields(event: &mut Event, stream: Option<&Stream>) {
     event.protocol = Some(stream.protocol_name().into());
     event.tls_version = stream.tls_version.map(Into::into);
     event.app_protocol = stream.app_protocol.map(Into::into);
-}
-
-/// The symbol of a `tls_call` and the kind of probe that reports it.
-fn tls_call_name(call: u16) -> (&'static str, &'static str) {
-    match call {
-        tls_call::SSL_READ => ("SSL_read", "uretprobe"),
-        tls_call::SSL_READ_EX => ("SSL_read_ex", "uretprobe"),
-        tls_call::SSL_WRITE => ("SSL_write", "uretprobe"),
-        tls_call::SSL_WRITE_EX => ("SSL_write_ex", "uretprobe"),
-        tls_call::SSL_SET_FD => ("SSL_set_fd", "uprobe"),
-        tls_call::SSL_SET_RFD => ("SSL_set_rfd", "uprobe"),
-        tls_call::SSL_SET_WFD => ("SSL_set_wfd", "uprobe"),
-        tls_call::SSL_FREE => ("SSL_free", "uprobe"),
-        _ => ("unknown", "uprobe"),
-    }
 }
 
 /// `conn_info` from the kernel's `Conn`.

@@ -345,6 +345,13 @@ impl Service {
         cmd
     }
 
+    /// Starts a session for `filter` (as root); returns its id.
+    pub fn start_session(&self, filter: &str) -> String {
+        let out = self.ctl(&["trace", "start", "--filter", filter]);
+        assert!(out.status.success(), "trace start {filter}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// qtapd's process id.
     #[must_use]
     pub fn pid(&self) -> u32 {
@@ -454,7 +461,12 @@ pub fn serve_once(listener: &TcpListener) -> (usize, usize) {
 
 /// Runs `curl -s -o /dev/null URL` to completion; returns its pid.
 pub fn run_curl(url: &str) -> u32 {
-    let mut child = Command::new("curl")
+    run_curl_at("curl", url)
+}
+
+/// [`run_curl`] with curl at another path.
+pub fn run_curl_at(program: impl AsRef<std::ffi::OsStr>, url: &str) -> u32 {
+    let mut child = Command::new(program)
         .args(["-s", "-o", "/dev/null", url])
         .spawn()
         .expect("curl is installed (make test installs it)");

@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qtap_tests::{privileged, serve_once, syscall, Daemon, Follower, Service};
+use qtap_tests::{
+    privileged, run_curl, run_curl_at, serve_once, syscall, Daemon, Follower, Service,
+};
 use serde_json::Value;
 
 /// Programs of qtap's kernel object loaded now (by name: the tracepoints
@@ -48,14 +50,7 @@ fn killed_daemon_leaves_nothing_attached_and_restarts() {
     }
     assert_eq!(qtap_programs(), 0, "qtap programs loaded before the test");
     let service = Service::start(&[]).unwrap();
-    let started = service.ctl(&[
-        "trace",
-        "start",
-        "--filter",
-        "mod:socket,mod:openssl,exe.contains:curl",
-    ]);
-    assert!(started.status.success());
-    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let id = service.start_session("mod:socket,mod:openssl,exe.contains:curl");
     let follower =
         Follower::spawn(service.ctl_command(None, &["trace", "follow", &id, "--output", "json"]))
             .unwrap();
@@ -73,14 +68,7 @@ fn killed_daemon_leaves_nothing_attached_and_restarts() {
         if i == 10 {
             service.kill();
         }
-        let _ = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{port}/{i}"),
-            ])
-            .status();
+        run_curl(&format!("http://127.0.0.1:{port}/{i}"));
     }
     server.join().unwrap();
     wait_for("the kernel to drop qtap's programs", || {
@@ -294,16 +282,7 @@ fn exec_of_an_awkward_path() {
     let server = thread::spawn(move || serve_once(&listener));
     let filter = format!("mod:socket,mod:process,exe.startsWith:{}/", dir.display());
     let daemon = Daemon::start(&filter).unwrap();
-    let status = Command::new(&exe)
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_curl_at(&exe, &format!("http://127.0.0.1:{port}/"));
     server.join().unwrap();
     let events = daemon.stop().unwrap();
     let _ = fs::remove_dir_all(&dir);
@@ -331,9 +310,7 @@ fn followers_coming_and_going() {
         return;
     }
     let service = Service::start(&[]).unwrap();
-    let started = service.ctl(&["trace", "start", "--filter", "mod:socket,exe.contains:curl"]);
-    assert!(started.status.success());
-    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let id = service.start_session("mod:socket,exe.contains:curl");
     for _ in 0..100 {
         let mut child = service
             .ctl_command(None, &["trace", "follow", &id, "--output", "json"])
@@ -363,16 +340,7 @@ fn followers_coming_and_going() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || serve_once(&listener));
-    let status = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_curl(&format!("http://127.0.0.1:{port}/"));
     server.join().unwrap();
     thread::sleep(Duration::from_millis(500));
     let events = follower.stop().unwrap();
@@ -446,9 +414,7 @@ fn a_stopped_follower_loses_counted_and_others_are_unaffected() {
         return;
     }
     let service = Service::start(&[]).unwrap();
-    let started = service.ctl(&["trace", "start", "--filter", "mod:socket,exe.contains:curl"]);
-    assert!(started.status.success());
-    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let id = service.start_session("mod:socket,exe.contains:curl");
     let stalled = RawFollower::spawn(&service, &id, "4");
     let reader = RawFollower::spawn(&service, &id, "65536");
     thread::sleep(Duration::from_millis(500));
@@ -461,16 +427,7 @@ fn a_stopped_follower_loses_counted_and_others_are_unaffected() {
         }
     });
     for i in 0..30 {
-        let status = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{port}/{i}"),
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        run_curl(&format!("http://127.0.0.1:{port}/{i}"));
     }
     server.join().unwrap();
     thread::sleep(Duration::from_millis(500));

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use qtap_common::{call, direction, family, role, Addr, Header};
+use qtap_common::{call, direction, family, role, tls_call, Addr, Header};
 
 pub use qtap_proto::v1::{ConnInfo, Event};
 
@@ -101,27 +101,38 @@ pub struct CallLabels {
     pub caller: &'static str,
 }
 
-macro_rules! call_labels {
-    ($c:expr, $($call:ident => $name:literal),* $(,)?) => {
+/// `match` from call numbers to `CallLabels`: `msg` is `$msg` + name,
+/// `caller` is `$caller` + name (or the given probe prefix + name).
+macro_rules! labels {
+    ($c:expr, $msg:literal, $unknown_caller:literal,
+     $($module:ident::$call:ident => $caller:literal $name:literal),* $(,)?) => {
         match $c {
-            $(call::$call => CallLabels {
+            $($module::$call => CallLabels {
                 name: $name,
-                msg: concat!("syscall/", $name),
-                caller: concat!("tracepoint/syscalls/sys_exit_", $name),
+                msg: concat!($msg, $name),
+                caller: concat!($caller, $name),
             },)*
             _ => CallLabels {
                 name: "unknown",
-                msg: "syscall/unknown",
-                caller: "tracepoint/syscalls/unknown",
+                msg: concat!($msg, "unknown"),
+                caller: $unknown_caller,
             },
         }
+    };
+}
+
+/// `tracepoint/syscalls/sys_exit_` + the syscall, for `labels!`.
+macro_rules! syscall_labels {
+    ($c:expr, $($call:ident => $name:literal),* $(,)?) => {
+        labels!($c, "syscall/", "tracepoint/syscalls/unknown",
+            $(call::$call => "tracepoint/syscalls/sys_exit_" $name),*)
     };
 }
 
 /// The labels of a `qtap_common::call` number.
 #[must_use]
 pub fn call_labels(c: u16) -> CallLabels {
-    call_labels!(c,
+    syscall_labels!(c,
         SOCKET => "socket",
         ACCEPT => "accept",
         ACCEPT4 => "accept4",
@@ -139,6 +150,23 @@ pub fn call_labels(c: u16) -> CallLabels {
         SENDFILE => "sendfile64",
         CLOSE => "close",
         BIND => "bind",
+    )
+}
+
+/// The labels of a `qtap_common::tls_call` number: `openssl/SSL_write`,
+/// reported by `uretprobe/SSL_write` (calls that bind or free an `SSL*` are
+/// reported at entry, by `uprobe/…`).
+#[must_use]
+pub fn tls_call_labels(c: u16) -> CallLabels {
+    labels!(c, "openssl/", "uprobe/unknown",
+        tls_call::SSL_READ => "uretprobe/" "SSL_read",
+        tls_call::SSL_READ_EX => "uretprobe/" "SSL_read_ex",
+        tls_call::SSL_WRITE => "uretprobe/" "SSL_write",
+        tls_call::SSL_WRITE_EX => "uretprobe/" "SSL_write_ex",
+        tls_call::SSL_SET_FD => "uprobe/" "SSL_set_fd",
+        tls_call::SSL_SET_RFD => "uprobe/" "SSL_set_rfd",
+        tls_call::SSL_SET_WFD => "uprobe/" "SSL_set_wfd",
+        tls_call::SSL_FREE => "uprobe/" "SSL_free",
     )
 }
 
@@ -257,6 +285,15 @@ mod tests {
         assert_eq!(writev.name, "writev");
         assert_eq!(writev.msg, "syscall/writev");
         assert_eq!(writev.caller, "tracepoint/syscalls/sys_exit_writev");
+        let write = tls_call_labels(tls_call::SSL_WRITE);
+        assert_eq!(
+            (write.msg, write.caller),
+            ("openssl/SSL_write", "uretprobe/SSL_write")
+        );
+        assert_eq!(
+            tls_call_labels(tls_call::SSL_FREE).caller,
+            "uprobe/SSL_free"
+        );
         assert!(is_data_call(call::SENDFILE));
         assert!(!is_data_call(call::ACCEPT4));
         assert_eq!(type_name(family::INET, 1), "tcp");
