@@ -17,7 +17,7 @@ BPF_LINKER_VERSION := 0.10.1
 DEB_PACKAGES := curl nginx-light python3 iproute2 openssl
 QTAPD := target/release/qtapd
 
-.PHONY: all deps build run test bench lint clean
+.PHONY: all deps build run test bench soak lint clean
 
 all: build
 
@@ -44,6 +44,15 @@ bench: build
 	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) wrk strace bpftrace
 	cargo build --release --locked -p qtap-tests --bin qtap-loadgen
 	bench/run.sh $(QTAPD) target/release/qtapctl target/release/qtap-loadgen
+
+# The long runs of the reliability work (docs/reliability.md): each fuzz
+# target for FUZZ_SECONDS (120), then SOAK_SECONDS (600) of full-speed load
+# with two followers and qtapd's RSS curve; writes docs/soak.md. Needs root;
+# about 25 minutes with the fuzzers' first build.
+soak: build
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cargo build --release --locked -p qtap-tests --bin qtap-loadgen
+	bench/soak.sh $(QTAPD) target/release/qtapctl target/release/qtap-loadgen
 
 lint: deps
 	cargo fmt --all --check

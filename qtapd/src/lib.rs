@@ -1,5 +1,6 @@
 //! qtapd's modules, as a library so that the binary (`main.rs`: flags,
-//! logging, the runtime) and the micro-benchmarks (`benches/`) share them.
+//! logging, the runtime), the micro-benchmarks (`benches/`) and the fuzzers
+//! (`fuzz/`) share them.
 
 pub mod daemon;
 pub mod ebpf;
@@ -7,6 +8,7 @@ pub mod engine;
 pub mod enrich;
 pub mod events;
 pub mod filter;
+pub mod fuzz;
 pub mod grpc;
 pub mod procfs;
 pub mod protocol;

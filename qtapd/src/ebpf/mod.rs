@@ -5,6 +5,8 @@
 //! sessions need, and owns the maps. Dropping [`Kernel`] detaches and
 //! unloads everything.
 
+pub mod memory;
+
 use std::path::{Path, PathBuf};
 
 use aya::{

@@ -227,7 +227,14 @@ impl<K: Selector> Engine<K> {
         let current: std::collections::HashMap<u32, u64> =
             self.kernel.selected().into_iter().collect();
         let mut selected = 0;
-        for pid in procfs::pids() {
+        // With `pid` terms only those processes can match: no /proc walk.
+        let named: Vec<u32> = filter.pids().collect();
+        let candidates = if named.is_empty() {
+            procfs::pids()
+        } else {
+            named
+        };
+        for pid in candidates {
             if pid == me {
                 continue;
             }
@@ -316,6 +323,12 @@ impl<K: Selector> Engine<K> {
                 drop(reply.send(self.follow(target, caller, queue_len)));
             }
         }
+    }
+
+    /// Ring buffer items handled so far, malformed ones included.
+    #[must_use]
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// Handles one ring buffer item.

@@ -6,34 +6,20 @@ mod batch;
 pub mod socket;
 #[cfg(test)]
 mod tests;
+pub mod validate;
 
 use std::{pin::Pin, time::Duration};
 
-use qtap_common::limit;
 use qtap_proto::v1::{
-    follow_trace_request, qtap_server::Qtap, FollowItem, FollowTraceRequest, GetStatusRequest,
-    ListTracesRequest, ListTracesResponse, Session, StartTraceRequest, Status, StopTraceRequest,
-    TraceOptions,
+    qtap_server::Qtap, FollowItem, FollowTraceRequest, GetStatusRequest, ListTracesRequest,
+    ListTracesResponse, Session, StartTraceRequest, Status, StopTraceRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{transport::server::UdsConnectInfo, Request, Response};
 use tracing::error;
 
-use crate::{
-    engine::{
-        hub::{HubError, Owner, Spec},
-        Caller, Command, EngineError, Target,
-    },
-    filter::Filter,
-};
-
-/// Default follower queue length (items).
-pub const DEFAULT_QUEUE_LEN: usize = 4096;
-/// Largest follower queue a client may ask for.
-const MAX_QUEUE_LEN: usize = 1 << 20;
-/// Longest filter string accepted.
-const MAX_FILTER_LEN: usize = 4096;
+use crate::engine::{hub::HubError, Caller, Command, EngineError};
 
 /// The service; holds only the way to the engine.
 #[derive(Clone)]
@@ -94,53 +80,6 @@ impl Service {
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())
     }
-
-    /// A session spec for `filter` started by `caller`: a caller that is
-    /// not root only ever selects its own processes.
-    fn spec(
-        &self,
-        filter: &str,
-        name: String,
-        caller: Caller,
-        options: Option<TraceOptions>,
-        ephemeral: bool,
-    ) -> Result<Spec, tonic::Status> {
-        let options = options.unwrap_or_default();
-        if options.capture_bytes as usize > limit::CAPTURE_MAX {
-            return Err(tonic::Status::invalid_argument(format!(
-                "capture_bytes {} exceeds {}",
-                options.capture_bytes,
-                limit::CAPTURE_MAX
-            )));
-        }
-        let idle_secs = options.idle_timeout_secs;
-        if filter.len() > MAX_FILTER_LEN {
-            return Err(tonic::Status::invalid_argument(format!(
-                "the filter is {} bytes; the limit is {MAX_FILTER_LEN}",
-                filter.len()
-            )));
-        }
-        let parsed =
-            Filter::parse(filter).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let filter = if caller.is_root() {
-            parsed
-        } else {
-            parsed.restricted_to_uid(caller.uid)
-        };
-        let idle_timeout = if idle_secs == 0 {
-            self.idle_timeout
-        } else {
-            Duration::from_secs(u64::from(idle_secs))
-        };
-        Ok(Spec {
-            filter,
-            name,
-            owner: Owner { uid: caller.uid },
-            idle_timeout,
-            ephemeral,
-            capture_bytes: options.capture_bytes,
-        })
-    }
 }
 
 fn unavailable() -> tonic::Status {
@@ -171,8 +110,7 @@ impl Qtap for Service {
         request: Request<StartTraceRequest>,
     ) -> Result<Response<Session>, tonic::Status> {
         let caller = self.caller(&request)?;
-        let req = request.into_inner();
-        let spec = self.spec(&req.filter, req.name, caller, req.options, false)?;
+        let spec = validate::start(request.into_inner(), caller, self.idle_timeout)?;
         let session = self.ask(|reply| Command::Start { spec, reply }).await??;
         Ok(Response::new(session))
     }
@@ -216,26 +154,8 @@ impl Qtap for Service {
     ) -> Result<Response<FollowStream>, tonic::Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let queue_len = match req.queue_len as usize {
-            0 => DEFAULT_QUEUE_LEN,
-            n if n > MAX_QUEUE_LEN => {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "queue_len {n} exceeds {MAX_QUEUE_LEN}"
-                )));
-            }
-            n => n,
-        };
-        let target = match req.target {
-            Some(follow_trace_request::Target::Id(id)) => Target::Id(id),
-            Some(follow_trace_request::Target::Filter(f)) => {
-                Target::Session(self.spec(&f, "follow".into(), caller, req.options, true)?)
-            }
-            None => {
-                return Err(tonic::Status::invalid_argument(
-                    "give a session id or a filter to follow",
-                ))
-            }
-        };
+        let batch = req.batch;
+        let (target, queue_len) = validate::follow(req, caller, self.idle_timeout)?;
         let (_, rx) = self
             .ask(|reply| Command::Follow {
                 target,
@@ -244,7 +164,7 @@ impl Qtap for Service {
                 reply,
             })
             .await??;
-        let stream: FollowStream = if req.batch {
+        let stream: FollowStream = if batch {
             Box::pin(batch::Batches::new(rx).map(Ok))
         } else {
             Box::pin(ReceiverStream::new(rx).map(Ok))

@@ -3,7 +3,7 @@
 //! for the kernel and hand-built kernel records. Each client connection
 //! calls as a chosen uid (see `Service::caller`).
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use qtap_common::{kind, Header, SyscallRecord, ABI_VERSION};
@@ -17,48 +17,9 @@ use tonic::{transport::Channel, Code, Streaming};
 
 use super::Service;
 use crate::{
-    ebpf::{KernelError, KernelStats, Selector},
+    ebpf::memory::MemoryKernel,
     engine::{Caller, Command, Engine},
-    filter::compile::Compiled,
 };
-
-/// The selection tables, in memory.
-#[derive(Default)]
-struct FakeKernel {
-    procs: HashMap<u32, u64>,
-    active: u64,
-}
-
-impl Selector for FakeKernel {
-    fn attached(&self) -> usize {
-        0
-    }
-    fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
-        self.active = compiled.config.active;
-        Ok(())
-    }
-    fn select(&mut self, tgid: u32, sessions: u64) -> Result<(), KernelError> {
-        self.procs.insert(tgid, sessions);
-        Ok(())
-    }
-    fn deselect(&mut self, tgid: u32) {
-        self.procs.remove(&tgid);
-    }
-    fn selected(&self) -> Vec<(u32, u64)> {
-        self.procs.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-    fn forget_conns(&mut self, _: u32, _: Vec<u32>) {}
-    fn stats(&self) -> KernelStats {
-        KernelStats::default()
-    }
-    fn set_tracing(&mut self, _: bool) -> Result<(), KernelError> {
-        Ok(())
-    }
-    fn attach_tls(&mut self, _: &std::path::Path) -> Result<usize, KernelError> {
-        Ok(0)
-    }
-    fn detach_tls(&mut self) {}
-}
 
 /// A running engine with its service; clients connect in memory.
 struct Harness {
@@ -70,7 +31,7 @@ impl Harness {
     fn start() -> Harness {
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);
         let (records, mut record_rx) = mpsc::channel::<Vec<u8>>(1024);
-        let mut engine = Engine::new(FakeKernel::default());
+        let mut engine = Engine::new(MemoryKernel::default());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
