@@ -148,6 +148,9 @@ pub mod call {
     pub const SENDFILE: u16 = 15;
     pub const CLOSE: u16 = 16;
     pub const BIND: u16 = 17;
+    pub const DUP: u16 = 18;
+    pub const DUP2: u16 = 19;
+    pub const DUP3: u16 = 20;
 }
 
 /// Process predicates compiled into the kernel, as [`PatternKey::key`] and

@@ -93,6 +93,9 @@ syscall_probes! {
     RECVMMSG => sys_enter_recvmmsg, sys_exit_recvmmsg;
     SENDFILE => sys_enter_sendfile64, sys_exit_sendfile64;
     CLOSE => sys_enter_close, sys_exit_close;
+    DUP => sys_enter_dup, sys_exit_dup;
+    DUP2 => sys_enter_dup2, sys_exit_dup2;
+    DUP3 => sys_enter_dup3, sys_exit_dup3;
 }
 
 /// Entry and return probes of the OpenSSL calls that move plaintext.

@@ -175,6 +175,22 @@ impl Enricher {
                 }
                 self.kernel_fds.entry(pid).or_default().insert(fd as u32);
             }
+            // The new number is the old fd's now (dup2 closed whatever
+            // had it); the kernel moved its connection entry along.
+            call::DUP | call::DUP2 | call::DUP3 if rec.new_fd >= 0 => {
+                // (`conn` has already keyed a known connection to it.)
+                let fd = rec.new_fd;
+                self.resolved.remove(&(pid, fd));
+                self.streams.reset(pid, fd);
+                let fds = self.kernel_fds.entry(pid).or_default();
+                if rec.flags & flag::CONN_KNOWN == 0 {
+                    fds.remove(&(fd as u32));
+                    self.kernel_conns.remove(&(pid, fd));
+                    self.locals.remove(&(pid, fd));
+                } else {
+                    fds.insert(fd as u32);
+                }
+            }
             call::CONNECT | call::BIND => {
                 self.kernel_fds
                     .entry(pid)

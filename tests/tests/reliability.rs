@@ -92,7 +92,19 @@ fn killed_daemon_leaves_nothing_attached_and_restarts() {
 /// Runs a python script under a `--bpf-trace` daemon selecting python;
 /// returns the script's stdout and the events of its process.
 fn traced_python(script: &str, args: &[String]) -> (String, Vec<Value>) {
-    let daemon = Daemon::start("mod:socket,exe.contains:python3").unwrap();
+    let (stdout, events) = traced_python_all(script, args);
+    // The script prints its pid first.
+    let pid: u64 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let mine = events
+        .into_iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid))
+        .collect();
+    (stdout, mine)
+}
+
+/// Like [`traced_python`], with the events of every python process.
+fn traced_python_all(script: &str, args: &[String]) -> (String, Vec<Value>) {
+    let daemon = Daemon::start("mod:socket,mod:process,exe.contains:python3").unwrap();
     let child = Command::new("python3")
         .args(["-c", script])
         .args(args)
@@ -104,14 +116,7 @@ fn traced_python(script: &str, args: &[String]) -> (String, Vec<Value>) {
         String::from_utf8_lossy(&child.stderr)
     );
     let events = daemon.stop().unwrap();
-    let stdout = String::from_utf8_lossy(&child.stdout).into_owned();
-    // The script prints its pid first.
-    let pid: u64 = stdout.split_whitespace().next().unwrap().parse().unwrap();
-    let mine = events
-        .into_iter()
-        .filter(|e| e["pid"].as_u64() == Some(pid))
-        .collect();
-    (stdout, mine)
+    (String::from_utf8_lossy(&child.stdout).into_owned(), events)
 }
 
 fn on_fd<'a>(events: &'a [Value], fd: i64, call: &str) -> Vec<&'a Value> {
@@ -192,6 +197,118 @@ b.close()
     assert!(write[0]["conn_info"].is_null(), "{}", write[0]);
     assert_eq!(write[0]["open"], false);
     assert_eq!(write[0]["protocol"], "unknown");
+}
+
+/// A socket passed to another process over a unix socket (`SCM_RIGHTS`)
+/// is a connection there too; `dup2` of a file onto a connected socket's
+/// number makes that number a file, with no connection carried over.
+///
+/// The kernel side knows the connections it saw made (`socket`, `connect`,
+/// `accept`); a passed or inherited socket is looked up in /proc when its
+/// first event is handled, so the receiving process stays alive a second
+/// here. One that exits at once is shown with `conn_info: null` — a known
+/// limit (docs/reliability.md).
+#[test]
+fn passed_and_duplicated_fds() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut sink).unwrap();
+        String::from_utf8(sink).unwrap()
+    });
+    let file = std::env::temp_dir().join(format!("qtap-dup2-{}", std::process::id()));
+    let script = r"
+import os, socket, sys, time
+conn = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+a, b = socket.socketpair()
+sys.stdout.flush()
+child = os.fork()
+if child == 0:
+    a.close()
+    _, fds, _, _ = socket.recv_fds(b, 16, 1)
+    os.write(fds[0], b'passed;')
+    print('child', os.getpid(), fds[0], flush=True)
+    b.recv(1)  # lives until qtapd has looked the fd up (see above)
+    os._exit(0)
+socket.send_fds(a, [b'fd'], [conn.fileno()])
+time.sleep(1)
+a.send(b'x')
+os.waitpid(child, 0)
+fd = conn.fileno()
+os.write(fd, b'before dup2;')
+d = os.dup(fd)
+os.write(d, b'dup;')
+f = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.dup2(f, fd)
+os.write(fd, b'to the file')
+print('parent', os.getpid(), fd, d, flush=True)
+";
+    let (out, events) = traced_python_all(script, &[port.to_string(), file.display().to_string()]);
+    let _ = fs::remove_file(&file);
+    assert_eq!(server.join().unwrap(), "passed;before dup2;dup;");
+    let field = |who: &str, i: usize| -> i64 {
+        out.lines()
+            .find(|l| l.starts_with(who))
+            .and_then(|l| l.split_whitespace().nth(i))
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no {who} line in {out}"))
+    };
+    let of = |pid: i64| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["pid"].as_i64() == Some(pid))
+            .cloned()
+            .collect()
+    };
+    let remote = format!("127.0.0.1:{port}");
+
+    let (child, child_fd) = (of(field("child", 1)), field("child", 2));
+    let passed = on_fd(&child, child_fd, "write");
+    assert_eq!(passed.len(), 1, "child: {child:#?}");
+    assert_eq!(passed[0]["bytes"], 7);
+    assert_eq!(
+        passed[0]["conn_info"]["remote"],
+        remote.as_str(),
+        "a passed socket is a connection in its new process: {}",
+        passed[0]
+    );
+
+    let (parent, fd) = (of(field("parent", 1)), field("parent", 2));
+    let writes = on_fd(&parent, fd, "write");
+    assert_eq!(writes.len(), 2, "parent: {parent:#?}");
+    assert_eq!(
+        writes[0]["conn_info"]["remote"],
+        remote.as_str(),
+        "{}",
+        writes[0]
+    );
+    let dup = field("parent", 3);
+    let on_dup = on_fd(&parent, dup, "write");
+    assert_eq!(on_dup.len(), 1, "parent: {parent:#?}");
+    assert_eq!(
+        on_dup[0]["conn_info"]["remote"],
+        remote.as_str(),
+        "{}",
+        on_dup[0]
+    );
+    let dup2 = parent
+        .iter()
+        .find(|e| syscall(e) == Some("dup2"))
+        .unwrap_or_else(|| panic!("no dup2 event: {parent:#?}"));
+    assert_eq!(dup2["new_fd"], fd, "{dup2}");
+    assert!(dup2["conn_info"].is_null(), "dup2 of a file: {dup2}");
+    assert_eq!(writes[1]["bytes"], 11);
+    assert!(
+        writes[1]["conn_info"].is_null(),
+        "after dup2 of a file the fd is no connection: {}",
+        writes[1]
+    );
+    assert_eq!(writes[1]["open"], false);
 }
 
 /// Non-blocking reads that fail are errors (`bytes` is -errno), vectors

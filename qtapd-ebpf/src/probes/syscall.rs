@@ -133,6 +133,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
             let _ = CONNS.remove(&key);
             conn
         }
+        call::DUP | call::DUP2 | call::DUP3 => on_dup(record, key, ret),
         _ => {
             record.direction = data_direction(call);
             record.bytes = if ret < 0 {
@@ -155,6 +156,29 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         record.flags |= flag::CONN_KNOWN;
     }
     submit(buf, payload.0, payload.1);
+}
+
+/// `dup*(oldfd[, newfd])` returning the new fd: the new number is now
+/// what the old one is — its connection, or none (`dup2` closes whatever
+/// had the number without a `close`).
+#[inline(always)]
+fn on_dup(record: &mut SyscallRecord, key: ConnKey, ret: i64) -> Option<Conn> {
+    let conn = known(key);
+    if ret < 0 || ret == i64::from(key.fd) {
+        return conn;
+    }
+    record.new_fd = ret as i32;
+    let new_key = ConnKey {
+        tgid: key.tgid,
+        fd: ret as u32,
+    };
+    match &conn {
+        Some(conn) => store(new_key, conn),
+        None => {
+            let _ = CONNS.remove(&new_key);
+        }
+    }
+    conn
 }
 
 #[inline(always)]

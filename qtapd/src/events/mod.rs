@@ -150,6 +150,9 @@ pub fn call_labels(c: u16) -> CallLabels {
         SENDFILE => "sendfile64",
         CLOSE => "close",
         BIND => "bind",
+        DUP => "dup",
+        DUP2 => "dup2",
+        DUP3 => "dup3",
     )
 }
 
@@ -175,7 +178,15 @@ pub fn tls_call_labels(c: u16) -> CallLabels {
 pub fn is_data_call(c: u16) -> bool {
     !matches!(
         c,
-        call::SOCKET | call::ACCEPT | call::ACCEPT4 | call::CONNECT | call::CLOSE | call::BIND
+        call::SOCKET
+            | call::ACCEPT
+            | call::ACCEPT4
+            | call::CONNECT
+            | call::CLOSE
+            | call::BIND
+            | call::DUP
+            | call::DUP2
+            | call::DUP3
     )
 }
 
