@@ -67,7 +67,7 @@ for target in $(ls fuzz_targets | sed 's/\.rs$//'); do
 		-max_total_time="$fuzz_seconds" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
 		result="**crashed**: see fuzz/artifacts/$target"
 	fi
-	runs=$(awk -F: '/stat::number_of_executed_units/ {print $2 + 0}' "$log")
+	runs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log")
 	edges=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | awk '{print $2}')
 	files=$(ls "corpus/$target" | wc -l)
 	echo "| $target | $runs | $((runs / fuzz_seconds)) | $edges | $files | $result |" >>"$out"

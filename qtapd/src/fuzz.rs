@@ -13,13 +13,16 @@ use qtap_proto::v1::{
 
 use crate::{
     ebpf::memory::MemoryKernel,
-    engine::{hub::Spec, Caller, Engine, Target},
+    engine::{hub::Spec, Caller, Engine, Target as Follow},
     filter::{compile::compile, Filter},
     grpc::validate,
 };
 
+/// A fuzz target: arbitrary bytes in, a panic only on a broken promise.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, as `fuzz/fuzz_targets/<name>.rs` calls them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("filter", filter),
     ("records", records),
     ("requests", requests),
@@ -43,7 +46,7 @@ pub fn filter(data: &[u8]) {
 }
 
 const ROOT: Caller = Caller { uid: 0 };
-const IDLE: Duration = Duration::from_secs(600);
+const IDLE: Duration = Duration::from_mins(10);
 /// The kinds a record's header may be given (see [`records`]).
 const KINDS: [u16; 5] = [kind::SYSCALL, kind::EXEC, kind::FORK, kind::EXIT, kind::TLS];
 
@@ -108,7 +111,7 @@ fn records_through(
         .expect("a session starts");
     let queue_len = usize::from(data.first().copied().unwrap_or(0) % 32) + 1;
     let (_, mut rx) = engine
-        .follow(Target::Id(session.id.clone()), ROOT, queue_len)
+        .follow(Follow::Id(session.id.clone()), ROOT, queue_len)
         .expect("a follower attaches");
 
     let (mut received, mut reported_lost) = (0u64, 0u64);
@@ -194,8 +197,8 @@ pub fn requests(data: &[u8]) {
             Ok((target, queue_len)) => {
                 assert!((1..=validate::MAX_QUEUE_LEN).contains(&queue_len));
                 match target {
-                    Target::Session(spec) => Some(spec),
-                    Target::Id(_) => None,
+                    Follow::Session(spec) => Some(spec),
+                    Follow::Id(_) => None,
                 }
             }
             Err(_) => None,

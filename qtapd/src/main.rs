@@ -65,6 +65,10 @@ struct Args {
     /// one are trusted as administrators (like root on the socket).
     #[arg(long, value_name = "PEM", requires = "listen_tcp")]
     client_ca: Option<PathBuf>,
+    /// A TCP client must finish its TLS handshake within this time (e.g.
+    /// 10s, 500ms), or qtapd closes the connection.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: std::time::Duration,
     /// Serve plain TCP without authentication (loudly logged). Only for
     /// isolated test networks.
     #[arg(long, requires = "listen_tcp", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
@@ -89,7 +93,8 @@ fn tcp_config(args: &Args) -> anyhow::Result<Option<TcpConfig>> {
         |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(cert)?, read(key)?))
-        .client_ca_root(Certificate::from_pem(read(ca)?));
+        .client_ca_root(Certificate::from_pem(read(ca)?))
+        .timeout(args.tls_handshake_timeout);
     Ok(Some(TcpConfig {
         addr,
         tls: Some(tls),

@@ -311,6 +311,120 @@ print('parent', os.getpid(), fd, d, flush=True)
     assert_eq!(writes[1]["open"], false);
 }
 
+/// Entries of qtapd's `PENDING` map (a syscall's arguments kept from its
+/// enter to its exit) left for threads of process `tgid`.
+fn pending_entries_of(tgid: u32) -> usize {
+    use aya::maps::{HashMap, Map, MapData};
+    let info = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .find(|m| m.name_as_str() == Some(qtap_common::map::PENDING))
+        .expect("qtapd's PENDING map is loaded");
+    let data = MapData::from_id(info.id()).unwrap();
+    let pending: HashMap<_, u64, qtap_common::Pending> =
+        HashMap::try_from(Map::LruHashMap(data)).unwrap();
+    pending
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|id| (id >> 32) as u32 == tgid)
+        .count()
+}
+
+/// Processes that end while their threads sit in a traced syscall: a
+/// thread blocked in `recv` when another calls `exit`, a process blocked
+/// in `accept` killed with SIGKILL. Each call is still reported (with the
+/// error the kernel gave it), the exit is seen, and nothing of theirs is
+/// left in the kernel's maps.
+#[test]
+fn processes_ending_inside_a_syscall() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and never answers, so the client's recv blocks.
+    let server = thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+    let daemon = Daemon::start("mod:socket,mod:process,exe.contains:python3").unwrap();
+    let blocked_recv = Command::new("python3")
+        .args([
+            "-c",
+            r"
+import os, socket, sys, threading, time
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+threading.Thread(target=lambda: s.recv(100)).start()
+time.sleep(0.5)
+print(os.getpid(), s.fileno(), flush=True)
+os._exit(0)
+",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(blocked_recv.status.success(), "{blocked_recv:?}");
+    let out = String::from_utf8_lossy(&blocked_recv.stdout);
+    let fields: Vec<i64> = out.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    let (recv_pid, recv_fd) = (fields[0], fields[1]);
+
+    let mut blocked_accept = Command::new("python3")
+        .args([
+            "-c",
+            "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); s.accept()",
+        ])
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(700));
+    let accept_pid = blocked_accept.id();
+    // While it waits, its accept's arguments are there (the check sees them).
+    assert_eq!(
+        pending_entries_of(accept_pid),
+        1,
+        "a blocked accept has its entry"
+    );
+    blocked_accept.kill().unwrap();
+    blocked_accept.wait().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    for pid in [recv_pid as u32, accept_pid] {
+        assert_eq!(
+            pending_entries_of(pid),
+            0,
+            "PENDING entries left for process {pid}, which has exited"
+        );
+    }
+    let events = daemon.stop().unwrap();
+    drop(server.join().unwrap());
+    let of = |pid: i64| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["pid"].as_i64() == Some(pid))
+            .collect()
+    };
+    let exits = |pid: i64| {
+        of(pid)
+            .iter()
+            .filter(|e| e["msg"] == "process/exit")
+            .count()
+    };
+
+    let recv = of(recv_pid);
+    let cut = on_fd(&events, recv_fd, "recvfrom")
+        .into_iter()
+        .find(|e| e["pid"].as_i64() == Some(recv_pid))
+        .unwrap_or_else(|| panic!("the interrupted recv is not reported: {recv:#?}"));
+    assert!(
+        cut["bytes"].as_i64().is_some_and(|b| b < 0) && !cut["error"].is_null(),
+        "an interrupted recv is an error: {cut}"
+    );
+    assert_eq!(exits(recv_pid), 1, "{recv:#?}");
+
+    let accept_pid = i64::from(accept_pid);
+    let accept = of(accept_pid);
+    let cut = accept
+        .iter()
+        .find(|e| syscall(e) == Some("accept4") || syscall(e) == Some("accept"))
+        .unwrap_or_else(|| panic!("the interrupted accept is not reported: {accept:#?}"));
+    assert!(!cut["error"].is_null(), "{cut}");
+    assert_eq!(exits(accept_pid), 1, "{accept:#?}");
+}
+
 /// Non-blocking reads that fail are errors (`bytes` is -errno), vectors
 /// with empty entries count every byte, and threads sharing an fd are each
 /// seen with their own tid.

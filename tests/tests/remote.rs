@@ -58,8 +58,8 @@ impl Drop for Hosts {
     }
 }
 
-/// A CA, a server certificate for `ip`, a client certificate, and a client
-/// certificate from another CA.
+/// A CA, a server certificate for `ip`, a client certificate, a client
+/// certificate from another CA, and one from the CA that expired in 2020.
 fn certificates(dir: &Path, ip: &str) {
     fs::create_dir_all(dir).unwrap();
     let d = dir.display();
@@ -76,9 +76,39 @@ fn certificates(dir: &Path, ip: &str) {
            name=${{who%%:*}}; ca=${{who##*:}}
            openssl req -newkey rsa:2048 -nodes -keyout $name.key -out $name.csr -subj /CN=$name 2>/dev/null
            openssl x509 -req -in $name.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -out $name.pem -days 1 -extfile client.ext 2>/dev/null
-         done"
+         done
+         printf '[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial.txt\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n' > ca.cnf
+         : > index.txt; echo 1000 > serial.txt
+         openssl req -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -subj /CN=expired 2>/dev/null
+         openssl ca -batch -notext -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem \
+           -startdate 20200101000000Z -enddate 20200102000000Z -extfile client.ext 2>/dev/null"
     ));
 }
+
+/// `python3 -c STALLED_HANDSHAKES HOST PORT N`: opens N connections that
+/// send the first bytes of a TLS `ClientHello` and no more, prints `open N`,
+/// and once its stdin closes waits (up to 20 s) for the server to close
+/// them, printing `closed C`.
+const STALLED_HANDSHAKES: &str = r"
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.create_connection((host, port)) for _ in range(n)]
+for s in socks:
+    s.sendall(bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]))
+print('open', n, flush=True)
+sys.stdin.read()
+deadline = time.monotonic() + 20
+closed = 0
+for s in socks:
+    s.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        closed += s.recv(1) == b''
+    except ConnectionResetError:
+        closed += 1
+    except socket.timeout:
+        pass
+print('closed', closed, flush=True)
+";
 
 /// qtapctl in namespace `ns` against `url`, authenticating as `who`.
 fn remote_ctl(ns: &str, url: &str, dir: &Path, who: &str, args: &[&str]) -> Command {
@@ -121,6 +151,8 @@ fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
             &pem("server.key"),
             "--client-ca",
             &pem("ca.pem"),
+            "--tls-handshake-timeout",
+            "2s",
         ],
     )
     .unwrap();
@@ -186,6 +218,39 @@ fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
         .unwrap();
     assert_eq!(rogue.status.code(), Some(1), "{rogue:?}");
     assert!(!rogue.stderr.is_empty(), "a refused client must say why");
+    // An expired client certificate from the right CA is refused.
+    let expired = remote_ctl(&hosts.b, &url, &dir, "expired", &["trace", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(expired.status.code(), Some(1), "{expired:?}");
+    assert!(!expired.stderr.is_empty(), "a refused client must say why");
+
+    // Clients that start a TLS handshake and never finish it hold nothing
+    // up: a real client is served meanwhile, and qtapd closes each of
+    // theirs after --tls-handshake-timeout.
+    let mut stalled = Command::new("ip")
+        .args(["netns", "exec", &hosts.b, "python3", "-c"])
+        .arg(STALLED_HANDSHAKES)
+        .args([&hosts.server_ip, "7443", "50"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(stalled.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "open 50");
+    let beside_stalled = remote_ctl(&hosts.b, &url, &dir, "client", &["trace", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        beside_stalled.status.success(),
+        "a client was not served beside stalled handshakes: {beside_stalled:?}"
+    );
+    drop(stalled.stdin.take());
+    let closed = lines.next().unwrap().unwrap();
+    assert_eq!(closed, "closed 50", "qtapd must close stalled handshakes");
+    assert!(stalled.wait().unwrap().success());
+
     // No client certificate at all: the TLS handshake fails, while the
     // same request with the certificate completes it.
     let handshake = |with_cert: bool| {

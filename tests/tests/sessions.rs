@@ -201,9 +201,35 @@ fn unprivileged_users_see_only_their_own() {
         "{out:?}"
     );
 
-    // A member's session selects only the member's processes.
+    // The socket is root:qtap, mode 0660 (and again after a restart).
+    let socket_owner = |service: &Service| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&service.socket).unwrap();
+        let group = Command::new("getent")
+            .args(["group", &meta.gid().to_string()])
+            .output()
+            .unwrap();
+        let group = String::from_utf8_lossy(&group.stdout).to_string();
+        (
+            meta.mode() & 0o7777,
+            meta.uid(),
+            group.split(':').next().unwrap_or("").to_owned(),
+        )
+    };
+    let expected = (0o660, 0, "qtap".to_owned());
+    assert_eq!(socket_owner(&service), expected);
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(service.pid() as i32, libc::SIGTERM) };
+    let service = service.restart(&[]).unwrap();
+    assert_eq!(socket_owner(&service), expected, "after a restart");
+
+    // A member's session selects only the member's processes, even when
+    // its filter asks for root's (uid:0).
     let root_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
-    let id = stdout(&service.ctl_as(member, &["trace", "start", "--filter", "exe.contains:curl"]));
+    let id = stdout(&service.ctl_as(
+        member,
+        &["trace", "start", "--filter", "exe.contains:curl,uid:0"],
+    ));
     let follower = follow_json(&service, member, &id);
     wait_followers(&service, &id, 1);
     let (url, server) = http_server(2);
@@ -235,8 +261,20 @@ fn unprivileged_users_see_only_their_own() {
         "a member's session missed the member's curl: {events:#?}"
     );
 
-    // The member sees and may touch only its own session.
+    // The member sees and may touch only its own session, whose filter
+    // names the member's uid in place of the one it asked for.
     let list = stdout(&service.ctl_as(member, &["trace", "list"]));
+    let uid_of_member = stdout(
+        &Command::new("id")
+            .args(["-u", "qtap-e2e-member"])
+            .output()
+            .unwrap(),
+    );
+    let shown = list.lines().find(|l| l.starts_with(&id)).unwrap_or("");
+    assert!(
+        shown.contains(&format!("uid:{uid_of_member}")) && !shown.contains("uid:0"),
+        "{list}"
+    );
     assert!(
         list.contains(&id) && !list.lines().any(|l| l.starts_with(&format!("{root_id} "))),
         "{list}"
