@@ -95,8 +95,9 @@ pub async fn bpf_trace(
                     };
                     warn!(stage, lost = lost.count, "events lost");
                 }
-                // Batches are made by the gRPC stream, never queued.
-                Some(Item::Heartbeat(_) | Item::Batch(_)) | None => {}
+                // Batches are made by the gRPC stream, never queued; the
+                // end is qtapd's own shutdown, logged by `run`.
+                Some(Item::Heartbeat(_) | Item::Batch(_) | Item::End(_)) | None => {}
             }
         }
     });

@@ -114,10 +114,11 @@ fn records_through(
         .follow(Follow::Id(session.id.clone()), ROOT, queue_len)
         .expect("a follower attaches");
 
-    let (mut received, mut reported_lost) = (0u64, 0u64);
+    let (mut received, mut reported_lost, mut ended) = (0u64, 0u64, 0);
     let mut count = |item: FollowItem| match item.item {
         Some(Item::Event(_)) => received += 1,
         Some(Item::Lost(lost)) => reported_lost += lost.count,
+        Some(Item::End(_)) => ended += 1,
         other => panic!("unexpected item {other:?}"),
     };
     let mut rest = data.get(1..).unwrap_or_default();
@@ -148,6 +149,7 @@ fn records_through(
     assert_eq!(engine.records() - before, handled, "every record handled");
     assert_eq!(received, stopped.events_delivered, "delivered = received");
     assert_eq!(reported_lost, stopped.events_lost, "lost = reported lost");
+    assert_eq!(ended, 1, "the stream ends saying why");
 }
 
 /// Writes the kind, ABI and session mask that `selector` asks for into

@@ -22,7 +22,10 @@ fn every_saved_fuzz_input_still_holds() {
                 inputs += 1;
             }
         }
-        assert!(inputs >= 10, "only {inputs} saved inputs for fuzz target {name}");
+        assert!(
+            inputs >= 10,
+            "only {inputs} saved inputs for fuzz target {name}"
+        );
         println!("fuzz target {name}: {inputs} saved inputs hold");
     }
 }

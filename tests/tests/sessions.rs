@@ -143,6 +143,53 @@ fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
     service.stop().unwrap();
 }
 
+/// A follower whose session ends is told why: stopped (and by whom), or
+/// qtapd shutting down on SIGTERM; it then exits 0 on its own, and qtapd
+/// exits within its grace.
+#[test]
+fn followers_are_told_why_the_stream_ended() {
+    if !privileged() {
+        return;
+    }
+    let service = Service::start(&[]).unwrap();
+    let follow = |id: &str| {
+        service
+            .ctl_command(None, &["trace", "follow", id, "--output", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stopped_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let shutdown_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let stopped = follow(&stopped_id);
+    let shut_down = follow(&shutdown_id);
+    wait_followers(&service, &stopped_id, 1);
+    wait_followers(&service, &shutdown_id, 1);
+
+    stdout(&service.ctl(&["trace", "stop", &stopped_id]));
+    let out = stopped.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the session ended: stopped by uid 0"),
+        "{said}"
+    );
+
+    let log = service.stop().unwrap();
+    let out = shut_down.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the session ended: qtapd is shutting down"),
+        "{said}"
+    );
+    assert!(
+        !log.contains("clients still connected at shutdown"),
+        "the follower's stream should end before the grace runs out: {log}"
+    );
+}
+
 #[test]
 fn invalid_filter_is_a_usage_error_naming_the_term() {
     if !privileged() {

@@ -87,7 +87,8 @@ fn age_secs(s: &Session) -> u64 {
 /// Why one connection's stream ended.
 enum End {
     Interrupted,
-    SessionEnded,
+    /// With qtapd's reason, when it gave one (`SessionEnd`).
+    SessionEnded(Option<String>),
 }
 
 /// A failure worth reconnecting for (the daemon or the transport went
@@ -148,8 +149,9 @@ pub async fn follow(
         };
         match follow_once(conn, request, renderer.as_mut(), &mut summary).await {
             Ok(End::Interrupted) => break Ok(()),
-            Ok(End::SessionEnded) => {
-                eprintln!("qtapctl: the session ended (stopped, or qtapd shut down)");
+            Ok(End::SessionEnded(why)) => {
+                let why = why.unwrap_or_else(|| "stopped, or qtapd shut down".into());
+                eprintln!("qtapctl: the session ended: {why}");
                 break Ok(());
             }
             Err(FollowError::Transport(e)) => {
@@ -192,13 +194,14 @@ async fn follow_once(
     // One signal listener for the whole stream, not one per message.
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
+    let mut why = None;
     loop {
         let item = tokio::select! {
             _ = &mut interrupted => return Ok(End::Interrupted),
             item = stream.message() => item.map_err(classify)?,
         };
         let Some(item) = item else {
-            return Ok(End::SessionEnded);
+            return Ok(End::SessionEnded(why));
         };
         match item.item {
             Some(Item::Event(event)) => show(renderer, summary, [&event])?,
@@ -213,6 +216,7 @@ async fn follow_once(
                 };
                 eprintln!("qtapctl: lost {} events: {stage}", lost.count);
             }
+            Some(Item::End(end)) => why = Some(end.detail),
             Some(Item::Heartbeat(_)) | None => {}
         }
     }

@@ -14,6 +14,7 @@ use std::{
 use qtap_common::MAX_SESSIONS;
 use qtap_proto::v1::{
     follow_item::Item, Event, FollowItem, Heartbeat, LossStage, Lost, Session as SessionInfo,
+    SessionEnd,
 };
 use tokio::sync::mpsc;
 
@@ -62,20 +63,39 @@ impl Follower {
         }
     }
 
-    /// The stream ends: hand over the losses not reported yet, waiting (in
-    /// a task, never in the engine) for room in a full queue, so that the
-    /// follower's count of lost events is complete when its stream ends.
-    fn finish(&mut self) {
-        if self.unreported == 0 {
-            return;
+    /// The stream ends: hand over the losses not reported yet and why it
+    /// ends, waiting (in a task, never in the engine) for room in a full
+    /// queue, so that the follower's count of lost events is complete and
+    /// the reason is its last item.
+    fn finish(&mut self, end: &SessionEnd) {
+        let mut last = Vec::with_capacity(2);
+        if self.unreported > 0 {
+            last.push(self.lost_notice());
+            self.unreported = 0;
         }
-        if let Err(mpsc::error::TrySendError::Full(notice)) = self.tx.try_send(self.lost_notice()) {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let tx = self.tx.clone();
-                runtime.spawn(async move { tx.send(notice).await });
+        last.push(FollowItem {
+            item: Some(Item::End(end.clone())),
+        });
+        let mut last = last.into_iter();
+        while let Some(item) = last.next() {
+            match self.tx.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let tx = self.tx.clone();
+                        runtime.spawn(async move {
+                            for item in std::iter::once(item).chain(last) {
+                                if tx.send(item).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
-        self.unreported = 0;
     }
 
     fn offer(&mut self, item: Item) -> Offer {
@@ -224,14 +244,14 @@ impl Hub {
     }
 
     /// Removes a session; its followers' streams end after what is
-    /// queued for them, and the losses they were not told of yet.
-    pub fn remove(&mut self, id: &str) -> Result<Session, HubError> {
+    /// queued for them, the losses they were not told of yet, and `end`.
+    pub fn remove(&mut self, id: &str, end: &SessionEnd) -> Result<Session, HubError> {
         let mut session = self
             .sessions
             .remove(id)
             .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
         for follower in &mut session.followers {
-            follower.finish();
+            follower.finish(end);
         }
         Ok(session)
     }
@@ -369,6 +389,13 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn stopped() -> SessionEnd {
+        SessionEnd {
+            reason: qtap_proto::v1::EndReason::Stopped.into(),
+            detail: "stopped by uid 0".into(),
+        }
+    }
+
     fn spec(filter: &str) -> Spec {
         Spec {
             filter: Filter::parse(filter).unwrap(),
@@ -403,9 +430,12 @@ mod tests {
             .map(|_| hub.create(spec("pid:1")).unwrap().id.clone())
             .collect();
         assert!(matches!(hub.create(spec("pid:1")), Err(HubError::Full)));
-        let freed = hub.remove(&ids[5]).unwrap().slot;
+        let freed = hub.remove(&ids[5], &stopped()).unwrap().slot;
         assert_eq!(hub.create(spec("pid:1")).unwrap().slot, freed);
-        assert!(matches!(hub.remove("nope"), Err(HubError::NotFound(_))));
+        assert!(matches!(
+            hub.remove("nope", &stopped()),
+            Err(HubError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -500,18 +530,21 @@ mod tests {
         for n in 0..10 {
             hub.deliver(1 << slot, &event(n), |_| true);
         }
-        let session = hub.remove(&id).unwrap();
+        let session = hub.remove(&id, &stopped()).unwrap();
         drop(session);
         let mut events = 0;
         let mut lost = 0;
+        let mut end = None;
         while let Some(item) = rx.recv().await {
             match item.item.unwrap() {
                 Item::Event(_) => events += 1,
                 Item::Lost(l) => lost += l.count,
                 Item::Heartbeat(_) | Item::Batch(_) => {}
+                Item::End(why) => end = Some(why),
             }
         }
         assert_eq!((events, lost), (4, 6));
+        assert_eq!(end, Some(stopped()), "the stream ends saying why");
     }
 
     #[test]
@@ -573,7 +606,7 @@ mod tests {
             match item {
                 Item::Event(_) => *received += 1,
                 Item::Lost(l) => *lost += l.count,
-                Item::Heartbeat(_) | Item::Batch(_) => {}
+                Item::Heartbeat(_) | Item::Batch(_) | Item::End(_) => {}
             }
         }
 
@@ -610,7 +643,7 @@ mod tests {
                             Step::Heartbeat => hub.heartbeat(),
                         }
                     }
-                    drop(hub.remove(&id).unwrap());
+                    drop(hub.remove(&id, &stopped()).unwrap());
                     while let Some(item) = rx.recv().await {
                         count(&item.item.unwrap(), &mut received, &mut lost);
                     }

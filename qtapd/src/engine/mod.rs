@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use qtap_common::limit;
-use qtap_proto::v1::{Counters, FollowItem, LossStage, Session as SessionInfo, Status};
+use qtap_proto::v1::{
+    Counters, EndReason, FollowItem, LossStage, Session as SessionInfo, SessionEnd, Status,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, oneshot},
@@ -153,7 +155,7 @@ impl<K: Selector> Engine<K> {
             (s.id.clone(), s.slot)
         };
         if let Err(e) = self.reinstall() {
-            let _ = self.hub.remove(&id);
+            let _ = self.hub.remove(&id, &failed_to_start());
             let _ = self.reinstall();
             return Err(e);
         }
@@ -161,7 +163,7 @@ impl<K: Selector> Engine<K> {
             Ok(running) => running,
             Err(e) => {
                 // Leave nothing half-installed behind.
-                if let Ok(session) = self.hub.remove(&id) {
+                if let Ok(session) = self.hub.remove(&id, &failed_to_start()) {
                     let _ = self.retire(&session);
                 }
                 return Err(e);
@@ -182,10 +184,23 @@ impl<K: Selector> Engine<K> {
             .get(id)
             .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
         caller.may_access(session)?;
-        let session = self.hub.remove(id)?;
+        let end = SessionEnd {
+            reason: EndReason::Stopped.into(),
+            detail: format!("stopped by uid {}", caller.uid),
+        };
+        let session = self.hub.remove(id, &end)?;
         self.retire(&session)?;
         info!(session = %session.id, by_uid = caller.uid, "session stopped");
         Ok(session.info())
+    }
+
+    /// Ends every session (the kernel state goes with the engine): each
+    /// follower gets what is queued, its unreported losses, and `end`.
+    fn end_all(&mut self, end: &SessionEnd) {
+        let ids: Vec<String> = self.hub.iter().map(|s| s.id.clone()).collect();
+        for id in ids {
+            let _ = self.hub.remove(&id, end);
+        }
     }
 
     /// Recompiles the kernel tables and clears the session's bit from
@@ -502,6 +517,10 @@ impl<K: Selector> Engine<K> {
                 }
             }
         }
+        self.end_all(&SessionEnd {
+            reason: EndReason::Shutdown.into(),
+            detail: "qtapd is shutting down".into(),
+        });
         let c = self.status().counters.unwrap_or_default();
         info!(
             records = c.records,
@@ -514,6 +533,14 @@ impl<K: Selector> Engine<K> {
             "engine stopped; loss totals"
         );
         Ok(())
+    }
+}
+
+/// The end of a session that could not be started (it has no followers).
+fn failed_to_start() -> SessionEnd {
+    SessionEnd {
+        reason: EndReason::Unspecified.into(),
+        detail: "the session could not be started".into(),
     }
 }
 

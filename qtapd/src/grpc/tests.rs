@@ -358,6 +358,7 @@ async fn a_slow_follower_loses_is_told_how_many_and_slows_no_one() {
             }
             Item::Heartbeat(_) => unreachable!("next() skips heartbeats"),
             Item::Batch(_) => unreachable!("batches were not asked for"),
+            Item::End(end) => panic!("the session ended early: {end:?}"),
         }
     }
     assert!(lost > 0, "a queue of 1 cannot hold 200 events");
