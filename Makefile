@@ -16,8 +16,10 @@ BPF_LINKER_VERSION := 0.10.1
 # Debian packages the build, the demo and the tests use.
 DEB_PACKAGES := curl nginx-light python3 iproute2 openssl
 QTAPD := target/release/qtapd
+CARGO_DEB_VERSION := 3.8.0
+PKG := target/packaging
 
-.PHONY: all deps build run test bench soak lint clean
+.PHONY: all deps build run test deb bench soak lint clean
 
 all: build
 
@@ -31,10 +33,24 @@ run: build
 	@FILTER='$(FILTER)' ENCODING='$(ENCODING)' DEMO='$(DEMO)' scripts/run.sh $(QTAPD)
 
 # Every test: unit tests of all crates and the privileged end-to-end tests,
-# which start the real qtapd (built above) against the real kernel.
-test: build
+# which start the real qtapd (built above) against the real kernel, and
+# install, run and purge the Debian package.
+test: build deb
 	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
-	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl cargo test --release --locked -p qtap-tests -- --test-threads=1
+	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl QTAP_DEB=$(CURDIR)/$(PKG)/qtap.deb \
+		cargo test --release --locked -p qtap-tests -- --test-threads=1
+
+# The Debian package (packaging/, cargo-deb): both programs, the systemd
+# unit, group qtap, the example config, man pages and completions.
+deb: build
+	@command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version $(CARGO_DEB_VERSION)
+	mkdir -p $(PKG)/completions
+	$(QTAPD) --print-man > $(PKG)/qtapd.8
+	target/release/qtapctl generate man > $(PKG)/qtapctl.1
+	target/release/qtapctl generate completions bash > $(PKG)/completions/qtapctl.bash
+	target/release/qtapctl generate completions zsh > $(PKG)/completions/_qtapctl
+	target/release/qtapctl generate completions fish > $(PKG)/completions/qtapctl.fish
+	cargo deb -p qtapd --no-build --locked -o $(PKG)/qtap.deb
 
 # Overhead of qtap and of strace/bpftrace on nginx under wrk, the event
 # pipeline's throughput to 1/4/16 followers, and criterion micro-benchmarks

@@ -28,6 +28,9 @@ pub struct Args {
     /// default, and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Print the man page (roff) and exit (for packaging).
+    #[arg(long, hide = true)]
+    pub print_man: bool,
     /// Trace this filter and print events to stdout, e.g.
     /// `mod:socket,exe.contains:curl`.
     ///

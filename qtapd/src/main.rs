@@ -28,6 +28,14 @@ fn main() -> ExitCode {
         print!("{}", config::example(&Args::command()));
         return ExitCode::SUCCESS;
     }
+    if args.print_man {
+        let man = clap_mangen::Man::new(Args::command()).section("8");
+        if let Err(e) = man.render(&mut std::io::stdout()) {
+            eprintln!("qtapd: {e}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
     let filter = match args.bpf_trace.as_deref().map(Filter::parse).transpose() {
         Ok(filter) => filter,
         Err(e) => {

@@ -101,6 +101,22 @@ pub fn privileged() -> bool {
     root
 }
 
+/// Programs of qtap's kernel object loaded now (by name: the tracepoints
+/// and OpenSSL symbols they attach to; the kernel keeps 15 bytes).
+#[must_use]
+pub fn qtap_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str().is_some_and(|n| {
+                ["sys_enter_", "sys_exit_", "sched_process_", "SSL_"]
+                    .iter()
+                    .any(|prefix| n.starts_with(prefix))
+            })
+        })
+        .count()
+}
+
 /// A running `qtapd --bpf-trace=<filter> --log-encoding=json`.
 pub struct Daemon {
     child: Child,

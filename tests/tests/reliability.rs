@@ -13,24 +13,10 @@ use std::{
 };
 
 use qtap_tests::{
-    privileged, run_curl, run_curl_at, serve_once, syscall, Daemon, Follower, Service,
+    privileged, qtap_programs, run_curl, run_curl_at, serve_once, syscall, Daemon, Follower,
+    Service,
 };
 use serde_json::Value;
-
-/// Programs of qtap's kernel object loaded now (by name: the tracepoints
-/// and OpenSSL symbols they attach to; the kernel keeps 15 bytes).
-fn qtap_programs() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| {
-            p.name_as_str().is_some_and(|n| {
-                ["sys_enter_", "sys_exit_", "sched_process_", "SSL_"]
-                    .iter()
-                    .any(|prefix| n.starts_with(prefix))
-            })
-        })
-        .count()
-}
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -25,6 +25,7 @@ const COMMAND_LINE_ONLY: &[&str] = &[
     "capture-bytes",
     "config",
     "print-config",
+    "print-man",
     "help",
     "version",
 ];
@@ -122,7 +123,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, Result<clap::Error, ConfigErro
         None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
         None => return Ok(given),
     };
-    if given.print_config {
+    if given.print_config || given.print_man {
         return Ok(given);
     }
     let text = std::fs::read_to_string(&path).map_err(|source| {

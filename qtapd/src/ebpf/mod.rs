@@ -49,8 +49,11 @@ pub enum KernelError {
         name: &'static str,
         source: Box<MapError>,
     },
-    #[error("{target}: not OpenSSL: {source}")]
-    NotOpenssl {
+    /// A required `SSL_*` probe could not be attached: the symbol is
+    /// missing (not OpenSSL), or the kernel refused (uprobes need
+    /// CAP_SYS_ADMIN).
+    #[error("{target}: cannot attach the OpenSSL probes: {source}")]
+    TlsAttach {
         target: PathBuf,
         source: Box<ProgramError>,
     },
@@ -336,7 +339,7 @@ impl Selector for Kernel {
         }
         if let Some(error) = failure {
             self.detach_links(links);
-            return Err(KernelError::NotOpenssl {
+            return Err(KernelError::TlsAttach {
                 target: target.to_owned(),
                 source: Box::new(error),
             });
