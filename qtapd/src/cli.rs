@@ -79,6 +79,11 @@ pub struct Args {
     /// 10s, 500ms), or qtapd closes the connection.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_handshake_timeout: std::time::Duration,
+    /// Serve Prometheus metrics at `/metrics` on this address (e.g.
+    /// 127.0.0.1:9464). Off by default; anyone who can reach it can read
+    /// them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve plain TCP without authentication (loudly logged). Only for
     /// isolated test networks.
     #[arg(long, requires = "listen_tcp", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]

@@ -115,6 +115,8 @@ pub struct ServeConfig {
     pub group: String,
     pub idle_timeout: Duration,
     pub tcp: Option<TcpConfig>,
+    /// `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The optional TCP listener: mutual TLS, or plain with `--insecure-tcp`.
@@ -131,6 +133,12 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     kernel.set_tracing(false)?;
     let listener = grpc::socket::bind(&config.socket, &config.group)?;
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE_LEN);
+    let metrics = match config.metrics {
+        Some(addr) => {
+            Some(crate::metrics::serve(addr, commands_tx.clone(), shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let engine = tokio::spawn(Engine::new(kernel).run(ring, commands, shutdown.child_token()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -161,6 +169,9 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
             Ok(joined) => joined??,
             Err(()) => abort.abort(),
         }
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
     let engine_result = engine.await;
     let _ = std::fs::remove_file(&config.socket);

@@ -11,6 +11,7 @@ pub mod events;
 pub mod filter;
 pub mod fuzz;
 pub mod grpc;
+pub mod metrics;
 pub mod procfs;
 pub mod protocol;
 pub mod streams;

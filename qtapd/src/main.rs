@@ -80,6 +80,7 @@ fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Re
                 group: args.socket_group,
                 idle_timeout: Duration::from_secs(args.idle_timeout),
                 tcp,
+                metrics: args.metrics_listen,
             };
             daemon::serve(config, shutdown).await
         }

@@ -49,33 +49,9 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("the unit has no {key}="))
 }
 
-#[test]
-fn the_debian_package_installs_runs_and_purges() {
-    if !privileged() {
-        return;
-    }
-    let Ok(deb) = std::env::var("QTAP_DEB") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but QTAP_DEB is not set: run the tests with `make test`"
-        );
-        eprintln!("*** NOT RUN: set QTAP_DEB to the package (`make test` does) ***");
-        return;
-    };
-    // Left over from an interrupted run, if any.
-    let _ = Command::new("dpkg").args(["--purge", "qtap"]).output();
-    run("dpkg", &["-i", &deb]);
-    for path in INSTALLED {
-        assert!(Path::new(path).exists(), "{path} not installed");
-    }
-    run("getent", &["group", "qtap"]);
-    let conffiles = run("dpkg-query", &["--showformat=${Conffiles}", "--show", "qtap"]);
-    assert!(
-        String::from_utf8_lossy(&conffiles.stdout).contains("/etc/qtap/qtapd.toml"),
-        "the config is a conffile"
-    );
-
-    // Start qtapd as the unit says.
+/// qtapd started as its unit says: `ExecStart`, `RuntimeDirectory`, and
+/// the `CapabilityBoundingSet` (with `setpriv`); waits for its socket.
+fn start_as_the_unit_says() -> std::process::Child {
     let unit = fs::read_to_string("/usr/lib/systemd/system/qtapd.service").unwrap();
     let exec: Vec<&str> = unit_value(&unit, "ExecStart").split_whitespace().collect();
     let caps: Vec<String> = unit_value(&unit, "CapabilityBoundingSet")
@@ -96,19 +72,31 @@ fn the_debian_package_installs_runs_and_purges() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(SOCKET).is_err() {
-        assert!(Instant::now() < deadline, "the installed qtapd never listened");
+        assert!(
+            Instant::now() < deadline,
+            "the installed qtapd never listened"
+        );
         assert!(qtapd.try_wait().unwrap().is_none(), "qtapd exited");
         thread::sleep(Duration::from_millis(100));
     }
     let meta = fs::metadata(SOCKET).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o660);
 
-    // A session through the installed qtapctl, with the OpenSSL probes:
-    // the unit's capabilities are enough for all of it.
+    qtapd
+}
+
+/// A session through the installed qtapctl, with the OpenSSL probes: the
+/// unit's capabilities are enough for all of it.
+fn trace_curl_with_the_installed_qtapctl() {
     let id = String::from_utf8_lossy(
         &run(
             "/usr/bin/qtapctl",
-            &["trace", "start", "--filter", "mod:socket,mod:openssl,exe.contains:curl"],
+            &[
+                "trace",
+                "start",
+                "--filter",
+                "mod:socket,mod:openssl,exe.contains:curl",
+            ],
         )
         .stdout,
     )
@@ -135,10 +123,44 @@ fn the_debian_package_installs_runs_and_purges() {
     );
     let events = follower.stop().unwrap();
     assert!(
-        events.iter().any(|e| e["pid"].as_u64() == Some(u64::from(curl))
-            && e["msg"] == "syscall/connect"),
+        events
+            .iter()
+            .any(|e| e["pid"].as_u64() == Some(u64::from(curl)) && e["msg"] == "syscall/connect"),
         "the installed qtapd traced curl: {events:#?}"
     );
+}
+
+#[test]
+fn the_debian_package_installs_runs_and_purges() {
+    if !privileged() {
+        return;
+    }
+    let Ok(deb) = std::env::var("QTAP_DEB") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but QTAP_DEB is not set: run the tests with `make test`"
+        );
+        eprintln!("*** NOT RUN: set QTAP_DEB to the package (`make test` does) ***");
+        return;
+    };
+    // Left over from an interrupted run, if any.
+    let _ = Command::new("dpkg").args(["--purge", "qtap"]).output();
+    run("dpkg", &["-i", &deb]);
+    for path in INSTALLED {
+        assert!(Path::new(path).exists(), "{path} not installed");
+    }
+    run("getent", &["group", "qtap"]);
+    let conffiles = run(
+        "dpkg-query",
+        &["--showformat=${Conffiles}", "--show", "qtap"],
+    );
+    assert!(
+        String::from_utf8_lossy(&conffiles.stdout).contains("/etc/qtap/qtapd.toml"),
+        "the config is a conffile"
+    );
+
+    let qtapd = start_as_the_unit_says();
+    trace_curl_with_the_installed_qtapctl();
 
     // `systemctl stop` sends SIGTERM.
     // SAFETY: signalling the daemon this test started.
@@ -146,15 +168,24 @@ fn the_debian_package_installs_runs_and_purges() {
     let out = qtapd.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(!log.contains("WARN"), "warnings under the unit's capabilities: {log}");
+    assert!(
+        !log.contains("WARN"),
+        "warnings under the unit's capabilities: {log}"
+    );
     assert!(!Path::new(SOCKET).exists(), "qtapd removes its socket");
 
     run("dpkg", &["--purge", "qtap"]);
     for path in INSTALLED {
         assert!(!Path::new(path).exists(), "{path} left after purge");
     }
-    assert!(!Path::new("/etc/qtap").exists(), "/etc/qtap left after purge");
-    assert!(!Path::new("/run/qtap").exists(), "/run/qtap left after purge");
+    assert!(
+        !Path::new("/etc/qtap").exists(),
+        "/etc/qtap left after purge"
+    );
+    assert!(
+        !Path::new("/run/qtap").exists(),
+        "/run/qtap left after purge"
+    );
     // The kernel frees a dead process's programs shortly after it exits.
     let deadline = Instant::now() + Duration::from_secs(10);
     while qtap_programs() > 0 {

@@ -190,6 +190,75 @@ fn followers_are_told_why_the_stream_ended() {
     );
 }
 
+/// `--metrics-listen`: Prometheus text with the sessions, followers and
+/// counters `qtapctl status` shows; anything but `GET /metrics` is 404.
+#[test]
+fn metrics_endpoint_counts_sessions_and_followers() {
+    if !privileged() {
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let service = Service::start(&["--metrics-listen", &addr]).unwrap();
+    let scrape = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{addr}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let id = stdout(&service.ctl(&[
+        "trace",
+        "start",
+        "--filter",
+        "exe.contains:curl",
+        "--name",
+        "m",
+    ]));
+    let follower = follow_json(&service, None, &id);
+    wait_followers(&service, &id, 1);
+    let (url, server) = http_server(1);
+    run_curl(&url);
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let text = scrape("/metrics");
+    assert!(text.ends_with("\n200"), "{text}");
+    for line in [
+        "qtap_sessions 1",
+        "qtap_followers 1",
+        &format!("qtap_session_followers{{session=\"{id}\",name=\"m\"}} 1"),
+        "qtap_lost_total{stage=\"kernel_ring\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in {text}");
+    }
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(value("qtap_records_total") > 0, "{text}");
+    assert!(
+        value(&format!(
+            "qtap_session_events_delivered_total{{session=\"{id}\",name=\"m\"}}"
+        )) > 0,
+        "{text}"
+    );
+    assert!(value("qtap_programs_attached") >= 40, "{text}");
+    assert!(scrape("/other").ends_with("\n404"));
+    drop(follower);
+    service.stop().unwrap();
+}
+
 #[test]
 fn invalid_filter_is_a_usage_error_naming_the_term() {
     if !privileged() {

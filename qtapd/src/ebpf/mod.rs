@@ -51,7 +51,7 @@ pub enum KernelError {
     },
     /// A required `SSL_*` probe could not be attached: the symbol is
     /// missing (not OpenSSL), or the kernel refused (uprobes need
-    /// CAP_SYS_ADMIN).
+    /// `CAP_SYS_ADMIN`).
     #[error("{target}: cannot attach the OpenSSL probes: {source}")]
     TlsAttach {
         target: PathBuf,
