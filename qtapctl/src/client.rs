@@ -30,7 +30,13 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Connects to qtapd.
+/// A client of the qtap service on `conn`.
 pub async fn connect(conn: &Connection) -> anyhow::Result<QtapClient<Channel>> {
+    Ok(QtapClient::new(channel(conn).await?))
+}
+
+/// A channel to qtapd: its unix socket, or a remote one over mutual TLS.
+pub async fn channel(conn: &Connection) -> anyhow::Result<Channel> {
     let channel = if let Some(remote) = &conn.remote {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&remote.ca)?))
@@ -57,5 +63,5 @@ pub async fn connect(conn: &Connection) -> anyhow::Result<QtapClient<Channel>> {
                 )
             })?
     };
-    Ok(QtapClient::new(channel))
+    Ok(channel)
 }

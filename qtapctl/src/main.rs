@@ -53,6 +53,13 @@ enum Command {
     Trace(TraceCommand),
     /// The daemon's version, kernel, programs and counters.
     Status,
+    /// Asks qtapd's standard gRPC health service (grpc.health.v1); exits 0
+    /// only when it answers SERVING. For liveness and readiness probes.
+    Health {
+        /// The service to ask about ("" for the server as a whole).
+        #[arg(long, default_value = cmd::health::SERVICE)]
+        service: String,
+    },
     /// Shell completions or the man page, generated from this CLI.
     #[command(subcommand)]
     Generate(Generate),
@@ -163,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Status => cmd::status::run(&conn).await,
+        Command::Health { service } => cmd::health::run(&conn, service).await,
         Command::Generate(Generate::Completions { shell }) => {
             clap_complete::generate(
                 shell,

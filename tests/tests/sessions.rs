@@ -475,10 +475,26 @@ fn health_and_reflection_answer_on_the_socket() {
     });
     assert_eq!(status, ServingStatus::Serving as i32);
     assert!(services.iter().any(|s| s == "qtap.v1.Qtap"), "{services:?}");
+    // `qtapctl health`, the probe command, asks the same service.
+    assert_eq!(stdout(&service.ctl(&["health"])), "qtap.v1.Qtap: SERVING");
+    let unknown = service.ctl(&["health", "--service", "no.such.Service"]);
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
     // The client's runtime (and so its connection) is still alive and
     // idle: qtapd must still exit on SIGTERM, after its short grace.
     let stopping = std::time::Instant::now();
+    let socket = service.socket.clone();
     service.stop().unwrap();
+    let gone = Command::new(qtap_tests::qtapctl_bin().unwrap())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("health")
+        .output()
+        .unwrap();
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "health of a stopped qtapd: {gone:?}"
+    );
     assert!(
         stopping.elapsed() < Duration::from_secs(10),
         "shutdown waited on an idle client"

@@ -1,5 +1,6 @@
 //! One file per subcommand; this module maps their errors to exit codes.
 
+pub mod health;
 pub mod status;
 pub mod trace;
 
