@@ -17,6 +17,7 @@ BPF_LINKER_VERSION := 0.10.1
 DEB_PACKAGES := curl nginx-light python3 iproute2 openssl
 QTAPD := target/release/qtapd
 CARGO_DEB_VERSION := 3.8.0
+K8S_VALIDATE_VERSION := 1.37.0
 PKG := target/packaging
 
 .PHONY: all deps build run test deb bench soak lint clean
@@ -34,8 +35,11 @@ run: build
 
 # Every test: unit tests of all crates and the privileged end-to-end tests,
 # which start the real qtapd (built above) against the real kernel, and
-# install, run and purge the Debian package.
+# install, run and purge the Debian package; the Kubernetes manifests are
+# checked against the API's schemas offline (kubernetes-validate, PyPI).
 test: build deb
+	@python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate==$(K8S_VALIDATE_VERSION)
+	python3 -m kubernetes_validate --strict packaging/kubernetes/*.yaml
 	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
 	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl QTAP_DEB=$(CURDIR)/$(PKG)/qtap.deb \
 		cargo test --release --locked -p qtap-tests -- --test-threads=1

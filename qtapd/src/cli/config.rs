@@ -302,6 +302,24 @@ mod tests {
         assert!(tls.contains("--listen-tcp"), "needs the listener: {tls}");
     }
 
+    /// The config in the Kubernetes manifest's ConfigMap is one qtapd takes.
+    #[test]
+    fn the_kubernetes_config_map_holds_a_valid_file() {
+        let manifest = include_str!("../../../packaging/kubernetes/qtapd.yaml");
+        let text = manifest
+            .lines()
+            .skip_while(|l| !l.ends_with("qtapd.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .fold(String::new(), |mut text, l| {
+                let _ = writeln!(text, "{}", &l[4..]);
+                text
+            });
+        assert!(text.contains("metrics-listen"), "{text}");
+        let args = with_file(&text, &[]).unwrap();
+        assert!(args.metrics_listen.is_some());
+    }
+
     #[test]
     fn a_missing_file_named_by_config_is_an_error() {
         let missing = parse(argv(&["--config", "/nonexistent/qtapd.toml"]));
