@@ -41,6 +41,8 @@ struct Fields<'a> {
     fd: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     filename: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    host: &'a str,
     msg: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     new_fd: Option<i32>,
@@ -126,6 +128,7 @@ impl<'a> Fields<'a> {
             exe: &e.exe,
             fd: e.fd,
             filename: e.filename.as_deref(),
+            host: &e.host,
             msg: &e.msg,
             new_fd: e.new_fd,
             open: e.open,

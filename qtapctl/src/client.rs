@@ -25,6 +25,22 @@ pub struct Remote {
     pub key: PathBuf,
 }
 
+impl Connection {
+    /// How the daemon is named in output: the remote's `host:port`, or
+    /// the socket's path.
+    #[must_use]
+    pub fn name(&self) -> String {
+        match &self.remote {
+            Some(remote) => remote
+                .url
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_owned(),
+            None => self.socket.display().to_string(),
+        }
+    }
+}
+
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("read {}", path.display()))
 }

@@ -9,7 +9,7 @@ mod cmd;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
-use qtap_proto::v1::TraceOptions;
+use qtap_proto::v1::{follow_trace_request::Target, TraceOptions};
 use qtapctl::render::{GroupBy, Output};
 
 /// Start, follow, stop and list qtapd trace sessions.
@@ -30,9 +30,12 @@ struct Cli {
     )]
     socket: PathBuf,
     /// A remote qtapd, `https://host:port`, reached over mutual TLS with
-    /// --ca, --cert and --key.
-    #[arg(long, global = true, env = "QTAP_REMOTE", requires_all = ["ca", "cert", "key"])]
-    remote: Option<String>,
+    /// --ca, --cert and --key. Give it several times (or comma-separated
+    /// in `QTAP_REMOTE`) to start, follow, stop and list on several daemons
+    /// at once: followed events are merged, each labelled with its daemon
+    /// (`host`), and a daemon that fails is reported while the others go on.
+    #[arg(long, global = true, env = "QTAP_REMOTE", value_delimiter = ',', requires_all = ["ca", "cert", "key"])]
+    remote: Vec<String>,
     /// PEM CA that signed the remote qtapd's certificate.
     #[arg(long, global = true, env = "QTAP_CA")]
     ca: Option<PathBuf>,
@@ -46,7 +49,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 enum Command {
     /// Trace sessions.
     #[command(subcommand)]
@@ -65,7 +68,7 @@ enum Command {
     Generate(Generate),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 enum Generate {
     /// Completions for a shell, on stdout.
     Completions {
@@ -76,7 +79,7 @@ enum Generate {
     Man,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 enum TraceCommand {
     /// Start a session and print its id (or follow it with --follow).
     Start {
@@ -160,17 +163,26 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let remote = match (cli.remote, cli.ca, cli.cert, cli.key) {
-        (Some(url), Some(ca), Some(cert), Some(key)) => Some(client::Remote { url, ca, cert, key }),
-        _ => None,
-    };
-    let conn = client::Connection {
-        socket: cli.socket,
-        remote,
+    let conns: Vec<client::Connection> = match (cli.ca, cli.cert, cli.key) {
+        (Some(ca), Some(cert), Some(key)) if !cli.remote.is_empty() => cli
+            .remote
+            .into_iter()
+            .map(|url| client::Connection {
+                socket: cli.socket.clone(),
+                remote: Some(client::Remote {
+                    url,
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+            })
+            .collect(),
+        _ => vec![client::Connection {
+            socket: cli.socket,
+            remote: None,
+        }],
     };
     match cli.command {
-        Command::Status => cmd::status::run(&conn).await,
-        Command::Health { service } => cmd::health::run(&conn, service).await,
         Command::Generate(Generate::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -196,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 idle_timeout_secs: idle_timeout,
                 capture_bytes,
             };
-            cmd::trace::start(&conn, filter, name, options, follow.then_some(view)).await
+            cmd::trace::start(&conns, filter, name, options, follow.then_some(view)).await
         }
         Command::Trace(TraceCommand::Follow {
             id,
@@ -204,14 +216,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             capture_bytes,
             view,
         }) => {
-            let options = TraceOptions {
-                idle_timeout_secs: 0,
-                capture_bytes,
+            let (target, options) = match (id, filter) {
+                (Some(id), _) => (Target::Id(id), None),
+                (None, Some(filter)) => (
+                    Target::Filter(filter),
+                    Some(TraceOptions {
+                        idle_timeout_secs: 0,
+                        capture_bytes,
+                    }),
+                ),
+                (None, None) => anyhow::bail!("give a session id or --filter"),
             };
-            cmd::trace::follow(&conn, id, filter.map(|f| (f, options)), &view).await
+            let targets = conns.into_iter().map(|c| (c, target.clone())).collect();
+            cmd::trace::follow(targets, options, &view).await
         }
-        Command::Trace(TraceCommand::Stop { id }) => cmd::trace::stop(&conn, id).await,
-        Command::Trace(TraceCommand::List) => cmd::trace::list(&conn).await,
+        command => {
+            cmd::each(&conns, |conn| {
+                let command = command.clone();
+                async move {
+                    match command {
+                        Command::Status => cmd::status::run(&conn).await,
+                        Command::Health { service } => cmd::health::run(&conn, service).await,
+                        Command::Trace(TraceCommand::Stop { id }) => {
+                            cmd::trace::stop(&conn, id).await
+                        }
+                        Command::Trace(TraceCommand::List) => cmd::trace::list(&conn).await,
+                        _ => unreachable!("handled above"),
+                    }
+                }
+            })
+            .await
+        }
     }
 }
 

@@ -296,3 +296,201 @@ fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
     let _ = fs::remove_dir_all(&dir);
     drop(hosts);
 }
+
+/// Namespace `<base>c` (a client) joined to `<base>s1` and `<base>s2` (two
+/// servers) by a veth pair each: 10.215.N.1 and 10.216.N.1 are the servers,
+/// .2 the client's end.
+struct TwoServers {
+    names: [String; 3],
+    ips: [String; 2],
+}
+
+impl TwoServers {
+    fn new() -> TwoServers {
+        let n = std::process::id() % 200 + 10;
+        let names = [format!("qtm{n}c"), format!("qtm{n}s1"), format!("qtm{n}s2")];
+        for ns in &names {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let [c, s1, s2] = &names;
+        let ips = [format!("10.215.{n}.1"), format!("10.216.{n}.1")];
+        sh(&format!("ip netns add {c}; ip -n {c} link set lo up"));
+        for (i, (server, ip)) in [s1, s2].into_iter().zip(&ips).enumerate() {
+            let net = if i == 0 { 215 } else { 216 };
+            sh(&format!(
+                "ip netns add {server}; ip -n {server} link set lo up
+                 ip link add {server}v type veth peer name {c}v{i}
+                 ip link set {server}v netns {server}; ip link set {c}v{i} netns {c}
+                 ip -n {server} addr add {ip}/24 dev {server}v; ip -n {c} addr add 10.{net}.{n}.2/24 dev {c}v{i}
+                 ip -n {server} link set {server}v up; ip -n {c} link set {c}v{i} up"
+            ));
+        }
+        TwoServers { names, ips }
+    }
+}
+
+impl Drop for TwoServers {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// One qtapctl following the same filter on two daemons (and on a third
+/// address where none listens): the merged stream has each daemon's events
+/// labelled with its host, and the dead one is reported while the others
+/// go on. `trace start` on both prints one `host id` line each.
+#[test]
+fn follow_two_hosts_from_one_qtapctl() {
+    if !privileged() {
+        return;
+    }
+    let net = TwoServers::new();
+    let dir: PathBuf = std::env::temp_dir().join(format!("qtap-certs-two-{}", std::process::id()));
+    // One server certificate for both addresses.
+    certificates(&dir, &format!("{},IP:{}", net.ips[0], net.ips[1]));
+    let pem = |f: &str| dir.join(f).display().to_string();
+    let services: Vec<Service> = [&net.names[1], &net.names[2]]
+        .into_iter()
+        .zip(&net.ips)
+        .map(|(ns, ip)| {
+            let addr = format!("{ip}:7443");
+            Service::start_in(
+                Some(ns),
+                &[
+                    "--listen-tcp",
+                    &addr,
+                    "--tls-cert",
+                    &pem("server.pem"),
+                    "--tls-key",
+                    &pem("server.key"),
+                    "--client-ca",
+                    &pem("ca.pem"),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let hosts: Vec<String> = net.ips.iter().map(|ip| format!("{ip}:7443")).collect();
+    let dead = format!("{}:7444", net.ips[0]);
+    let remotes = |with_dead: bool| -> Vec<String> {
+        let mut all: Vec<String> = hosts.iter().map(|h| format!("https://{h}")).collect();
+        if with_dead {
+            all.push(format!("https://{dead}"));
+        }
+        all.into_iter()
+            .flat_map(|r| ["--remote".to_owned(), r])
+            .collect()
+    };
+    let ctl = |with_dead: bool| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.names[0]])
+            .arg(qtapctl_bin().unwrap())
+            .args(remotes(with_dead))
+            .arg("--ca")
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("client.pem"))
+            .arg("--key")
+            .arg(dir.join("client.key"));
+        c
+    };
+
+    // `trace start` on both: one `host id` line each.
+    let started = ctl(false)
+        .args([
+            "trace",
+            "start",
+            "--filter",
+            "exe.contains:nothing-runs-this",
+        ])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let lines = String::from_utf8_lossy(&started.stdout).to_string();
+    for host in &hosts {
+        assert!(
+            lines.lines().any(|l| l.starts_with(&format!("{host} s"))),
+            "no `{host} <id>` line: {lines}"
+        );
+    }
+
+    // Follow a filter on both and on the dead address.
+    let out = dir.join("follow.json");
+    let err = dir.join("follow.err");
+    let mut follower = ctl(true)
+        .args([
+            "trace",
+            "follow",
+            "--filter",
+            "mod:socket,exe.contains:curl",
+            "--output",
+            "json",
+        ])
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    for service in &services {
+        for _ in 0..100 {
+            let list = String::from_utf8_lossy(&service.ctl(&["trace", "list"]).stdout).to_string();
+            if list
+                .lines()
+                .any(|l| l.contains("follow") && l.split_whitespace().rev().nth(2) == Some("1"))
+            {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let curl = run_curl(&format!("http://127.0.0.1:{port}/two-hosts"));
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(700));
+    // SAFETY: signalling the follower this test started.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let status = follower.wait().unwrap();
+    let said = fs::read_to_string(&err).unwrap();
+    assert!(
+        status.success() || status.code() == Some(1),
+        "{status:?}: {said}"
+    );
+    let events: Vec<serde_json::Value> = fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for host in &hosts {
+        let connects = events
+            .iter()
+            .filter(|e| {
+                e["host"] == host.as_str()
+                    && e["pid"].as_u64() == Some(u64::from(curl))
+                    && syscall(e) == Some("connect")
+                    && e["conn_info"]["remote"] == format!("127.0.0.1:{port}").as_str()
+            })
+            .count();
+        assert_eq!(connects, 1, "curl's connect as seen by {host}: {events:#?}");
+    }
+    assert!(
+        events
+            .iter()
+            .all(|e| hosts.iter().any(|h| e["host"] == h.as_str())),
+        "every event is labelled with its host"
+    );
+    assert!(
+        said.contains(&format!("qtapctl: {dead}: ")) && said.contains("reconnecting"),
+        "the dead daemon is reported: {said}"
+    );
+    for service in services {
+        service.stop().unwrap();
+    }
+    let _ = fs::remove_dir_all(&dir);
+    drop(net);
+}

@@ -4,7 +4,9 @@ pub mod health;
 pub mod status;
 pub mod trace;
 
-use std::{io, process::ExitCode};
+use std::{future::Future, io, process::ExitCode};
+
+use crate::client::Connection;
 
 /// stdout was closed by its reader (`| head`): the command is done.
 #[derive(Debug)]
@@ -65,4 +67,27 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         _ => "error",
     }
+}
+
+/// Runs `command` on each daemon in turn. With several, each one's output
+/// is headed by its name, and one failing is reported without stopping the
+/// others (the result is an error if any failed).
+pub async fn each<F, Fut>(conns: &[Connection], command: F) -> anyhow::Result<()>
+where
+    F: Fn(Connection) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    if let [conn] = conns {
+        return command(conn.clone()).await;
+    }
+    let mut failed = Vec::new();
+    for conn in conns {
+        println!("== {} ==", conn.name());
+        if let Err(e) = command(conn.clone()).await {
+            eprintln!("qtapctl: {}: {e:#}", conn.name());
+            failed.push(conn.name());
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "failed on {}", failed.join(", "));
+    Ok(())
 }

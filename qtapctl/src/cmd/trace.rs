@@ -3,38 +3,77 @@
 use std::time::{Duration, Instant};
 
 use qtap_proto::v1::{
-    follow_item::Item, follow_trace_request::Target, Event, FollowTraceRequest, ListTracesRequest,
-    LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
+    follow_item::Item, follow_trace_request::Target, Event, FollowItem, FollowTraceRequest,
+    ListTracesRequest, LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
 };
+use tokio::sync::mpsc;
 
 use qtapctl::render;
 
 use crate::{client, View};
 
+/// Starts the session on each daemon and prints its id (`host id` lines
+/// with several daemons), or follows the new sessions.
 pub async fn start(
-    conn: &client::Connection,
+    conns: &[client::Connection],
     filter: String,
     name: String,
     options: TraceOptions,
     follow_with: Option<View>,
 ) -> anyhow::Result<()> {
-    let mut client = client::connect(conn).await?;
-    let request = StartTraceRequest {
-        filter,
-        name,
-        options: Some(options),
-    };
-    let session = client.start_trace(request).await?.into_inner();
-    match follow_with {
-        None => {
-            println!("{}", session.id);
-            Ok(())
+    let several = conns.len() > 1;
+    let mut started = Vec::new();
+    let mut failures = Vec::new();
+    for conn in conns {
+        let request = StartTraceRequest {
+            filter: filter.clone(),
+            name: name.clone(),
+            options: Some(options),
+        };
+        let session = match start_one(conn, request).await {
+            Ok(session) => session,
+            Err(e) if several => {
+                eprintln!("qtapctl: {}: {e:#}", conn.name());
+                failures.push(conn.name());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match (&follow_with, several) {
+            (None, false) => println!("{}", session.id),
+            (None, true) => println!("{} {}", conn.name(), session.id),
+            (Some(_), _) => eprintln!(
+                "qtapctl: {}session {} ({})",
+                if several {
+                    format!("{}: ", conn.name())
+                } else {
+                    String::new()
+                },
+                session.id,
+                session.filter
+            ),
         }
-        Some(view) => {
-            eprintln!("qtapctl: session {} ({})", session.id, session.filter);
-            follow(conn, Some(session.id), None, &view).await
+        started.push((conn.clone(), Target::Id(session.id)));
+    }
+    if let Some(view) = follow_with {
+        if !started.is_empty() {
+            follow(started, None, &view).await?;
         }
     }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "starting failed on {}",
+        failures.join(", ")
+    );
+    Ok(())
+}
+
+async fn start_one(
+    conn: &client::Connection,
+    request: StartTraceRequest,
+) -> anyhow::Result<Session> {
+    let mut client = client::connect(conn).await?;
+    Ok(client.start_trace(request).await?.into_inner())
 }
 
 pub async fn stop(conn: &client::Connection, id: String) -> anyhow::Result<()> {
@@ -84,8 +123,9 @@ fn age_secs(s: &Session) -> u64 {
     ((now - s.created_unix_nanos).max(0) / 1_000_000_000) as u64
 }
 
-/// Why one connection's stream ended.
+/// Why one daemon's stream ended.
 enum End {
+    /// The main loop stopped listening (Ctrl-C, or stdout closed).
     Interrupted,
     /// With qtapd's reason, when it gave one (`SessionEnd`).
     SessionEnded(Option<String>),
@@ -98,10 +138,18 @@ enum FollowError {
     Fatal(anyhow::Error),
 }
 
+/// What a daemon's follow task tells the main loop.
+enum Note {
+    Item(Box<FollowItem>),
+    Reconnecting(String),
+    Ended(Option<String>),
+    Failed(anyhow::Error),
+}
+
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
-/// Counts shown when `follow` ends.
+/// Counts shown when `follow` ends (per daemon: `seq` is per session).
 #[derive(Default)]
 struct Summary {
     events: u64,
@@ -122,104 +170,192 @@ impl Summary {
         }
         self.last_seq = seq;
     }
+
+    fn add(&mut self, other: &Summary) {
+        self.events += other.events;
+        self.lost += other.lost;
+        self.queue_lost += other.queue_lost;
+        self.seq_gaps += other.seq_gaps;
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} events, {} lost ({} in qtapd's queue for this follower, seq gaps {})",
+            self.events, self.lost, self.queue_lost, self.seq_gaps
+        )
+    }
 }
 
-/// Follows session `id`, or an inline `(filter, options)` session.
+/// Follows `target` on each daemon (a session id, or an inline filter
+/// session with `options`) and renders the merged streams. With several
+/// daemons each event carries its daemon's name in `host`, and one daemon
+/// failing or going away is reported while the others go on; a daemon
+/// that goes away is reconnected to with capped backoff.
 pub async fn follow(
-    conn: &client::Connection,
-    id: Option<String>,
-    inline: Option<(String, TraceOptions)>,
+    targets: Vec<(client::Connection, Target)>,
+    options: Option<TraceOptions>,
     view: &View,
 ) -> anyhow::Result<()> {
-    let (target, options) = match (id, inline) {
-        (Some(id), _) => (Target::Id(id), None),
-        (None, Some((filter, options))) => (Target::Filter(filter), Some(options)),
-        (None, None) => anyhow::bail!("give a session id or --filter"),
-    };
     let started = Instant::now();
-    let mut renderer = render::new(view.output, view.group_by);
-    let mut summary = Summary::default();
-    let mut backoff = BACKOFF_START;
-    let result = loop {
+    let several = targets.len() > 1;
+    let hosts: Vec<String> = targets.iter().map(|(c, _)| c.name()).collect();
+    let (tx, mut rx) = mpsc::channel::<(usize, Note)>(256);
+    for (index, (conn, target)) in targets.into_iter().enumerate() {
         let request = FollowTraceRequest {
-            target: Some(target.clone()),
+            target: Some(target),
             queue_len: view.queue_len,
             options,
             batch: true,
         };
-        match follow_once(conn, request, renderer.as_mut(), &mut summary).await {
-            Ok(End::Interrupted) => break Ok(()),
-            Ok(End::SessionEnded(why)) => {
-                let why = why.unwrap_or_else(|| "stopped, or qtapd shut down".into());
-                eprintln!("qtapctl: the session ended: {why}");
-                break Ok(());
-            }
-            Err(FollowError::Transport(e)) => {
-                eprintln!(
-                    "qtapctl: {e:#}; reconnecting in {:.1}s",
-                    backoff.as_secs_f64()
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = tokio::signal::ctrl_c() => break Ok(()),
+        tokio::spawn(follow_daemon(conn, request, tx.clone(), index));
+    }
+    drop(tx);
+    let prefix = |i: usize| {
+        if several {
+            format!("qtapctl: {}: ", hosts[i])
+        } else {
+            "qtapctl: ".to_owned()
+        }
+    };
+    let mut renderer = render::new(view.output, view.group_by);
+    let mut summaries: Vec<Summary> = hosts.iter().map(|_| Summary::default()).collect();
+    let mut failures = Vec::new();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let result = loop {
+        let (i, note) = tokio::select! {
+            _ = &mut interrupted => break Ok(()),
+            note = rx.recv() => match note {
+                Some(note) => note,
+                None => break Ok(()),
+            },
+        };
+        match note {
+            Note::Item(item) => {
+                let host = if several { hosts[i].as_str() } else { "" };
+                if let Err(e) = show_item(renderer.as_mut(), &mut summaries[i], *item, host) {
+                    break Err(e);
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-            Err(FollowError::Fatal(e)) => break Err(e),
+            Note::Reconnecting(why) => eprintln!("{}{why}", prefix(i)),
+            Note::Ended(why) => {
+                let why = why.unwrap_or_else(|| "stopped, or qtapd shut down".into());
+                eprintln!("{}the session ended: {why}", prefix(i));
+            }
+            Note::Failed(e) if several => {
+                eprintln!("{}{e:#}", prefix(i));
+                failures.push(hosts[i].clone());
+            }
+            Note::Failed(e) => break Err(e),
         }
     };
     let finished = renderer.finish().map_err(super::stdout_error);
+    if several {
+        for (host, summary) in hosts.iter().zip(&summaries) {
+            eprintln!("qtapctl: {host}: {}", summary.line());
+        }
+    }
+    let mut total = Summary::default();
+    for summary in &summaries {
+        total.add(summary);
+    }
     eprintln!(
-        "qtapctl: {} events, {} lost ({} in qtapd's queue for this follower, seq gaps {}), {:.1}s",
-        summary.events,
-        summary.lost,
-        summary.queue_lost,
-        summary.seq_gaps,
+        "qtapctl: {}, {:.1}s",
+        total.line(),
         started.elapsed().as_secs_f64()
     );
-    result.and(finished)
+    result.and(finished)?;
+    anyhow::ensure!(
+        failures.is_empty(),
+        "following failed on {}",
+        failures.join(", ")
+    );
+    Ok(())
+}
+
+/// One daemon's stream, reconnected after transport failures, until its
+/// session ends, a request fails for good, or the main loop stops.
+async fn follow_daemon(
+    conn: client::Connection,
+    request: FollowTraceRequest,
+    tx: mpsc::Sender<(usize, Note)>,
+    index: usize,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let note = match follow_once(&conn, request.clone(), &tx, index).await {
+            Ok(End::Interrupted) => return,
+            Ok(End::SessionEnded(why)) => Note::Ended(why),
+            Err(FollowError::Fatal(e)) => Note::Failed(e),
+            Err(FollowError::Transport(e)) => {
+                let again = format!("{e:#}; reconnecting in {:.1}s", backoff.as_secs_f64());
+                if tx.send((index, Note::Reconnecting(again))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = tx.send((index, note)).await;
+        return;
+    }
 }
 
 async fn follow_once(
     conn: &client::Connection,
     request: FollowTraceRequest,
-    renderer: &mut dyn render::Render,
-    summary: &mut Summary,
+    tx: &mpsc::Sender<(usize, Note)>,
+    index: usize,
 ) -> Result<End, FollowError> {
     let mut client = client::connect(conn)
         .await
         .map_err(FollowError::Transport)?;
     let response = client.follow_trace(request).await.map_err(classify)?;
     let mut stream = response.into_inner();
-    // One signal listener for the whole stream, not one per message.
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     let mut why = None;
-    loop {
-        let item = tokio::select! {
-            _ = &mut interrupted => return Ok(End::Interrupted),
-            item = stream.message() => item.map_err(classify)?,
-        };
-        let Some(item) = item else {
-            return Ok(End::SessionEnded(why));
-        };
-        match item.item {
-            Some(Item::Event(event)) => show(renderer, summary, [&event])?,
-            Some(Item::Batch(batch)) => show(renderer, summary, &batch.events)?,
-            Some(Item::Lost(lost)) => {
-                summary.lost += lost.count;
-                let stage = if lost.stage == LossStage::KernelRing as i32 {
-                    "the kernel ring buffer was full (all sessions)"
-                } else {
-                    summary.queue_lost += lost.count;
-                    "this follower's queue in qtapd was full"
-                };
-                eprintln!("qtapctl: lost {} events: {stage}", lost.count);
-            }
-            Some(Item::End(end)) => why = Some(end.detail),
-            Some(Item::Heartbeat(_)) | None => {}
+    while let Some(item) = stream.message().await.map_err(classify)? {
+        if let Some(Item::End(end)) = item.item {
+            why = Some(end.detail);
+        } else if tx.send((index, Note::Item(Box::new(item)))).await.is_err() {
+            return Ok(End::Interrupted);
         }
     }
+    Ok(End::SessionEnded(why))
+}
+
+/// Renders one item of a daemon's stream; `host` labels its events.
+fn show_item(
+    renderer: &mut dyn render::Render,
+    summary: &mut Summary,
+    item: FollowItem,
+    host: &str,
+) -> anyhow::Result<()> {
+    let mut events = match item.item {
+        Some(Item::Event(event)) => vec![event],
+        Some(Item::Batch(batch)) => batch.events,
+        Some(Item::Lost(lost)) => {
+            summary.lost += lost.count;
+            let stage = if lost.stage == LossStage::KernelRing as i32 {
+                "the kernel ring buffer was full (all sessions)"
+            } else {
+                summary.queue_lost += lost.count;
+                "this follower's queue in qtapd was full"
+            };
+            let at = if host.is_empty() {
+                String::new()
+            } else {
+                format!("{host}: ")
+            };
+            eprintln!("qtapctl: {at}lost {} events: {stage}", lost.count);
+            return Ok(());
+        }
+        Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),
+    };
+    for event in &mut events {
+        host.clone_into(&mut event.host);
+    }
+    show(renderer, summary, &events)
 }
 
 /// Renders events, then writes them out.
@@ -227,13 +363,12 @@ fn show<'a>(
     renderer: &mut dyn render::Render,
     summary: &mut Summary,
     events: impl IntoIterator<Item = &'a Event>,
-) -> Result<(), FollowError> {
-    let gone = |e| FollowError::Fatal(super::stdout_error(e));
+) -> anyhow::Result<()> {
     for event in events {
         summary.event(event.seq);
-        renderer.event(event).map_err(gone)?;
+        renderer.event(event).map_err(super::stdout_error)?;
     }
-    renderer.flush().map_err(gone)
+    renderer.flush().map_err(super::stdout_error)
 }
 
 fn classify(status: tonic::Status) -> FollowError {

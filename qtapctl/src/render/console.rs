@@ -100,8 +100,14 @@ impl<W: Write> Console<W> {
         } else {
             format!("  {}", super::escaped(&e.payload, e.bytes))
         };
+        // Which daemon, when following several.
+        let host = if e.host.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.paint(DIM, &e.host))
+        };
         format!(
-            "{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<9} {remote}{new_fd}{payload}",
+            "{host}{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<9} {remote}{new_fd}{payload}",
             arrow = self.paint(arrow_colour, arrow),
         )
     }

@@ -26,7 +26,8 @@ struct Flow {
 
 pub struct Flows<W: Write> {
     out: W,
-    open: BTreeMap<(u32, i32), Flow>,
+    /// By (daemon, pid, fd): two daemons may report the same process.
+    open: BTreeMap<(String, u32, i32), Flow>,
 }
 
 impl<W: Write> Flows<W> {
@@ -100,13 +101,16 @@ impl<W: Write> Render for Flows<W> {
         };
         // An accept opens a flow for the fd it returns.
         if let Some(new_fd) = e.new_fd {
-            let flow = self.open.entry((e.pid, new_fd)).or_default();
+            let flow = self
+                .open
+                .entry((e.host.clone(), e.pid, new_fd))
+                .or_default();
             flow.title = title(e, new_fd);
             flow.calls
                 .push(format!("{} (accepted on fd {fd})", call_line(e)));
             return Ok(());
         }
-        let flow = self.open.entry((e.pid, fd)).or_default();
+        let flow = self.open.entry((e.host.clone(), e.pid, fd)).or_default();
         if flow.title.is_empty() || (flow.title.contains('?') && e.conn_info.is_some()) {
             flow.title = title(e, fd);
         }
@@ -125,7 +129,7 @@ impl<W: Write> Render for Flows<W> {
             _ => {}
         }
         if e.msg == "syscall/close" {
-            if let Some(flow) = self.open.remove(&(e.pid, fd)) {
+            if let Some(flow) = self.open.remove(&(e.host.clone(), e.pid, fd)) {
                 self.print(&flow, "")?;
             }
         }

@@ -302,7 +302,7 @@ mod tests {
         assert!(tls.contains("--listen-tcp"), "needs the listener: {tls}");
     }
 
-    /// The config in the Kubernetes manifest's ConfigMap is one qtapd takes.
+    /// The config in the Kubernetes manifest's `ConfigMap` is one qtapd takes.
     #[test]
     fn the_kubernetes_config_map_holds_a_valid_file() {
         let manifest = include_str!("../../../packaging/kubernetes/qtapd.yaml");
