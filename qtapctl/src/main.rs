@@ -99,6 +99,11 @@ enum TraceCommand {
         /// library calls), escaped in the console, base64 in JSON (0-4096).
         #[arg(long, value_name = "N", default_value_t = 0)]
         capture_bytes: u32,
+        /// Also send the session's events as OpenTelemetry log records
+        /// (OTLP over gRPC) to this collector, e.g. `http://127.0.0.1:4317`,
+        /// until the session stops. Drops are counted in qtapd's log.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
         /// Follow the new session right away.
         #[arg(long)]
         follow: bool,
@@ -201,12 +206,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             idle_timeout,
             capture_bytes,
+            otlp_endpoint,
             follow,
             view,
         }) => {
             let options = TraceOptions {
                 idle_timeout_secs: idle_timeout,
                 capture_bytes,
+                otlp_endpoint: otlp_endpoint.unwrap_or_default(),
             };
             cmd::trace::start(&conns, filter, name, options, follow.then_some(view)).await
         }
@@ -221,8 +228,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(filter)) => (
                     Target::Filter(filter),
                     Some(TraceOptions {
-                        idle_timeout_secs: 0,
                         capture_bytes,
+                        ..TraceOptions::default()
                     }),
                 ),
                 (None, None) => anyhow::bail!("give a session id or --filter"),

@@ -65,6 +65,7 @@ pub async fn bpf_trace(
         idle_timeout: Duration::MAX,
         ephemeral: false,
         capture_bytes,
+        otlp_endpoint: None,
     };
     let session = engine.start(spec)?;
     let (_, mut follower) =

@@ -88,8 +88,8 @@ fn session(filter: &str) -> Spec {
             filter: filter.into(),
             name: "fuzz".into(),
             options: Some(TraceOptions {
-                idle_timeout_secs: 0,
                 capture_bytes: 64,
+                ..TraceOptions::default()
             }),
         },
         ROOT,

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod fuzz;
 pub mod grpc;
 pub mod metrics;
+pub mod otlp;
 pub mod procfs;
 pub mod protocol;
 pub mod streams;

@@ -345,6 +345,10 @@ impl Drop for TwoServers {
 /// labelled with its host, and the dead one is reported while the others
 /// go on. `trace start` on both prints one `host id` line each.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, end to end, reads best in order"
+)]
 fn follow_two_hosts_from_one_qtapctl() {
     if !privileged() {
         return;

@@ -28,7 +28,7 @@ pub async fn start(
         let request = StartTraceRequest {
             filter: filter.clone(),
             name: name.clone(),
-            options: Some(options),
+            options: Some(options.clone()),
         };
         let session = match start_one(conn, request).await {
             Ok(session) => session,
@@ -204,7 +204,7 @@ pub async fn follow(
         let request = FollowTraceRequest {
             target: Some(target),
             queue_len: view.queue_len,
-            options,
+            options: options.clone(),
             batch: true,
         };
         tokio::spawn(follow_daemon(conn, request, tx.clone(), index));

@@ -37,6 +37,8 @@ pub struct Spec {
     pub ephemeral: bool,
     /// Payload bytes kept with each data event.
     pub capture_bytes: u32,
+    /// Where the session's events are exported as OTLP logs (`otlp`).
+    pub otlp_endpoint: Option<String>,
 }
 
 struct Follower {
@@ -404,6 +406,7 @@ mod tests {
             idle_timeout: Duration::from_mins(10),
             ephemeral: false,
             capture_bytes: 0,
+            otlp_endpoint: None,
         }
     }
 

@@ -150,6 +150,7 @@ impl<K: Selector> Engine<K> {
     /// that already run (in that order, so one that execs meanwhile is
     /// caught by the kernel).
     pub fn start(&mut self, spec: Spec) -> Result<SessionInfo, EngineError> {
+        let otlp_endpoint = spec.otlp_endpoint.clone();
         let (id, slot) = {
             let s = self.hub.create(spec)?;
             (s.id.clone(), s.slot)
@@ -169,12 +170,26 @@ impl<K: Selector> Engine<K> {
                 return Err(e);
             }
         };
+        if let Some(endpoint) = otlp_endpoint {
+            self.export(&id, endpoint)?;
+        }
         let session = self.hub.get(&id).map(Session::info).unwrap_or_default();
         info!(
             session = %session.id, owner_uid = session.owner_uid, filter = %session.filter,
             running, "session started"
         );
         Ok(session)
+    }
+
+    /// Sends session `id`'s events to an OTLP collector: the exporter is a
+    /// follower of the session, with a bounded queue (see `otlp`).
+    fn export(&mut self, id: &str, endpoint: String) -> Result<(), EngineError> {
+        let rx = self.hub.follow(id, crate::otlp::QUEUE_LEN)?;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            info!(session = %id, %endpoint, "exporting the session's events as OTLP logs");
+            runtime.spawn(crate::otlp::export(endpoint, id.to_owned(), rx));
+        }
+        Ok(())
     }
 
     /// Stops a session and removes its kernel state.

@@ -114,7 +114,7 @@ async fn start(
         name: String::new(),
         options: Some(TraceOptions {
             idle_timeout_secs: idle,
-            capture_bytes: 0,
+            ..TraceOptions::default()
         }),
     };
     Ok(client.start_trace(request).await?.into_inner().id)
@@ -177,8 +177,8 @@ async fn filter_errors_are_invalid_argument_naming_the_term() {
         filter: "pid:1".into(),
         name: String::new(),
         options: Some(TraceOptions {
-            idle_timeout_secs: 0,
             capture_bytes: 4097,
+            ..TraceOptions::default()
         }),
     };
     let err = root.start_trace(too_much).await.unwrap_err();

@@ -13,6 +13,7 @@ use crate::{
         Caller, Target,
     },
     filter::Filter,
+    otlp,
 };
 
 /// Default follower queue length (items).
@@ -102,6 +103,13 @@ fn spec(
             filter.len()
         )));
     }
+    let otlp_endpoint = match options.otlp_endpoint.as_str() {
+        "" => None,
+        endpoint => {
+            otlp::check_endpoint(endpoint).map_err(tonic::Status::invalid_argument)?;
+            Some(options.otlp_endpoint.clone())
+        }
+    };
     let parsed =
         Filter::parse(filter).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     let filter = if caller.is_root() {
@@ -120,5 +128,6 @@ fn spec(
         idle_timeout,
         ephemeral,
         capture_bytes: options.capture_bytes,
+        otlp_endpoint,
     })
 }
