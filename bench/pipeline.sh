@@ -24,20 +24,9 @@ duration=${DURATION:-5}
 followers_list=${FOLLOWERS:-1 4 16}
 rates=${RATES:-50000 100000 200000 400000}
 queue_len=${QUEUE_LEN:-65536}
-work=$(mktemp -d /tmp/qtap-pipeline.XXXXXX)
-socket=$work/qtapd.sock
-ctl=("$qtapctl" --socket "$socket")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	sleep 0.3
-	rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/daemon.sh
+source "$(dirname "$0")/daemon.sh" pipeline
 
-status_field() { # status_field 'records decoded' N
-	"${ctl[@]}" status | awk -v k="$1" -v n="$2" 'index($0, k) == 1 {print $n}'
-}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run FOLLOWERS RATE(0 = as fast as possible) -> one table row

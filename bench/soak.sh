@@ -28,16 +28,8 @@ soak_seconds=${SOAK_SECONDS:-600}
 sample_seconds=${SAMPLE_SECONDS:-10}
 root=$(cd "$(dirname "$0")/.." && pwd)
 report=$root/docs/soak.md
-work=$(mktemp -d /tmp/qtap-soak.XXXXXX)
-socket=$work/qtapd.sock
-ctl=("$qtapctl" --socket "$socket")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	sleep 0.3
-	rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/daemon.sh
+source "$(dirname "$0")/daemon.sh" soak
 fail() {
 	echo "soak: FAILED: $*" >&2
 	exit 1
@@ -80,9 +72,6 @@ cd "$root"
 
 # --- Part 2: load ------------------------------------------------------------
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-status_field() { # status_field 'records decoded' N
-	"${ctl[@]}" status | awk -v k="$1" -v n="$2" 'index($0, k) == 1 {print $n}'
-}
 
 "$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 qpid=$!

@@ -100,6 +100,30 @@ fn text(s: &str) -> Value {
     Value::StringValue(s.to_owned())
 }
 
+/// Starts a session tracing curl that exports to `endpoint`; its id.
+fn export_curl(service: &Service, endpoint: &str) -> String {
+    let started = service.ctl(&[
+        "trace",
+        "start",
+        "--filter",
+        "mod:socket,exe.contains:curl",
+        "--otlp-endpoint",
+        endpoint,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    String::from_utf8_lossy(&started.stdout).trim().to_owned()
+}
+
+/// One curl request to a loopback server; curl's pid and the port.
+fn curl_once() -> (u32, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || serve_once(&listener));
+    let curl = run_curl(&format!("http://127.0.0.1:{port}/otlp"));
+    server.join().unwrap();
+    (curl, port)
+}
+
 #[test]
 fn session_events_arrive_as_otlp_log_records() {
     if !privileged() {
@@ -120,21 +144,8 @@ fn session_events_arrive_as_otlp_log_records() {
     ]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 
-    let started = service.ctl(&[
-        "trace",
-        "start",
-        "--filter",
-        "mod:socket,exe.contains:curl",
-        "--otlp-endpoint",
-        &endpoint,
-    ]);
-    assert!(started.status.success(), "{started:?}");
-    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = thread::spawn(move || serve_once(&listener));
-    let curl = run_curl(&format!("http://127.0.0.1:{port}/otlp"));
-    server.join().unwrap();
+    let id = export_curl(&service, &endpoint);
+    let (curl, port) = curl_once();
 
     // The exporter sends at least every second.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -184,20 +195,8 @@ fn session_events_arrive_as_otlp_log_records() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let started = service.ctl(&[
-        "trace",
-        "start",
-        "--filter",
-        "mod:socket,exe.contains:curl",
-        "--otlp-endpoint",
-        &nowhere,
-    ]);
-    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = thread::spawn(move || serve_once(&listener));
-    run_curl(&format!("http://127.0.0.1:{port}/nowhere"));
-    server.join().unwrap();
+    let id = export_curl(&service, &nowhere);
+    curl_once();
     thread::sleep(Duration::from_millis(1500));
     assert!(service.ctl(&["trace", "stop", &id]).status.success());
     thread::sleep(Duration::from_millis(500));
