@@ -11,6 +11,10 @@ use crate::{daemon::TcpConfig, tracelog::Encoding};
 
 pub mod config;
 
+fn otlp_endpoint(endpoint: &str) -> Result<String, String> {
+    crate::otlp::check_endpoint(endpoint).map(|()| endpoint.to_owned())
+}
+
 /// qtapd traces the network syscalls of selected processes with eBPF.
 ///
 /// By default it serves trace sessions over gRPC on a unix socket (use
@@ -84,6 +88,11 @@ pub struct Args {
     /// them.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Export every session's events as OpenTelemetry log records (OTLP
+    /// over gRPC) to this collector, e.g. `http://127.0.0.1:4317`; a
+    /// session started with its own endpoint uses that instead.
+    #[arg(long, value_name = "URL", value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
     /// Serve plain TCP without authentication (loudly logged). Only for
     /// isolated test networks.
     #[arg(long, requires = "listen_tcp", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]

@@ -50,6 +50,7 @@ fn load() -> anyhow::Result<(Kernel, aya::maps::RingBuf<aya::maps::MapData>)> {
 pub async fn bpf_trace(
     filter: Filter,
     capture_bytes: u32,
+    otlp_endpoint: Option<String>,
     log: Option<TraceLog>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -57,7 +58,7 @@ pub async fn bpf_trace(
         warn!(%filter, "no process predicate: every process is traced; this is very verbose");
     }
     let (kernel, ring) = load()?;
-    let mut engine = Engine::new(kernel);
+    let mut engine = Engine::new(kernel).with_otlp_default(otlp_endpoint);
     let spec = Spec {
         filter: filter.clone(),
         name: "bpf-trace".into(),
@@ -118,6 +119,8 @@ pub struct ServeConfig {
     pub tcp: Option<TcpConfig>,
     /// `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
+    /// `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The optional TCP listener: mutual TLS, or plain with `--insecure-tcp`.
@@ -140,7 +143,8 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         }
         None => None,
     };
-    let engine = tokio::spawn(Engine::new(kernel).run(ring, commands, shutdown.child_token()));
+    let engine = Engine::new(kernel).with_otlp_default(config.otlp_endpoint);
+    let engine = tokio::spawn(engine.run(ring, commands, shutdown.child_token()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<QtapServer<Service>>().await;

@@ -73,7 +73,14 @@ fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Re
         });
         if let Some(filter) = filter {
             let log = (args.log_level >= Level::Info).then(|| TraceLog::new(args.log_encoding));
-            daemon::bpf_trace(filter, args.capture_bytes, log, shutdown).await
+            daemon::bpf_trace(
+                filter,
+                args.capture_bytes,
+                args.otlp_endpoint,
+                log,
+                shutdown,
+            )
+            .await
         } else {
             let config = ServeConfig {
                 socket: args.socket,
@@ -81,6 +88,7 @@ fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Re
                 idle_timeout: Duration::from_secs(args.idle_timeout),
                 tcp,
                 metrics: args.metrics_listen,
+                otlp_endpoint: args.otlp_endpoint,
             };
             daemon::serve(config, shutdown).await
         }

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     logs::v1::LogRecord,
 };
-use qtap_tests::{privileged, run_curl, serve_once, Service};
+use qtap_tests::{privileged, run_curl, serve_once, Daemon, Service};
 
 /// Every record received, with its resource's `service.name`.
 #[derive(Clone, Default)]
@@ -124,6 +124,35 @@ fn curl_once() -> (u32, u16) {
     (curl, port)
 }
 
+/// The record of curl's connect to `port`, once the collector has it
+/// (the exporter sends at least every second), with its `service.name`.
+fn wait_for_connect(collector: &Collector, curl: u32, port: u16) -> (String, LogRecord) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = collector
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|(service, r)| {
+                let is_connect = r.body.as_ref().and_then(|b| b.value.clone())
+                    == Some(text("syscall/connect"))
+                    && attribute(r, "process.pid") == Some(&Value::IntValue(i64::from(curl)))
+                    && attribute(r, "network.peer.port") == Some(&Value::IntValue(i64::from(port)));
+                is_connect.then(|| (service.clone(), r.clone()))
+            });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connect record of curl {curl} among {} records",
+            collector.records.lock().unwrap().len()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn session_events_arrive_as_otlp_log_records() {
     if !privileged() {
@@ -147,31 +176,7 @@ fn session_events_arrive_as_otlp_log_records() {
     let id = export_curl(&service, &endpoint);
     let (curl, port) = curl_once();
 
-    // The exporter sends at least every second.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let connect = loop {
-        let found = collector
-            .records
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|(service, r)| {
-                let is_connect = r.body.as_ref().and_then(|b| b.value.clone())
-                    == Some(text("syscall/connect"))
-                    && attribute(r, "process.pid") == Some(&Value::IntValue(i64::from(curl)))
-                    && attribute(r, "network.peer.port") == Some(&Value::IntValue(i64::from(port)));
-                is_connect.then(|| (service.clone(), r.clone()))
-            });
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connect record of curl {curl} among {} records",
-            collector.records.lock().unwrap().len()
-        );
-        thread::sleep(Duration::from_millis(100));
-    };
+    let connect = wait_for_connect(&collector, curl, port);
     let (service_name, record) = connect;
     println!("received: {record:#?}");
     assert_eq!(service_name, "qtapd");
@@ -208,4 +213,28 @@ fn session_events_arrive_as_otlp_log_records() {
         .unwrap_or_else(|| panic!("no end of the second exporter: {log}"));
     assert!(ended.contains("exported=0"), "{ended}");
     assert!(!ended.contains("dropped=0"), "drops are counted: {ended}");
+}
+
+/// qtapd's own `--otlp-endpoint` (also a key of its config file) exports
+/// every session that names no collector: here the `--bpf-trace` one.
+#[test]
+fn a_daemon_wide_collector_gets_the_bpf_trace_session() {
+    if !privileged() {
+        return;
+    }
+    let collector = Collector::default();
+    let endpoint = start_collector(collector.clone());
+    let daemon = Daemon::start_with(
+        "mod:socket,exe.contains:curl",
+        &["--otlp-endpoint", &endpoint],
+    )
+    .unwrap();
+    let (curl, port) = curl_once();
+    let (service_name, record) = wait_for_connect(&collector, curl, port);
+    assert_eq!(service_name, "qtapd");
+    assert_eq!(
+        attribute(&record, "network.peer.address"),
+        Some(&text("127.0.0.1"))
+    );
+    daemon.stop().unwrap();
 }

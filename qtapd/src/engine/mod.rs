@@ -128,6 +128,8 @@ pub struct Engine<K: Selector = Kernel> {
     malformed: u64,
     reported: KernelStats,
     ticks: u64,
+    /// `--otlp-endpoint`: where sessions without their own are exported.
+    otlp_default: Option<String>,
 }
 
 impl<K: Selector> Engine<K> {
@@ -143,14 +145,26 @@ impl<K: Selector> Engine<K> {
             malformed: 0,
             reported: KernelStats::default(),
             ticks: 0,
+            otlp_default: None,
         }
+    }
+
+    /// Exports every session that names no collector of its own to
+    /// `endpoint` (qtapd's `--otlp-endpoint`).
+    #[must_use]
+    pub fn with_otlp_default(mut self, endpoint: Option<String>) -> Engine<K> {
+        self.otlp_default = endpoint;
+        self
     }
 
     /// Starts a session: installs all filters, then selects the processes
     /// that already run (in that order, so one that execs meanwhile is
     /// caught by the kernel).
     pub fn start(&mut self, spec: Spec) -> Result<SessionInfo, EngineError> {
-        let otlp_endpoint = spec.otlp_endpoint.clone();
+        let otlp_endpoint = spec
+            .otlp_endpoint
+            .clone()
+            .or_else(|| self.otlp_default.clone());
         let (id, slot) = {
             let s = self.hub.create(spec)?;
             (s.id.clone(), s.slot)
