@@ -43,6 +43,9 @@ pub struct Spec {
 
 struct Follower {
     tx: mpsc::Sender<FollowItem>,
+    /// Does not keep an ephemeral session alive (an OTLP exporter: the
+    /// session ends with its last stream, not with the exporter).
+    passive: bool,
     /// Events dropped since the last `lost` item this follower got.
     unreported: u64,
 }
@@ -193,7 +196,7 @@ impl Session {
     }
 
     fn note_idle(&mut self) {
-        if self.followers.is_empty() {
+        if self.followers.iter().all(|f| f.passive) {
             self.idle_since.get_or_insert_with(Instant::now);
         } else {
             self.idle_since = None;
@@ -294,12 +297,36 @@ impl Hub {
         id: &str,
         queue_len: usize,
     ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
+        self.attach(id, queue_len, false)
+    }
+
+    /// An exporter's queue: like [`Hub::follow`], but in an ephemeral
+    /// session (`follow --filter`) it keeps nothing alive.
+    pub fn follow_exporter(
+        &mut self,
+        id: &str,
+        queue_len: usize,
+    ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
+        let ephemeral = self.sessions.get(id).is_some_and(|s| s.spec.ephemeral);
+        self.attach(id, queue_len, ephemeral)
+    }
+
+    fn attach(
+        &mut self,
+        id: &str,
+        queue_len: usize,
+        passive: bool,
+    ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
         let session = self
             .sessions
             .get_mut(id)
             .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
         let (tx, rx) = mpsc::channel(queue_len.max(1));
-        session.followers.push(Follower { tx, unreported: 0 });
+        session.followers.push(Follower {
+            tx,
+            passive,
+            unreported: 0,
+        });
         session.note_idle();
         Ok(rx)
     }
@@ -380,9 +407,13 @@ impl Hub {
             })
             .map(|s| s.id.clone())
             .collect();
+        let end = SessionEnd {
+            reason: qtap_proto::v1::EndReason::Idle.into(),
+            detail: "no follower for the session's idle timeout".into(),
+        };
         expired
             .into_iter()
-            .filter_map(|id| self.sessions.remove(&id))
+            .filter_map(|id| self.remove(&id, &end).ok())
             .collect()
     }
 }
@@ -568,6 +599,28 @@ mod tests {
             .map(|s| s.id)
             .collect();
         assert_eq!(gone, vec![kept]);
+    }
+
+    /// An exporter keeps a started session alive, but not an ephemeral
+    /// one past its last stream.
+    #[test]
+    fn exporters_keep_only_started_sessions_alive() {
+        let mut hub = Hub::default();
+        let started = hub.create(spec("pid:1")).unwrap().id.clone();
+        let _kept = hub.follow_exporter(&started, 4).unwrap();
+        let mut s = spec("pid:1");
+        s.ephemeral = true;
+        let ephemeral = hub.create(s).unwrap().id.clone();
+        let _exporter = hub.follow_exporter(&ephemeral, 4).unwrap();
+        let stream = hub.follow(&ephemeral, 4).unwrap();
+        assert!(hub.expire(Instant::now()).is_empty());
+        drop(stream);
+        let gone: Vec<String> = hub
+            .expire(Instant::now() + Duration::from_hours(1))
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(gone, vec![ephemeral]);
     }
 
     #[test]

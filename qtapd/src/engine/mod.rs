@@ -198,7 +198,7 @@ impl<K: Selector> Engine<K> {
     /// Sends session `id`'s events to an OTLP collector: the exporter is a
     /// follower of the session, with a bounded queue (see `otlp`).
     fn export(&mut self, id: &str, endpoint: String) -> Result<(), EngineError> {
-        let rx = self.hub.follow(id, crate::otlp::QUEUE_LEN)?;
+        let rx = self.hub.follow_exporter(id, crate::otlp::QUEUE_LEN)?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             info!(session = %id, %endpoint, "exporting the session's events as OTLP logs");
             runtime.spawn(crate::otlp::export(endpoint, id.to_owned(), rx));
