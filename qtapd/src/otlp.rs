@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::{
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
     resource::v1::Resource,
 };
-use qtap_proto::v1::{follow_item::Item, ConnInfo, Event, FollowItem};
+use qtap_proto::v1::{follow_item::Item, ConnInfo, Event, FollowItem, LossStage};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -58,6 +58,9 @@ pub struct Totals {
     pub dropped: u64,
     /// Events the hub could not queue for the exporter.
     pub queue_lost: u64,
+    /// Records the kernel dropped (ring full; every session's followers
+    /// hear of those).
+    pub kernel_lost: u64,
 }
 
 /// Exports session `session`'s events from `rx` to `endpoint` until the
@@ -84,11 +87,14 @@ pub async fn export(
         tokio::pin!(flush_at);
         while open && batch.len() < BATCH {
             tokio::select! {
-                item = rx.recv() => match item.and_then(|i| i.item) {
-                    Some(Item::Event(event)) => batch.push(record(&event)),
-                    Some(Item::Batch(events)) => batch.extend(events.events.iter().map(record)),
-                    Some(Item::Lost(lost)) => totals.queue_lost += lost.count,
-                    Some(Item::Heartbeat(_) | Item::End(_)) => {}
+                item = rx.recv() => match item.map(|i| i.item) {
+                    Some(Some(Item::Event(event))) => batch.push(record(&event)),
+                    Some(Some(Item::Batch(events))) => batch.extend(events.events.iter().map(record)),
+                    Some(Some(Item::Lost(lost))) if lost.stage == LossStage::KernelRing as i32 => {
+                        totals.kernel_lost += lost.count;
+                    }
+                    Some(Some(Item::Lost(lost))) => totals.queue_lost += lost.count,
+                    Some(Some(Item::Heartbeat(_) | Item::End(_)) | None) => {}
                     None => open = false,
                 },
                 () = &mut flush_at => break,
@@ -108,7 +114,7 @@ pub async fn export(
     }
     info!(
         session, %endpoint, exported = totals.exported, dropped = totals.dropped,
-        queue_lost = totals.queue_lost, "otlp export ended"
+        queue_lost = totals.queue_lost, kernel_lost = totals.kernel_lost, "otlp export ended"
     );
     totals
 }
