@@ -13,8 +13,8 @@ use std::{
 };
 
 use qtap_tests::{
-    privileged, qtap_programs, run_curl, run_curl_at, serve_once, syscall, Daemon, Follower,
-    Service,
+    of_pid, privileged, qtap_programs, run_curl, run_curl_at, serve_once, syscall, Daemon,
+    Follower, Service,
 };
 use serde_json::Value;
 
@@ -80,11 +80,8 @@ fn killed_daemon_leaves_nothing_attached_and_restarts() {
 fn traced_python(script: &str, args: &[String]) -> (String, Vec<Value>) {
     let (stdout, events) = traced_python_all(script, args);
     // The script prints its pid first.
-    let pid: u64 = stdout.split_whitespace().next().unwrap().parse().unwrap();
-    let mine = events
-        .into_iter()
-        .filter(|e| e["pid"].as_u64() == Some(pid))
-        .collect();
+    let pid: u32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let mine = of_pid(&events, pid);
     (stdout, mine)
 }
 
@@ -237,24 +234,17 @@ print('parent', os.getpid(), fd, d, flush=True)
     let (out, events) = traced_python_all(script, &[port.to_string(), file.display().to_string()]);
     let _ = fs::remove_file(&file);
     assert_eq!(server.join().unwrap(), "passed;before dup2;dup;");
-    let field = |who: &str, i: usize| -> i64 {
+    let field = |who: &str, i: usize| -> u32 {
         out.lines()
             .find(|l| l.starts_with(who))
             .and_then(|l| l.split_whitespace().nth(i))
             .and_then(|f| f.parse().ok())
             .unwrap_or_else(|| panic!("no {who} line in {out}"))
     };
-    let of = |pid: i64| -> Vec<Value> {
-        events
-            .iter()
-            .filter(|e| e["pid"].as_i64() == Some(pid))
-            .cloned()
-            .collect()
-    };
     let remote = format!("127.0.0.1:{port}");
 
-    let (child, child_fd) = (of(field("child", 1)), field("child", 2));
-    let passed = on_fd(&child, child_fd, "write");
+    let (child, child_fd) = (of_pid(&events, field("child", 1)), field("child", 2));
+    let passed = on_fd(&child, child_fd.into(), "write");
     assert_eq!(passed.len(), 1, "child: {child:#?}");
     assert_eq!(passed[0]["bytes"], 7);
     assert_eq!(
@@ -264,8 +254,8 @@ print('parent', os.getpid(), fd, d, flush=True)
         passed[0]
     );
 
-    let (parent, fd) = (of(field("parent", 1)), field("parent", 2));
-    let writes = on_fd(&parent, fd, "write");
+    let (parent, fd) = (of_pid(&events, field("parent", 1)), field("parent", 2));
+    let writes = on_fd(&parent, fd.into(), "write");
     assert_eq!(writes.len(), 2, "parent: {parent:#?}");
     assert_eq!(
         writes[0]["conn_info"]["remote"],
@@ -274,7 +264,7 @@ print('parent', os.getpid(), fd, d, flush=True)
         writes[0]
     );
     let dup = field("parent", 3);
-    let on_dup = on_fd(&parent, dup, "write");
+    let on_dup = on_fd(&parent, dup.into(), "write");
     assert_eq!(on_dup.len(), 1, "parent: {parent:#?}");
     assert_eq!(
         on_dup[0]["conn_info"]["remote"],
@@ -377,38 +367,26 @@ os._exit(0)
     }
     let events = daemon.stop().unwrap();
     drop(server.join().unwrap());
-    let of = |pid: i64| -> Vec<&Value> {
-        events
-            .iter()
-            .filter(|e| e["pid"].as_i64() == Some(pid))
-            .collect()
-    };
-    let exits = |pid: i64| {
-        of(pid)
-            .iter()
-            .filter(|e| e["msg"] == "process/exit")
-            .count()
-    };
+    let exits = |of_it: &[Value]| of_it.iter().filter(|e| e["msg"] == "process/exit").count();
 
-    let recv = of(recv_pid);
-    let cut = on_fd(&events, recv_fd, "recvfrom")
+    let recv = of_pid(&events, recv_pid as u32);
+    let cut = on_fd(&recv, recv_fd, "recvfrom")
         .into_iter()
-        .find(|e| e["pid"].as_i64() == Some(recv_pid))
+        .next()
         .unwrap_or_else(|| panic!("the interrupted recv is not reported: {recv:#?}"));
     assert!(
         cut["bytes"].as_i64().is_some_and(|b| b < 0) && !cut["error"].is_null(),
         "an interrupted recv is an error: {cut}"
     );
-    assert_eq!(exits(recv_pid), 1, "{recv:#?}");
+    assert_eq!(exits(&recv), 1, "{recv:#?}");
 
-    let accept_pid = i64::from(accept_pid);
-    let accept = of(accept_pid);
+    let accept = of_pid(&events, accept_pid);
     let cut = accept
         .iter()
         .find(|e| syscall(e) == Some("accept4") || syscall(e) == Some("accept"))
         .unwrap_or_else(|| panic!("the interrupted accept is not reported: {accept:#?}"));
     assert!(!cut["error"].is_null(), "{cut}");
-    assert_eq!(exits(accept_pid), 1, "{accept:#?}");
+    assert_eq!(exits(&accept), 1, "{accept:#?}");
 }
 
 /// Non-blocking reads that fail are errors (`bytes` is -errno), vectors

@@ -110,6 +110,25 @@ for s in socks:
 print('closed', closed, flush=True)
 ";
 
+/// qtapd in namespace `ns` listening on `addr` with mutual TLS, with the
+/// certificates `certificates` made in `dir`.
+fn serve_tls(ns: &str, addr: &str, dir: &Path, extra: &[&str]) -> Service {
+    let pem = |f: &str| dir.join(f).display().to_string();
+    let (cert, key, ca) = (pem("server.pem"), pem("server.key"), pem("ca.pem"));
+    let mut args = vec![
+        "--listen-tcp",
+        addr,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--client-ca",
+        &ca,
+    ];
+    args.extend(extra);
+    Service::start_in(Some(ns), &args).unwrap()
+}
+
 /// qtapctl in namespace `ns` against `url`, authenticating as `who`.
 fn remote_ctl(ns: &str, url: &str, dir: &Path, who: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
@@ -139,23 +158,7 @@ fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
     let dir: PathBuf = std::env::temp_dir().join(format!("qtap-certs-{}", std::process::id()));
     certificates(&dir, &hosts.server_ip);
     let addr = format!("{}:7443", hosts.server_ip);
-    let pem = |f: &str| dir.join(f).display().to_string();
-    let service = Service::start_in(
-        Some(&hosts.a),
-        &[
-            "--listen-tcp",
-            &addr,
-            "--tls-cert",
-            &pem("server.pem"),
-            "--tls-key",
-            &pem("server.key"),
-            "--client-ca",
-            &pem("ca.pem"),
-            "--tls-handshake-timeout",
-            "2s",
-        ],
-    )
-    .unwrap();
+    let service = serve_tls(&hosts.a, &addr, &dir, &["--tls-handshake-timeout", "2s"]);
     let url = format!("https://{addr}");
 
     // Start and follow from the other host.
@@ -357,27 +360,10 @@ fn follow_two_hosts_from_one_qtapctl() {
     let dir: PathBuf = std::env::temp_dir().join(format!("qtap-certs-two-{}", std::process::id()));
     // One server certificate for both addresses.
     certificates(&dir, &format!("{},IP:{}", net.ips[0], net.ips[1]));
-    let pem = |f: &str| dir.join(f).display().to_string();
     let services: Vec<Service> = [&net.names[1], &net.names[2]]
         .into_iter()
         .zip(&net.ips)
-        .map(|(ns, ip)| {
-            let addr = format!("{ip}:7443");
-            Service::start_in(
-                Some(ns),
-                &[
-                    "--listen-tcp",
-                    &addr,
-                    "--tls-cert",
-                    &pem("server.pem"),
-                    "--tls-key",
-                    &pem("server.key"),
-                    "--client-ca",
-                    &pem("ca.pem"),
-                ],
-            )
-            .unwrap()
-        })
+        .map(|(ns, ip)| serve_tls(ns, &format!("{ip}:7443"), &dir, &[]))
         .collect();
     let hosts: Vec<String> = net.ips.iter().map(|ip| format!("{ip}:7443")).collect();
     let dead = format!("{}:7444", net.ips[0]);

@@ -25,6 +25,7 @@ pub async fn start(
     let mut started = Vec::new();
     let mut failures = Vec::new();
     for conn in conns {
+        let host = if several { conn.name() } else { String::new() };
         let request = StartTraceRequest {
             filter: filter.clone(),
             name: name.clone(),
@@ -33,25 +34,16 @@ pub async fn start(
         let session = match start_one(conn, request).await {
             Ok(session) => session,
             Err(e) if several => {
-                eprintln!("qtapctl: {}: {e:#}", conn.name());
-                failures.push(conn.name());
+                eprintln!("{}{e:#}", says(&host));
+                failures.push(host);
                 continue;
             }
             Err(e) => return Err(e),
         };
         match (&follow_with, several) {
             (None, false) => println!("{}", session.id),
-            (None, true) => println!("{} {}", conn.name(), session.id),
-            (Some(_), _) => eprintln!(
-                "qtapctl: {}session {} ({})",
-                if several {
-                    format!("{}: ", conn.name())
-                } else {
-                    String::new()
-                },
-                session.id,
-                session.filter
-            ),
+            (None, true) => println!("{host} {}", session.id),
+            (Some(_), _) => eprintln!("{}session {} ({})", says(&host), session.id, session.filter),
         }
         started.push((conn.clone(), Target::Id(session.id)));
     }
@@ -198,7 +190,11 @@ pub async fn follow(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let several = targets.len() > 1;
-    let hosts: Vec<String> = targets.iter().map(|(c, _)| c.name()).collect();
+    // Each daemon's name, or "" when there is only one.
+    let hosts: Vec<String> = targets
+        .iter()
+        .map(|(c, _)| if several { c.name() } else { String::new() })
+        .collect();
     let (tx, mut rx) = mpsc::channel::<(usize, Note)>(256);
     for (index, (conn, target)) in targets.into_iter().enumerate() {
         let request = FollowTraceRequest {
@@ -210,13 +206,6 @@ pub async fn follow(
         tokio::spawn(follow_daemon(conn, request, tx.clone(), index));
     }
     drop(tx);
-    let prefix = |i: usize| {
-        if several {
-            format!("qtapctl: {}: ", hosts[i])
-        } else {
-            "qtapctl: ".to_owned()
-        }
-    };
     let mut renderer = render::new(view.output, view.group_by);
     let mut summaries: Vec<Summary> = hosts.iter().map(|_| Summary::default()).collect();
     let mut failures = Vec::new();
@@ -232,18 +221,17 @@ pub async fn follow(
         };
         match note {
             Note::Item(item) => {
-                let host = if several { hosts[i].as_str() } else { "" };
-                if let Err(e) = show_item(renderer.as_mut(), &mut summaries[i], *item, host) {
+                if let Err(e) = show_item(renderer.as_mut(), &mut summaries[i], *item, &hosts[i]) {
                     break Err(e);
                 }
             }
-            Note::Reconnecting(why) => eprintln!("{}{why}", prefix(i)),
+            Note::Reconnecting(why) => eprintln!("{}{why}", says(&hosts[i])),
             Note::Ended(why) => {
                 let why = why.unwrap_or_else(|| "stopped, or qtapd shut down".into());
-                eprintln!("{}the session ended: {why}", prefix(i));
+                eprintln!("{}the session ended: {why}", says(&hosts[i]));
             }
             Note::Failed(e) if several => {
-                eprintln!("{}{e:#}", prefix(i));
+                eprintln!("{}{e:#}", says(&hosts[i]));
                 failures.push(hosts[i].clone());
             }
             Note::Failed(e) => break Err(e),
@@ -252,7 +240,7 @@ pub async fn follow(
     let finished = renderer.finish().map_err(super::stdout_error);
     if several {
         for (host, summary) in hosts.iter().zip(&summaries) {
-            eprintln!("qtapctl: {host}: {}", summary.line());
+            eprintln!("{}{}", says(host), summary.line());
         }
     }
     let mut total = Summary::default();
@@ -342,12 +330,7 @@ fn show_item(
                 summary.queue_lost += lost.count;
                 "this follower's queue in qtapd was full"
             };
-            let at = if host.is_empty() {
-                String::new()
-            } else {
-                format!("{host}: ")
-            };
-            eprintln!("qtapctl: {at}lost {} events: {stage}", lost.count);
+            eprintln!("{}lost {} events: {stage}", says(host), lost.count);
             return Ok(());
         }
         Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),
@@ -356,6 +339,16 @@ fn show_item(
         host.clone_into(&mut event.host);
     }
     show(renderer, summary, &events)
+}
+
+/// How a line about one daemon starts: `qtapctl: ` and, when there are
+/// several, the daemon's name (`host` is empty when there is one).
+fn says(host: &str) -> String {
+    if host.is_empty() {
+        "qtapctl: ".to_owned()
+    } else {
+        format!("qtapctl: {host}: ")
+    }
 }
 
 /// Renders events, then writes them out.
