@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 2;
+pub const ABI_VERSION: u16 = 3;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -109,6 +109,10 @@ pub mod kind {
     pub const FORK: u16 = 101;
     /// A selected process exited ([`super::Header`] only).
     pub const EXIT: u16 = 102;
+    /// A process stopped qualifying for the restricted sessions in
+    /// `Header::sessions` (its credentials changed, or it made itself
+    /// undumpable) and was deselected for them ([`super::Header`] only).
+    pub const CREDS: u16 = 103;
     /// A TLS library call ([`super::TlsRecord`]).
     pub const TLS: u16 = 200;
 }
@@ -450,6 +454,9 @@ pub struct Config {
     pub contains_lens: [u32; limit::CONTAINS_LENS],
     /// `HASH_MUL` to the power of each `contains_lens` entry.
     pub contains_pows: [u64; limit::CONTAINS_LENS],
+    /// Sessions of callers other than root: they select a process only
+    /// while its credentials are plain (see [`CredOffsets`]).
+    pub restricted: u64,
     /// qtapd itself, never selected.
     pub self_tgid: u32,
     /// Payload bytes to copy after each data record (the most any session
@@ -484,9 +491,36 @@ pub struct WithPayload<T> {
     pub payload: [u8; limit::CAPTURE_MAX],
 }
 
+/// Where the kernel keeps a task's credentials, read by qtapd from the
+/// kernel's BTF at load and set as the global [`offsets::CRED`].
+///
+/// A process's credentials are *plain* when its uid, euid, suid and fsuid
+/// are equal, its gid, egid, sgid and fsgid are equal, and it holds no
+/// permitted capability: what a process of a non-root user looks like
+/// unless it gained something at exec (setuid, setgid, file capabilities)
+/// or changed ids since. Only a plain process may be selected by a
+/// restricted session ([`Config::restricted`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CredOffsets {
+    /// `task_struct.real_cred`: the objective credentials, those `ptrace`
+    /// access checks read.
+    pub task_real_cred: u32,
+    /// `cred.cap_permitted` (a 64-bit capability set).
+    pub cap_permitted: u32,
+    /// `cred.uid`, `euid`, `suid`, `fsuid`, `gid`, `egid`, `sgid`, `fsgid`.
+    pub ids: [u32; 8],
+    /// 1 once qtapd set the offsets; while 0 no process is plain, so
+    /// restricted sessions fail closed.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
 /// Offsets of tracepoint fields that differ between kernels, read by
 /// qtapd from tracefs `format` files and set as globals at load.
 pub mod offsets {
+    /// Global name: the [`super::CredOffsets`] of this kernel.
+    pub const CRED: &str = "CRED_OFFSETS";
     /// Global name: offset of `child_pid` in `sched_process_fork`.
     pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
     /// Global name: offset of `filename` (`__data_loc`) in `sched_process_exec`.
@@ -508,7 +542,8 @@ const _: () = {
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
     assert!(core::mem::size_of::<PatternKey>() == 16);
-    assert!(core::mem::size_of::<Config>() == 8 + 56 + 16 + 32 + 32 + 32 + 64 + 8);
+    assert!(core::mem::size_of::<Config>() == 8 + 56 + 16 + 32 + 32 + 32 + 64 + 8 + 8);
+    assert!(core::mem::size_of::<CredOffsets>() == 48);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
     // Offsets user space relies on when it reads a record's fields.
     assert!(core::mem::offset_of!(Header, ts_ns) == 16);
@@ -533,7 +568,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TlsRecord>(), 120);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 248);
+        assert_eq!(core::mem::size_of::<Config>(), 256);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use qtap_common::{
-    call, limit, stat, tls_call, Config, Conn, ConnKey, ExecScratch, PatternKey, Pending, ProcSel,
+    call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, PatternKey, Pending, ProcSel,
     SyscallRecord, TlsPending, TlsRecord, WithPayload,
 };
 
@@ -58,6 +58,17 @@ static EXEC_FILENAME_OFF: u32 = 8;
 /// Offset of `group_dead` in `sched_process_exit`, 0 when the kernel lacks it.
 #[no_mangle]
 static EXIT_GROUP_DEAD_OFF: u32 = 0;
+
+/// Where `task_struct` and `cred` keep the credentials; set by qtapd from
+/// the kernel's BTF (all zero, `valid: 0`, until then).
+#[no_mangle]
+static CRED_OFFSETS: CredOffsets = CredOffsets {
+    task_real_cred: 0,
+    cap_permitted: 0,
+    ids: [0; 8],
+    valid: 0,
+    _pad: 0,
+};
 
 /// One enter and one exit program per syscall of the socket module.
 macro_rules! syscall_probes {
@@ -144,6 +155,29 @@ mod openssl {
         SSL_SET_WFD => SSL_set_wfd;
         SSL_FREE => SSL_free;
     }
+}
+
+/// Exit programs of the calls that change a task's ids or capabilities.
+macro_rules! creds_probes {
+    ($($exit:ident),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $exit(_ctx: TracePointContext) -> u32 {
+            probes::creds::changed();
+            0
+        }
+    )*};
+}
+
+creds_probes! {
+    sys_exit_setuid, sys_exit_setreuid, sys_exit_setresuid, sys_exit_setfsuid,
+    sys_exit_setgid, sys_exit_setregid, sys_exit_setresgid, sys_exit_setfsgid,
+    sys_exit_capset,
+}
+
+#[tracepoint]
+pub fn sys_enter_prctl(ctx: TracePointContext) -> u32 {
+    probes::creds::prctl(&ctx);
+    0
 }
 
 #[tracepoint]

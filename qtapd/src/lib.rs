@@ -2,6 +2,7 @@
 //! logging, the runtime), the micro-benchmarks (`benches/`) and the fuzzers
 //! (`fuzz/`) share them.
 
+pub mod access;
 pub mod cli;
 pub mod daemon;
 pub mod ebpf;

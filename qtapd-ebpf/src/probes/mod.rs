@@ -1,5 +1,6 @@
 //! Probe logic, one file per family. Entry points in `main.rs` call in here.
 
+pub mod creds;
 pub mod process;
 pub mod syscall;
 pub mod tls;
@@ -20,9 +21,20 @@ pub fn count(index: u32) {
     }
 }
 
-/// The header every record starts with, for the current task.
+/// The time a record is stamped with. Every probe takes it *before* it
+/// reads a session mask: qtapd delivers a record only to sessions that
+/// started before its stamp, so a mask read before a session's slot was
+/// retired can never reach the slot's next owner (see `engine`).
 #[inline(always)]
-pub fn header(kind: u16, sessions: u64) -> Header {
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The header every record starts with, for the current task, stamped
+/// `ts_ns` (from [`now`]).
+#[inline(always)]
+pub fn header(kind: u16, sessions: u64, ts_ns: u64) -> Header {
     let id = bpf_get_current_pid_tgid();
     Header {
         kind,
@@ -30,11 +42,17 @@ pub fn header(kind: u16, sessions: u64) -> Header {
         pid: (id >> 32) as u32,
         tid: id as u32,
         _pad: 0,
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         sessions,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
+}
+
+/// The sessions that select process `tgid` now (any module).
+#[inline(always)]
+pub fn selected_now(tgid: u32) -> u64 {
+    // SAFETY: the value is copied out at once.
+    unsafe { PROCS.get(&tgid) }.map_or(0, |sel| sel.sessions)
 }
 
 /// Sessions that asked for the kernel record family `module` (one of
@@ -51,8 +69,7 @@ pub fn module_sessions(module: usize) -> u64 {
 #[inline(always)]
 pub fn selected_for(module: usize) -> u64 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: the value is copied out at once.
-    unsafe { PROCS.get(&tgid) }.map_or(0, |sel| sel.sessions & module_sessions(module))
+    selected_now(tgid) & module_sessions(module)
 }
 
 /// Copies up to `len` (at most `HEAD_BYTES`) bytes of user memory at `src`

@@ -30,7 +30,7 @@ use qtap_common::{
     PatternKey, ProcSel, HASH_MUL,
 };
 
-use super::{count, header};
+use super::{count, creds, header, now};
 use crate::{
     CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PROCS,
     SCRATCH,
@@ -56,6 +56,7 @@ fn global(value: &u32) -> u32 {
 /// select the new image.
 #[inline(always)]
 pub fn exec(ctx: &TracePointContext) {
+    let ts = now();
     let Some(cfg) = CONFIG.get(0) else { return };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is copied out at once.
@@ -80,7 +81,12 @@ pub fn exec(ctx: &TracePointContext) {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let uid = bpf_get_current_uid_gid() as u32;
 
-    let sessions = select(cfg, scratch, len & EXE_MASK, &comm, tgid, uid);
+    let mut sessions = select(cfg, scratch, len & EXE_MASK, &comm, tgid, uid);
+    // The new image's credentials are in place: a setuid, setgid or
+    // file-capability exec is not for restricted sessions.
+    if sessions & cfg.restricted != 0 && !creds::plain() {
+        sessions &= !cfg.restricted;
+    }
     if sessions == 0 {
         if before == 0 {
             return;
@@ -97,7 +103,7 @@ pub fn exec(ctx: &TracePointContext) {
             let record = entry.as_mut_ptr();
             // SAFETY: `record` points at a reserved, exclusively owned slot.
             unsafe {
-                (*record).hdr = header(kind::EXEC, sessions);
+                (*record).hdr = header(kind::EXEC, sessions, ts);
                 (*record).filename_len = (len & EXE_MASK) as u32;
                 (*record).uid = uid;
                 (*record).filename = scratch.buf;
@@ -258,6 +264,7 @@ fn select(
 /// the child inherits the parent's sessions.
 #[inline(always)]
 pub fn fork(ctx: &TracePointContext) {
+    let ts = now();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is copied out at once.
     let Some(sel) = (unsafe { PROCS.get(&tgid) }).copied() else {
@@ -272,7 +279,7 @@ pub fn fork(ctx: &TracePointContext) {
         return;
     }
     let record = ForkRecord {
-        hdr: header(kind::FORK, sel.sessions),
+        hdr: header(kind::FORK, sel.sessions, ts),
         child_pid: child,
         _pad: 0,
     };
@@ -284,6 +291,7 @@ pub fn fork(ctx: &TracePointContext) {
 /// `sched_process_exit(comm, pid, prio[, group_dead])`: forget the task.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext) {
+    let ts = now();
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if tid != tgid {
@@ -304,7 +312,7 @@ pub fn exit(ctx: &TracePointContext) {
         return;
     };
     let _ = PROCS.remove(&tgid);
-    let record: Header = header(kind::EXIT, sel.sessions);
+    let record: Header = header(kind::EXIT, sel.sessions, ts);
     if EVENTS.output::<Header>(&record, 0).is_err() {
         count(stat::RING_FULL);
     }

@@ -23,7 +23,7 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::{copy_head, count, header, selected_for, submit};
+use super::{copy_head, count, header, now, selected_for, selected_now, submit};
 use crate::{CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
@@ -80,6 +80,7 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
 /// The `sys_exit_<call>` hook: join with the enter and emit the record.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, call: u16) {
+    let ts = now();
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING.get(&id) }).copied() else {
@@ -90,6 +91,10 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         return;
     }
     let tgid = (id >> 32) as u32;
+    // Sessions that stopped selecting the process while the call ran (a
+    // session ended, or the process left a restricted session) get
+    // nothing of it; the connection table is kept up to date regardless.
+    let sessions = pending.sessions & selected_now(tgid);
     // SAFETY: offset of `ret` in the syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
 
@@ -99,7 +104,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
     let record = &mut buf.record;
-    record.hdr = header(kind::SYSCALL, pending.sessions);
+    record.hdr = header(kind::SYSCALL, sessions, ts);
     record.ret = ret;
     record.bytes = 0;
     record.call = call;
@@ -155,7 +160,9 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         record.conn = conn;
         record.flags |= flag::CONN_KNOWN;
     }
-    submit(buf, payload.0, payload.1);
+    if sessions != 0 {
+        submit(buf, payload.0, payload.1);
+    }
 }
 
 /// `dup*(oldfd[, newfd])` returning the new fd: the new number is now

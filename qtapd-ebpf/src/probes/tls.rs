@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use qtap_common::{direction, kind, limit, module, stat, tls_call, TlsPending, TlsRecord};
 
-use super::{copy_head, count, header, selected_for, submit};
+use super::{copy_head, count, header, now, selected_for, selected_now, submit};
 use crate::{TLS_ACTIVE, TLS_BUF};
 
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
@@ -53,6 +53,7 @@ pub fn enter(ctx: &ProbeContext, call: u16) {
 /// Return of `SSL_read[_ex]`/`SSL_write[_ex]`: emit the call's record.
 #[inline(always)]
 pub fn exit(ctx: &RetProbeContext, call: u16) {
+    let ts = now();
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { TLS_ACTIVE.get(&id) }).copied() else {
@@ -60,6 +61,11 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     };
     let _ = TLS_ACTIVE.remove(&id);
     if pending.call != call {
+        return;
+    }
+    // Only the sessions that still select the process (see `syscall.rs`).
+    let sessions = pending.sessions & selected_now((id >> 32) as u32);
+    if sessions == 0 {
         return;
     }
     // The functions return `int`: sign-extend the low 32 bits.
@@ -80,7 +86,7 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
     buf.record = TlsRecord {
-        hdr: header(kind::TLS, pending.sessions),
+        hdr: header(kind::TLS, sessions, ts),
         ssl: pending.ssl,
         ret,
         bytes,
@@ -106,6 +112,7 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
 /// Entry of `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd`/`SSL_free`.
 #[inline(always)]
 pub fn bind(ctx: &ProbeContext, call: u16) {
+    let ts = now();
     let sessions = selected_for(module::OPENSSL);
     if sessions == 0 {
         return;
@@ -116,7 +123,7 @@ pub fn bind(ctx: &ProbeContext, call: u16) {
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
     buf.record = TlsRecord {
-        hdr: header(kind::TLS, sessions),
+        hdr: header(kind::TLS, sessions, ts),
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         call,
         direction: direction::NONE,

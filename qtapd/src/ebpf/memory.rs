@@ -32,6 +32,7 @@ impl Selector for MemoryKernel {
         self.procs.iter().map(|(k, v)| (*k, *v)).collect()
     }
     fn forget_conns(&mut self, _: u32, _: Vec<u32>) {}
+    fn forget_sessions(&mut self, _: u64) {}
     fn stats(&self) -> KernelStats {
         KernelStats::default()
     }

@@ -5,6 +5,7 @@
 //! sessions need, and owns the maps. Dropping [`Kernel`] detaches and
 //! unloads everything.
 
+pub mod btf;
 pub mod memory;
 
 use std::path::{Path, PathBuf};
@@ -19,8 +20,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use qtap_common::{
-    map, offsets, stat, Config, Conn, ConnKey, PatternKey, Pending, ProcSel, TlsPending,
+    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, PatternKey, Pending, ProcSel, TlsPending,
 };
+
+use tracing::warn;
 
 use crate::{
     filter::compile::{CompileError, Compiled},
@@ -62,6 +65,8 @@ pub enum KernelError {
 /// OpenSSL functions a target must have; the other probes are optional
 /// (`SSL_read_ex` and friends are missing from old versions).
 const TLS_REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
+/// `bpf_map_update_elem` flag: update only an entry that exists.
+const BPF_EXIST: u64 = 2;
 /// Suffix of the return-probe programs (`SSL_read_ret`).
 const RET_SUFFIX: &str = "_ret";
 
@@ -114,7 +119,18 @@ impl Kernel {
         let exit_group_dead =
             tracefs::field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
 
+        let creds = btf::Structs::from_kernel()
+            .and_then(|structs| structs.cred_offsets())
+            .unwrap_or_else(|error| {
+                warn!(
+                    %error,
+                    "cannot read credentials in the kernel: sessions of callers other than root \
+                     will select only processes already running when they start"
+                );
+                CredOffsets::default()
+            });
         let mut ebpf = EbpfLoader::new()
+            .override_global(offsets::CRED, &creds, true)
             .override_global(offsets::FORK_CHILD_PID, &fork_child, true)
             .override_global(offsets::EXEC_FILENAME, &exec_filename, true)
             .override_global(offsets::EXIT_GROUP_DEAD, &exit_group_dead, true)
@@ -178,6 +194,9 @@ pub trait Selector {
     fn selected(&self) -> Vec<(u32, u64)>;
     /// Forgets the connection entries of an exited process.
     fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>);
+    /// Removes the session bits `sessions` from every syscall and TLS call
+    /// in flight: the slots are being retired.
+    fn forget_sessions(&mut self, sessions: u64);
     /// The kernel's counters, summed over CPUs.
     fn stats(&self) -> KernelStats;
     /// Attaches the tracepoints (`on`: a session runs) or detaches them.
@@ -305,6 +324,25 @@ impl Selector for Kernel {
     fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>) {
         for fd in fds {
             let _ = self.conns.remove(&ConnKey { tgid, fd });
+        }
+    }
+
+    fn forget_sessions(&mut self, sessions: u64) {
+        let pending: Vec<(u64, Pending)> = self.pending.iter().filter_map(Result::ok).collect();
+        for (key, mut entry) in pending {
+            if entry.sessions & sessions != 0 {
+                entry.sessions &= !sessions;
+                // Gone meanwhile (the call returned) is fine.
+                let _ = self.pending.insert(key, entry, BPF_EXIST);
+            }
+        }
+        let active: Vec<(u64, TlsPending)> =
+            self.tls_active.iter().filter_map(Result::ok).collect();
+        for (key, mut entry) in active {
+            if entry.sessions & sessions != 0 {
+                entry.sessions &= !sessions;
+                let _ = self.tls_active.insert(key, entry, BPF_EXIST);
+            }
         }
     }
 

@@ -124,6 +124,10 @@ pub struct Session {
     pub slot: usize,
     pub spec: Spec,
     pub created: SystemTime,
+    /// `CLOCK_MONOTONIC` when the session was created, before its filter
+    /// reached the kernel: a record stamped earlier was made for the
+    /// slot's previous owner and is never delivered here.
+    pub since_ns: u64,
     pub delivered: u64,
     pub lost: u64,
     seq: u64,
@@ -204,6 +208,19 @@ impl Session {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`,
+/// which stamps kernel records.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -239,6 +256,7 @@ impl Hub {
             slot,
             spec,
             created: SystemTime::now(),
+            since_ns: monotonic_ns(),
             delivered: 0,
             lost: 0,
             seq: 0,
@@ -341,6 +359,41 @@ impl Hub {
             .map(|s| s.spec.capture_bytes)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The sessions of `mask` that already existed at kernel time `ts_ns`
+    /// (a record stamped then may be delivered to them).
+    #[must_use]
+    pub fn started_by(&self, mask: u64, ts_ns: u64) -> u64 {
+        self.sessions
+            .values()
+            .filter(|s| mask & (1 << s.slot) != 0 && s.since_ns <= ts_ns)
+            .fold(0, |acc, s| acc | (1 << s.slot))
+    }
+
+    /// Sessions of callers other than root (`Config::restricted`).
+    #[must_use]
+    pub fn restricted(&self) -> u64 {
+        self.mask_of(|s| s.spec.owner.uid != 0)
+    }
+
+    /// Sessions started by `uid`.
+    #[must_use]
+    pub fn owned_by(&self, uid: u32) -> u64 {
+        self.mask_of(|s| s.spec.owner.uid == uid)
+    }
+
+    /// Every session's bit.
+    #[must_use]
+    pub fn mask_all(&self) -> u64 {
+        self.mask_of(|_| true)
+    }
+
+    fn mask_of(&self, pick: impl Fn(&Session) -> bool) -> u64 {
+        self.sessions
+            .values()
+            .filter(|s| pick(s))
+            .fold(0, |acc, s| acc | (1 << s.slot))
     }
 
     /// Whether a session in `mask` asked for `module`.

@@ -26,6 +26,7 @@ use self::{
     libssl::TlsTargets,
 };
 use crate::{
+    access::Access,
     ebpf::{Kernel, KernelError, KernelStats, Selector},
     enrich::Enricher,
     events::{
@@ -122,6 +123,7 @@ pub struct Engine<K: Selector = Kernel> {
     kernel: K,
     hub: Hub,
     enricher: Enricher,
+    access: Access,
     tls: TlsTargets,
     started: Instant,
     records: u64,
@@ -139,6 +141,7 @@ impl<K: Selector> Engine<K> {
             kernel,
             hub: Hub::default(),
             enricher: Enricher::new(),
+            access: Access::default(),
             tls: TlsTargets::default(),
             started: Instant::now(),
             records: 0,
@@ -237,6 +240,7 @@ impl<K: Selector> Engine<K> {
     fn retire(&mut self, session: &Session) -> Result<(), EngineError> {
         self.reinstall()?;
         let bit = 1u64 << session.slot;
+        self.kernel.forget_sessions(bit);
         for (tgid, mask) in self.kernel.selected() {
             if mask & bit != 0 {
                 let rest = mask & !bit;
@@ -253,6 +257,7 @@ impl<K: Selector> Engine<K> {
     fn reinstall(&mut self) -> Result<(), EngineError> {
         let mut compiled = compile(self.hub.filters(), std::process::id())?;
         compiled.config.capture_bytes = self.hub.capture_bytes();
+        compiled.config.restricted = self.hub.restricted();
         self.kernel.install(&compiled)?;
         let tls_needed = compiled.config.modules[qtap_common::module::OPENSSL] != 0;
         self.tls.set_needed(&mut self.kernel, tls_needed);
@@ -266,6 +271,7 @@ impl<K: Selector> Engine<K> {
             return Ok(0);
         };
         let filter = session.spec.filter.clone();
+        let owner = session.spec.owner.uid;
         let me = std::process::id();
         let bit = 1u64 << slot;
         let current: std::collections::HashMap<u32, u64> =
@@ -288,7 +294,9 @@ impl<K: Selector> Engine<K> {
             else {
                 continue;
             };
-            if filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid, uid) {
+            if filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid, uid)
+                && (owner == 0 || self.access.visible_to(pid) == Some(owner))
+            {
                 let mask = current.get(&pid).copied().unwrap_or(0) | bit;
                 self.kernel.select(pid, mask)?;
                 self.tls.watch(pid);
@@ -386,40 +394,69 @@ impl<K: Selector> Engine<K> {
                 return;
             }
         };
+        let hdr = *record.header();
         match record {
             Record::Exec(rec) => {
+                // A new image: its credentials are checked again.
+                self.access.forget(hdr.pid);
                 let event = self.enricher.exec(&rec);
                 let mask = self.confirm_exec(&rec, &event);
                 if mask != 0 {
-                    self.tls.watch(rec.hdr.pid);
+                    self.tls.watch(hdr.pid);
                 }
                 self.hub
                     .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
             }
+            Record::Creds(_) => {
+                self.access.deny(hdr.pid);
+                debug!(pid = hdr.pid, sessions = hdr.sessions, "left restricted sessions");
+            }
             Record::Fork(rec) => {
                 let event = self.enricher.fork(&rec);
-                self.hub.deliver(rec.hdr.sessions, &event, |s| {
-                    s.spec.filter.wants(Module::Process)
-                });
+                let mask = self.admit(&hdr);
+                self.hub
+                    .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
             }
-            Record::Exit(hdr) => {
+            Record::Exit(_) => {
+                let mask = self.admit(&hdr);
                 let (event, fds) = self.enricher.exit(&hdr);
                 self.kernel.forget_conns(hdr.pid, fds);
-                self.hub.deliver(hdr.sessions, &event, |s| {
-                    s.spec.filter.wants(Module::Process)
-                });
+                self.access.forget(hdr.pid);
+                self.hub
+                    .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
             }
             Record::Syscall(rec, payload) => {
+                // Enriched even when delivered to no one: the fd state
+                // must follow the process.
+                let mask = self.admit(&hdr);
                 let (mut event, notes) = self.enricher.syscall(&rec);
                 event.payload = payload.to_vec();
-                self.deliver_fd_event(rec.hdr.sessions, &event, notes, Module::Socket);
+                self.deliver_fd_event(mask, &event, notes, Module::Socket);
             }
             Record::Tls(rec, payload) => {
+                let mask = self.admit(&hdr);
                 let (mut event, notes) = self.enricher.tls(&rec);
                 event.payload = payload.to_vec();
-                self.deliver_fd_event(rec.hdr.sessions, &event, notes, Module::Openssl);
+                self.deliver_fd_event(mask, &event, notes, Module::Openssl);
             }
         }
+    }
+
+    /// The sessions a record may be delivered to: of those it names, the
+    /// ones that existed when it was made (a slot's previous owner's
+    /// records never reach its next), and of those, restricted sessions
+    /// only when their owner may see the process (`access`).
+    fn admit(&mut self, hdr: &qtap_common::Header) -> u64 {
+        let mask = self.hub.started_by(hdr.sessions, hdr.ts_ns);
+        let restricted = mask & self.hub.restricted();
+        if restricted == 0 {
+            return mask;
+        }
+        let allowed = self
+            .access
+            .visible_to(hdr.pid)
+            .map_or(0, |uid| self.hub.owned_by(uid));
+        mask & !(restricted & !allowed)
     }
 
     /// Delivers an event about an fd to the sessions of `module`, and the
@@ -439,15 +476,26 @@ impl<K: Selector> Engine<K> {
     }
 
     /// The kernel matched by hash; check each selecting session's filter
-    /// exactly and drop the bits of those that do not really match.
+    /// exactly, and a restricted session's right to see the process, and
+    /// drop the bits that fail from the kernel's selection. Returns the
+    /// sessions the exec is delivered to (those that existed when it was
+    /// stamped, see [`Engine::admit`]).
     fn confirm_exec(&mut self, rec: &qtap_common::ExecRecord, event: &Event) -> u64 {
         let claimed = rec.hdr.sessions;
         let name = event.filename.as_deref().unwrap_or_default().as_bytes();
         let comm = event.comm.as_bytes();
-        let mut mask = claimed;
+        let restricted = claimed & self.hub.restricted();
+        let visible = if restricted == 0 {
+            0
+        } else {
+            self.access
+                .visible_to(rec.hdr.pid)
+                .map_or(0, |uid| self.hub.owned_by(uid))
+        };
+        let mut mask = claimed & !(restricted & !visible);
         for session in self.hub.iter() {
             let bit = 1u64 << session.slot;
-            if claimed & bit != 0
+            if mask & bit != 0
                 && !session
                     .spec
                     .filter
@@ -456,6 +504,8 @@ impl<K: Selector> Engine<K> {
                 mask &= !bit;
             }
         }
+        // Bits of no session at all (ended meanwhile) go too.
+        mask &= self.hub.mask_all();
         if mask != claimed {
             debug!(
                 pid = rec.hdr.pid,
@@ -467,13 +517,18 @@ impl<K: Selector> Engine<K> {
                 warn!(%error, pid = rec.hdr.pid, "could not correct a selection");
             }
         }
-        mask
+        self.hub.started_by(mask, rec.hdr.ts_ns)
     }
 
     /// Once per [`TICK`]: report kernel losses, expire idle sessions,
     /// send heartbeats.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        // Verdicts of processes that left without an exit record (no
+        // longer selected) would pile up; checking again is cheap.
+        if self.access.len() > limit::PROCS as usize {
+            self.access = Access::default();
+        }
         self.tls.tick(&mut self.kernel);
         let now = self.kernel.stats();
         let ring_lost = now.ring_full - self.reported.ring_full;

@@ -14,7 +14,23 @@ pub enum Record<'a> {
     Exec(ExecRecord),
     Fork(ForkRecord),
     Exit(Header),
+    /// The process left the restricted sessions in `sessions`.
+    Creds(Header),
     Tls(TlsRecord, &'a [u8]),
+}
+
+impl Record<'_> {
+    /// The header every record starts with.
+    #[must_use]
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::Syscall(r, _) => &r.hdr,
+            Record::Exec(r) => &r.hdr,
+            Record::Fork(r) => &r.hdr,
+            Record::Exit(h) | Record::Creds(h) => h,
+            Record::Tls(r, _) => &r.hdr,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         kind::EXEC => read(bytes, "exec record").map(Record::Exec),
         kind::FORK => read(bytes, "fork record").map(Record::Fork),
         kind::EXIT => Ok(Record::Exit(header)),
+        kind::CREDS => Ok(Record::Creds(header)),
         kind::TLS => read(bytes, "tls record").map(|r| Record::Tls(r, after::<TlsRecord>(bytes))),
         other => Err(DecodeError::Kind(other)),
     }

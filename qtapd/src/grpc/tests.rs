@@ -83,6 +83,7 @@ impl Harness {
                 pid,
                 tid: pid,
                 sessions: mask,
+                ts_ns: crate::engine::hub::monotonic_ns(),
                 ..Header::default()
             },
             ret: bytes,

@@ -1,0 +1,223 @@
+//! Struct member offsets from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`), for the few kernel structs the programs
+//! read (`qtap_common::CredOffsets`). A reader of just what that needs:
+//! the header, the type records (skipped by kind), and the string table.
+//! Written here rather than taken from a crate: `aya-obj` keeps its member
+//! accessors private, and the BTF crates on crates.io are LGPL, which qtap
+//! (MIT OR Apache-2.0) does not link.
+
+use std::collections::HashMap;
+
+use qtap_common::CredOffsets;
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("read {VMLINUX}: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("{VMLINUX}: {0}")]
+    Format(&'static str),
+    #[error("the kernel's BTF has no struct {0}")]
+    NoStruct(&'static str),
+    #[error("the kernel's BTF has no member {1} in struct {0}")]
+    NoMember(&'static str, &'static str),
+    #[error("struct {0} member {1} is a bitfield or not byte-aligned")]
+    Unaligned(&'static str, &'static str),
+}
+
+/// The byte offsets of the members of each struct, by name.
+pub struct Structs {
+    structs: HashMap<String, HashMap<String, u32>>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .ok_or(BtfError::Format("truncated"))
+}
+
+fn str_at(strings: &[u8], off: u32) -> String {
+    let tail = strings.get(off as usize..).unwrap_or_default();
+    let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+    String::from_utf8_lossy(&tail[..end]).into_owned()
+}
+
+impl Structs {
+    /// Reads the running kernel's BTF.
+    ///
+    /// # Errors
+    /// The file is missing (a kernel without `CONFIG_DEBUG_INFO_BTF`) or
+    /// malformed.
+    pub fn from_kernel() -> Result<Structs, BtfError> {
+        Structs::parse(&std::fs::read(VMLINUX)?)
+    }
+
+    /// Parses BTF in the machine's byte order, keeping named structs.
+    ///
+    /// # Errors
+    /// Not BTF, or records that run past the type section.
+    pub fn parse(data: &[u8]) -> Result<Structs, BtfError> {
+        let magic = data
+            .get(..2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+            .ok_or(BtfError::Format("truncated"))?;
+        if magic != MAGIC {
+            return Err(BtfError::Format("not BTF in this byte order"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let section = |off: usize, len: usize| {
+            data.get(hdr_len + off..hdr_len + off + len)
+                .ok_or(BtfError::Format("a section runs past the end"))
+        };
+        let types = section(type_off, type_len)?;
+        let strings = section(str_off, str_len)?;
+        let mut structs = HashMap::new();
+        let mut at = 0;
+        while at < types.len() {
+            let name_off = u32_at(types, at)?;
+            let info = u32_at(types, at + 4)?;
+            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
+            at += 12;
+            let trailing = match kind {
+                1 | 14 | 17 => 4,          // int, var, decl tag
+                3 => 12,                   // array
+                4 | 5 | 15 | 19 => vlen * 12, // struct, union, datasec, enum64
+                6 | 13 => vlen * 8,        // enum, func proto
+                2 | 7..=12 | 16 | 18 => 0,
+                _ => return Err(BtfError::Format("unknown type kind")),
+            };
+            if kind == KIND_STRUCT && name_off != 0 {
+                let mut members = HashMap::new();
+                for m in 0..vlen {
+                    let base = at + m * 12;
+                    let name = str_at(strings, u32_at(types, base)?);
+                    let mut bits = u32_at(types, base + 8)?;
+                    if kind_flag == 1 {
+                        // The top byte is the bitfield size: a plain member has 0.
+                        if bits >> 24 != 0 {
+                            bits = u32::MAX;
+                        } else {
+                            bits &= 0x00ff_ffff;
+                        }
+                    }
+                    members.insert(name, bits);
+                }
+                structs.insert(str_at(strings, name_off), members);
+            }
+            at += trailing;
+        }
+        Ok(Structs { structs })
+    }
+
+    /// The byte offset of `member` in `strukt`.
+    ///
+    /// # Errors
+    /// The struct or member is unknown, or the member is a bitfield.
+    pub fn offset(&self, strukt: &'static str, member: &'static str) -> Result<u32, BtfError> {
+        let bits = *self
+            .structs
+            .get(strukt)
+            .ok_or(BtfError::NoStruct(strukt))?
+            .get(member)
+            .ok_or(BtfError::NoMember(strukt, member))?;
+        if bits == u32::MAX || bits % 8 != 0 {
+            return Err(BtfError::Unaligned(strukt, member));
+        }
+        Ok(bits / 8)
+    }
+
+    /// Where `task_struct` and `cred` keep a task's credentials.
+    ///
+    /// # Errors
+    /// A member the programs read is missing.
+    pub fn cred_offsets(&self) -> Result<CredOffsets, BtfError> {
+        let mut ids = [0; 8];
+        let names = ["uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"];
+        for (slot, name) in ids.iter_mut().zip(names) {
+            *slot = self.offset("cred", name)?;
+        }
+        Ok(CredOffsets {
+            task_real_cred: self.offset("task_struct", "real_cred")?,
+            cap_permitted: self.offset("cred", "cap_permitted")?,
+            ids,
+            valid: 1,
+            _pad: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with one struct `cred { int uid; int gid; }`.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0cred\0uid\0gid\0int\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |v: u32| types.extend_from_slice(&v.to_ne_bytes());
+        // [1] int: name "int" (14), kind 1, size 4, encoding.
+        push(14);
+        push(1 << 24);
+        push(4);
+        push(32);
+        // [2] struct cred: 2 members, size 8.
+        push(1);
+        push((4 << 24) | 2);
+        push(8);
+        for (name, off) in [(6, 0), (10, 32)] {
+            push(name);
+            push(1);
+            push(off);
+        }
+        let mut data = Vec::new();
+        data.extend_from_slice(&MAGIC.to_ne_bytes());
+        data.extend_from_slice(&[1, 0]);
+        for v in [24, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            data.extend_from_slice(&v.to_ne_bytes());
+        }
+        data.extend_from_slice(&types);
+        data.extend_from_slice(&strings);
+        data
+    }
+
+    #[test]
+    fn finds_member_offsets() {
+        let structs = Structs::parse(&blob()).unwrap();
+        assert_eq!(structs.offset("cred", "uid").unwrap(), 0);
+        assert_eq!(structs.offset("cred", "gid").unwrap(), 4);
+        assert!(matches!(
+            structs.offset("cred", "euid"),
+            Err(BtfError::NoMember("cred", "euid"))
+        ));
+        assert!(matches!(
+            structs.offset("task_struct", "cred"),
+            Err(BtfError::NoStruct("task_struct"))
+        ));
+    }
+
+    #[test]
+    fn rejects_what_is_not_btf() {
+        assert!(Structs::parse(b"not btf at all, not at all").is_err());
+        let mut truncated = blob();
+        truncated.truncate(30);
+        assert!(Structs::parse(&truncated).is_err());
+    }
+
+    /// The running kernel's BTF has every member the programs read.
+    #[test]
+    fn this_kernel_has_the_cred_members() {
+        let offsets = Structs::from_kernel().unwrap().cred_offsets().unwrap();
+        assert_eq!(offsets.valid, 1);
+        assert!(offsets.task_real_cred > 0);
+        // uid comes first in struct cred after the usage count.
+        assert!(offsets.ids.iter().all(|&o| o > 0 && o < 256), "{offsets:?}");
+    }
+}
