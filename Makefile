@@ -14,7 +14,7 @@ ENCODING ?= console
 DEMO ?= 1
 BPF_LINKER_VERSION := 0.10.1
 # Debian packages the build, the demo and the tests use.
-DEB_PACKAGES := curl nginx-light python3 iproute2 openssl
+DEB_PACKAGES := curl nginx-light python3 iproute2 openssl gcc libcap2-bin
 QTAPD := target/release/qtapd
 CARGO_DEB_VERSION := 3.8.0
 K8S_VALIDATE_VERSION := 1.37.0

@@ -130,7 +130,11 @@ enum TraceCommand {
         id: String,
     },
     /// List the sessions you may see (all of them as root).
-    List,
+    List {
+        /// console: a table; json: one object per session and line.
+        #[arg(long, value_enum, default_value_t = Output::Console)]
+        output: Output,
+    },
 }
 
 /// How events are shown.
@@ -247,7 +251,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Command::Trace(TraceCommand::Stop { id }) => {
                             cmd::trace::stop(&conn, id).await
                         }
-                        Command::Trace(TraceCommand::List) => cmd::trace::list(&conn).await,
+                        Command::Trace(TraceCommand::List { output }) => {
+                            cmd::trace::list(&conn, output).await
+                        }
                         _ => unreachable!("handled above"),
                     }
                 }

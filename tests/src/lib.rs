@@ -2,9 +2,8 @@
 //! (in `--bpf-trace` mode, or serving sessions to the real `qtapctl`),
 //! drives real programs, and collects the JSON events printed.
 //!
-//! The tests need root and a kernel that loads BPF. Run as non-root outside
-//! CI they say loudly that they did not run; under `CI=true` a missing
-//! privilege or a daemon that cannot load its programs fails the test.
+//! The tests need root and a kernel that loads BPF: without either they
+//! fail, saying why (never pass without running).
 #![allow(
     clippy::must_use_candidate,
     reason = "helpers are often called for their effect alone"
@@ -85,20 +84,49 @@ fn collect_lines(reader: impl std::io::Read + Send + 'static, log: &Arc<Mutex<St
     });
 }
 
-/// Whether privileged tests can run here. Under `CI=true` not being root
-/// is a failure, not a skip.
-#[must_use]
-pub fn privileged() -> bool {
+/// Fails the calling test, with the reason, unless it runs as root: a
+/// privileged end-to-end test that cannot run must never pass.
+pub fn require_root() {
     // SAFETY: no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this privileged end-to-end test needs root (euid is {euid}): run `sudo make test`"
+    );
+}
+
+/// Creates (once) a system user without a home or shell, in group
+/// `qtap` or not; the group must exist (qtapd creates it).
+pub fn system_user(name: &str, in_qtap: bool) {
+    let exists = Command::new("id")
+        .arg(name)
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !exists {
+        let mut cmd = Command::new("useradd");
+        cmd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if in_qtap {
+            cmd.args(["--groups", "qtap"]);
+        }
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but not root: the privileged end-to-end tests must run in CI"
+            cmd.arg(name).status().is_ok_and(|s| s.success()),
+            "useradd {name}"
         );
-        eprintln!("*** NOT RUN: privileged end-to-end test needs root (run `sudo make test`) ***");
     }
-    root
+}
+
+/// The uid of user `name`.
+pub fn uid_of(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().expect("run id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("uid of {name}: {e}"))
 }
 
 /// Programs of qtap's kernel object loaded now (by name: the tracepoints

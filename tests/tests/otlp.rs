@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     logs::v1::LogRecord,
 };
-use qtap_tests::{privileged, run_curl, serve_once, Daemon, Service};
+use qtap_tests::{require_root, run_curl, serve_once, Daemon, Service};
 
 /// Every record received, with its resource's `service.name`.
 #[derive(Clone, Default)]
@@ -155,9 +155,7 @@ fn wait_for_connect(collector: &Collector, curl: u32, port: u16) -> (String, Log
 
 #[test]
 fn session_events_arrive_as_otlp_log_records() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let collector = Collector::default();
     let endpoint = start_collector(collector.clone());
     let service = Service::start(&[]).unwrap();
@@ -219,9 +217,7 @@ fn session_events_arrive_as_otlp_log_records() {
 /// every session that names no collector: here the `--bpf-trace` one.
 #[test]
 fn a_daemon_wide_collector_gets_the_bpf_trace_session() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let collector = Collector::default();
     let endpoint = start_collector(collector.clone());
     let daemon = Daemon::start_with(

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qtap_tests::{privileged, qtap_programs, run_curl, serve_once, Follower};
+use qtap_tests::{require_root, qtap_programs, run_curl, serve_once, Follower};
 
 const INSTALLED: &[&str] = &[
     "/usr/bin/qtapd",
@@ -132,9 +132,7 @@ fn trace_curl_with_the_installed_qtapctl() {
 
 #[test]
 fn the_debian_package_installs_runs_and_purges() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let Ok(deb) = std::env::var("QTAP_DEB") else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

@@ -13,7 +13,7 @@ use std::{
 };
 
 use qtap_tests::{
-    of_pid, privileged, qtap_programs, run_curl, run_curl_at, serve_once, syscall, Daemon,
+    of_pid, require_root, qtap_programs, run_curl, run_curl_at, serve_once, syscall, Daemon,
     Follower, Service,
 };
 use serde_json::Value;
@@ -31,9 +31,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// at once.
 #[test]
 fn killed_daemon_leaves_nothing_attached_and_restarts() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     assert_eq!(qtap_programs(), 0, "qtap programs loaded before the test");
     let service = Service::start(&[]).unwrap();
     let id = service.start_session("mod:socket,mod:openssl,exe.contains:curl");
@@ -113,9 +111,7 @@ fn on_fd<'a>(events: &'a [Value], fd: i64, call: &str) -> Vec<&'a Value> {
 /// event describes what the fd was at the time, never what it had been.
 #[test]
 fn reused_fd_numbers_carry_nothing_over() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let first = TcpListener::bind("127.0.0.1:0").unwrap();
     let second = TcpListener::bind("127.0.0.1:0").unwrap();
     let ports = [
@@ -193,9 +189,7 @@ b.close()
 /// limit (docs/reliability.md).
 #[test]
 fn passed_and_duplicated_fds() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || {
@@ -312,9 +306,7 @@ fn pending_entries_of(tgid: u32) -> usize {
 /// left in the kernel's maps.
 #[test]
 fn processes_ending_inside_a_syscall() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     // Accepts and never answers, so the client's recv blocks.
@@ -394,9 +386,7 @@ os._exit(0)
 /// seen with their own tid.
 #[test]
 fn eagain_vectors_and_threads() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || {
@@ -460,9 +450,7 @@ s.close()
 /// replaced.
 #[test]
 fn exec_of_an_awkward_path() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let dir = std::env::temp_dir().join(format!("qtap dir {}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let mut name = b"cu\xffrl".to_vec();
@@ -501,9 +489,7 @@ fn exec_of_an_awkward_path() {
 /// it goes, keeps serving, and a follower after them gets events.
 #[test]
 fn followers_coming_and_going() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let id = service.start_session("mod:socket,exe.contains:curl");
     for _ in 0..100 {
@@ -605,9 +591,7 @@ impl RawFollower {
 /// resumed, the stopped one is told exactly what it lost.
 #[test]
 fn a_stopped_follower_loses_counted_and_others_are_unaffected() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let id = service.start_session("mod:socket,exe.contains:curl");
     let stalled = RawFollower::spawn(&service, &id, "4");

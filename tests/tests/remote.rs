@@ -12,7 +12,7 @@ use std::{
 };
 
 use qtap_tests::{
-    of_pid, privileged, qtapctl_bin, run_curl, serve_once, syscall, Follower, Service,
+    of_pid, require_root, qtapctl_bin, run_curl, serve_once, syscall, Follower, Service,
 };
 
 fn sh(script: &str) {
@@ -151,9 +151,7 @@ fn remote_ctl(ns: &str, url: &str, dir: &Path, who: &str, args: &[&str]) -> Comm
     reason = "one scenario, end to end, reads best in order"
 )]
 fn follow_across_hosts_with_mutual_tls_and_refuse_others() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let hosts = Hosts::new();
     let dir: PathBuf = std::env::temp_dir().join(format!("qtap-certs-{}", std::process::id()));
     certificates(&dir, &hosts.server_ip);
@@ -353,9 +351,7 @@ impl Drop for TwoServers {
     reason = "one scenario, end to end, reads best in order"
 )]
 fn follow_two_hosts_from_one_qtapctl() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let net = TwoServers::new();
     let dir: PathBuf = std::env::temp_dir().join(format!("qtap-certs-two-{}", std::process::id()));
     // One server certificate for both addresses.

@@ -4,7 +4,8 @@
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, privileged, run_curl, serve_once, syscall, Follower, Service, READS, WRITES,
+    bytes_on, of_pid, require_root, run_curl, serve_once, syscall, system_user, Follower, Service,
+    READS, WRITES,
 };
 
 fn stdout(out: &std::process::Output) -> String {
@@ -52,9 +53,7 @@ fn follow_json(service: &Service, user: Option<&str>, id: &str) -> Follower {
 
 #[test]
 fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let curl_id = stdout(&service.ctl(&[
         "trace",
@@ -148,9 +147,7 @@ fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
 /// exits within its grace.
 #[test]
 fn followers_are_told_why_the_stream_ended() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let follow = |id: &str| {
         service
@@ -194,9 +191,7 @@ fn followers_are_told_why_the_stream_ended() {
 /// counters `qtapctl status` shows; anything but `GET /metrics` is 404.
 #[test]
 fn metrics_endpoint_counts_sessions_and_followers() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -261,9 +256,7 @@ fn metrics_endpoint_counts_sessions_and_followers() {
 
 #[test]
 fn invalid_filter_is_a_usage_error_naming_the_term() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let out = service.ctl(&["trace", "start", "--filter", "mod:socket,exe.contain:curl"]);
     assert_eq!(out.status.code(), Some(2));
@@ -275,38 +268,13 @@ fn invalid_filter_is_a_usage_error_naming_the_term() {
     service.stop().unwrap();
 }
 
-/// Creates (once) a system user, in group `qtap` or not.
-fn user(name: &str, in_qtap: bool) {
-    let exists = Command::new("id")
-        .arg(name)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !exists {
-        let mut cmd = Command::new("useradd");
-        cmd.args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ]);
-        if in_qtap {
-            cmd.args(["--groups", "qtap"]);
-        }
-        assert!(cmd.arg(name).status().unwrap().success(), "useradd {name}");
-    }
-}
-
 #[test]
 fn unprivileged_users_see_only_their_own() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // qtapd creates group qtap before the users are made.
     let service = Service::start(&[]).unwrap();
-    user("qtap-e2e-member", true);
-    user("qtap-e2e-stranger", false);
+    system_user("qtap-e2e-member", true);
+    system_user("qtap-e2e-stranger", false);
     let member = Some("qtap-e2e-member");
 
     // Not in the group: the socket refuses the connection.
@@ -437,9 +405,7 @@ fn health_and_reflection_answer_on_the_socket() {
         ServerReflectionRequest,
     };
 
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let socket = service.socket.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -504,9 +470,7 @@ fn health_and_reflection_answer_on_the_socket() {
 
 #[test]
 fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let service = Service::start(&[]).unwrap();
     let id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
 

@@ -3,7 +3,7 @@
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, privileged, qtapd_bin, run_curl, serve_once,
+    bytes_on, of_pid, require_root, qtapd_bin, run_curl, serve_once,
     servers::{free_port, Nginx},
     syscall, Daemon, READS, WRITES,
 };
@@ -15,9 +15,7 @@ fn find<'a>(events: &'a [Value], call: &str) -> Vec<&'a Value> {
 
 #[test]
 fn curl_connect_request_response_and_close_on_one_fd() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let daemon = Daemon::start("mod:socket,mod:process,exe.contains:curl").unwrap();
@@ -79,9 +77,7 @@ fn curl_connect_request_response_and_close_on_one_fd() {
 
 #[test]
 fn nginx_accept_request_response_and_access_log() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let port = free_port();
     let daemon = Daemon::start("mod:socket,exe.contains:nginx").unwrap();
     let nginx = Nginx::start(
@@ -168,9 +164,7 @@ fn nginx_accept_request_response_and_access_log() {
 
 #[test]
 fn unselected_processes_emit_nothing() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/");

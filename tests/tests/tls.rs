@@ -5,7 +5,7 @@ use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use qtap_tests::{
-    privileged, serve_once,
+    require_root, serve_once,
     servers::{free_port, HttpsFiles, Nginx},
     syscall, Daemon,
 };
@@ -136,9 +136,7 @@ fn assert_tls_syscalls(span: &Span<'_>, what: &str) {
 /// plain HTTP to the client, HTTPS to the backend, one worker doing both.
 #[test]
 fn reverse_proxy_keeps_plain_and_tls_fds_apart() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let body = vec![b'q'; 20_000];
     let backend = HttpsFiles::start(&[("file", &body)]);
     let port = free_port();
@@ -258,9 +256,7 @@ fn check_upstream(up: &Span<'_>, backend_addr: &str, body_len: usize) {
 /// One curl, two URLs: plain HTTP to one server, HTTPS to another.
 #[test]
 fn one_client_plain_and_tls_connections() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let backend = HttpsFiles::start(&[("file", b"secret bytes\n")]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let plain_port = listener.local_addr().unwrap().port();
@@ -353,9 +349,7 @@ fn one_client_plain_and_tls_connections() {
 /// call leaves nothing behind that could mark the plain socket.
 #[test]
 fn want_read_marks_no_other_fd() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let backend = HttpsFiles::start(&[("file", b"after want-read\n")]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let plain_port = listener.local_addr().unwrap().port();

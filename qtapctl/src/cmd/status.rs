@@ -10,7 +10,9 @@ pub async fn run(conn: &client::Connection) -> anyhow::Result<()> {
     let c = s.counters.unwrap_or_default();
     println!(
         "qtapd {}  kernel {}  up {}s",
-        s.version, s.kernel, s.uptime_secs
+        qtapctl::render::terminal_safe(&s.version),
+        qtapctl::render::terminal_safe(&s.kernel),
+        s.uptime_secs
     );
     println!("programs attached   {}", s.programs_attached);
     println!("ring buffer         {} bytes", s.ring_bytes);

@@ -68,7 +68,8 @@ impl<W: Write> Console<W> {
             (None, None, Some(ret)) => format!("={ret}"),
             (None, None, None) => e
                 .filename
-                .clone()
+                .as_deref()
+                .map(|f| super::terminal_safe(f).into_owned())
                 .or_else(|| e.child_pid.map(|c| format!("child {c}")))
                 .unwrap_or_default(),
         };
@@ -106,6 +107,7 @@ impl<W: Write> Console<W> {
         } else {
             format!("{} ", self.paint(DIM, &e.host))
         };
+        let remote = super::terminal_safe(&remote);
         format!(
             "{host}{time}  {process:<22} {fd:>4} {arrow} {what:<11} {amount:>10}  {ssl:<3} {proto:<9} {remote}{new_fd}{payload}",
             arrow = self.paint(arrow_colour, arrow),

@@ -96,7 +96,7 @@ impl<W: Write> Render for Flows<W> {
                 self.out,
                 "{} {}",
                 e.msg,
-                e.filename.as_deref().unwrap_or(&e.exe)
+                super::terminal_safe(e.filename.as_deref().unwrap_or(&e.exe))
             );
         };
         // An accept opens a flow for the fd it returns.

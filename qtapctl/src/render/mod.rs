@@ -58,7 +58,41 @@ fn process(e: &Event) -> String {
         .next()
         .filter(|s| !s.is_empty())
         .unwrap_or(&e.comm);
-    format!("{exe}[{}]", e.pid)
+    format!("{}[{}]", terminal_safe(exe), e.pid)
+}
+
+/// A string from a traced process or another user (an exe path, a task
+/// name, a session name) made safe for a terminal: control characters
+/// (escape sequences, carriage returns, newlines that would fake a line)
+/// and backslashes written as strace writes them (`\n`, `\x1b`,
+/// `\u{202e}`), everything else as is. JSON output needs none of this.
+#[must_use]
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write;
+    // Bidirectional overrides and isolates reorder what a terminal shows.
+    let unsafe_char = |c: char| {
+        c.is_control() || c == '\\' || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x100 && unsafe_char(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// What the event is, short: `writev`, `SSL_write`, `exec`; derived
@@ -115,5 +149,43 @@ pub fn new(output: Output, group_by: Option<GroupBy>) -> Box<dyn Render> {
     match output {
         Output::Console => Box::new(console::Console::stdout()),
         Output::Json => Box::new(json::Json::new(stdout())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_strings_cannot_drive_the_terminal() {
+        assert!(matches!(
+            terminal_safe("/usr/bin/curl"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            terminal_safe("evil\x1b[2J\rs9 root\n"),
+            "evil\\x1b[2J\\rs9 root\\n"
+        );
+        assert_eq!(terminal_safe("a\\b\u{202e}c\u{9b}"), "a\\\\b\\u{202e}c\\x9b");
+        assert_eq!(terminal_safe("café"), "café");
+    }
+
+    #[test]
+    fn the_console_escapes_exe_and_exec_filename() {
+        let e = Event {
+            msg: "process/exec".into(),
+            exe: "/tmp/\x1b]0;pwned\x07x".into(),
+            filename: Some("/tmp/a\nFAKE LINE".into()),
+            pid: 7,
+            ..Event::default()
+        };
+        let mut out = Vec::new();
+        let mut console = console::Console::plain(&mut out);
+        console.event(&e).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        assert!(text.contains("\\x1b]0;pwned\\x07x[7]"), "{text}");
+        assert!(text.contains("/tmp/a\\nFAKE LINE"), "{text}");
     }
 }
