@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use qtap_common::{
-    call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, PatternKey, Pending, ProcSel,
-    SyscallRecord, TlsPending, TlsRecord, WithPayload,
+    call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, PatternKey,
+    Pending, ProcSel, SyscallRecord, TlsPending, TlsRecord, WithPayload,
 };
 
 #[map]

@@ -191,16 +191,21 @@ mod tests {
 
     #[test]
     fn status_and_auxv_parse() {
-        let root = STATUS.replace("1000", "0").replace(
-            "CapPrm:\t0000000000000000",
-            "CapPrm:\t000001ffffffffff",
-        );
+        let root = STATUS
+            .replace("1000", "0")
+            .replace("CapPrm:\t0000000000000000", "CapPrm:\t000001ffffffffff");
         let creds = parse_status(&root).unwrap();
         assert_eq!(creds.uids, [0; 4]);
         assert_eq!(creds.cap_permitted, 0x1ff_ffff_ffff);
         assert!(parse_status("Uid:\t1\t2\n").is_none());
-        assert_eq!(secure_exec(&auxv(&[(6, 4096), (23, 1), (0, 0)])), Some(true));
-        assert_eq!(secure_exec(&auxv(&[(6, 4096), (23, 0), (0, 0)])), Some(false));
+        assert_eq!(
+            secure_exec(&auxv(&[(6, 4096), (23, 1), (0, 0)])),
+            Some(true)
+        );
+        assert_eq!(
+            secure_exec(&auxv(&[(6, 4096), (23, 0), (0, 0)])),
+            Some(false)
+        );
         assert_eq!(secure_exec(&[]), None);
     }
 

@@ -7,12 +7,49 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, ValueEnum};
 use tracing::level_filters::LevelFilter;
 
-use crate::{daemon::TcpConfig, tracelog::Encoding};
+use crate::{
+    daemon::TcpConfig,
+    limits::{Limits, Tier},
+    tracelog::Encoding,
+};
 
 pub mod config;
 
 fn otlp_endpoint(endpoint: &str) -> Result<String, String> {
     crate::otlp::check_endpoint(endpoint).map(|()| endpoint.to_owned())
+}
+
+fn contains_lengths(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if n > crate::limits::USER_CONTAINS_LENGTHS {
+        return Err(format!(
+            "at most {}: the kernel's other lengths are root's",
+            crate::limits::USER_CONTAINS_LENGTHS
+        ));
+    }
+    Ok(n)
+}
+
+impl Args {
+    /// The limits the flags set.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        Limits {
+            default_idle: std::time::Duration::from_secs(self.idle_timeout),
+            user: Tier {
+                sessions: self.user_max_sessions,
+                followers: self.user_max_followers,
+                queue_len: self.user_max_queue_len,
+                queue_bytes: self.user_max_queue_bytes,
+                idle_timeout: std::time::Duration::from_secs(self.user_max_idle_timeout),
+                capture_bytes: self.user_max_capture_bytes,
+                filter_terms: self.user_max_filter_terms,
+                contains_lengths: self.user_max_contains_lengths,
+            },
+            max_queued_bytes: self.max_queued_bytes,
+            otlp_allow: self.otlp_allow.clone(),
+        }
+    }
 }
 
 /// qtapd traces the network syscalls of selected processes with eBPF.
@@ -93,6 +130,45 @@ pub struct Args {
     /// session started with its own endpoint uses that instead.
     #[arg(long, value_name = "URL", value_parser = otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
+    /// OTLP collectors (comma-separated URLs) that users other than root
+    /// may name with `trace start --otlp-endpoint`; empty: none. Root may
+    /// name any.
+    #[arg(long, value_name = "URL,...", value_delimiter = ',', value_parser = otlp_endpoint)]
+    pub otlp_allow: Vec<String>,
+    /// Sessions one user other than root may hold at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().user.sessions)]
+    pub user_max_sessions: usize,
+    /// Followers (streams and OTLP exports) one user other than root may
+    /// hold at once, in all and per session.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().user.followers)]
+    pub user_max_followers: usize,
+    /// Longest follower queue (items) a user other than root may ask for.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().user.queue_len)]
+    pub user_max_queue_len: usize,
+    /// Bytes of events one follower of a user other than root may have
+    /// queued; beyond it events are dropped and counted as lost.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().user.queue_bytes)]
+    pub user_max_queue_bytes: u64,
+    /// Longest idle timeout (seconds) a user other than root may ask for.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().user.idle_timeout.as_secs())]
+    pub user_max_idle_timeout: u64,
+    /// Most payload bytes per event a user other than root may capture.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().user.capture_bytes,
+          value_parser = clap::value_parser!(u32).range(0..=qtap_common::limit::CAPTURE_MAX as i64))]
+    pub user_max_capture_bytes: u32,
+    /// Most terms in the filter of a user other than root.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().user.filter_terms)]
+    pub user_max_filter_terms: usize,
+    /// Distinct `exe.contains` lengths one user other than root may use
+    /// across their sessions (the kernel matches 8 in all; users together
+    /// never get the last 2).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().user.contains_lengths,
+          value_parser = contains_lengths)]
+    pub user_max_contains_lengths: usize,
+    /// Bytes of events all follower queues may hold together; beyond it
+    /// events are dropped and counted as lost.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_queued_bytes)]
+    pub max_queued_bytes: u64,
     /// Serve plain TCP without authentication (loudly logged). Only for
     /// isolated test networks.
     #[arg(long, requires = "listen_tcp", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]

@@ -20,6 +20,7 @@ use crate::{
     },
     filter::Filter,
     grpc::{self, Service},
+    limits::Limits,
     tracefs,
     tracelog::TraceLog,
 };
@@ -115,7 +116,8 @@ pub async fn bpf_trace(
 pub struct ServeConfig {
     pub socket: PathBuf,
     pub group: String,
-    pub idle_timeout: Duration,
+    /// Quotas and the OTLP allow-list (`limits`).
+    pub limits: Limits,
     pub tcp: Option<TcpConfig>,
     /// `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
@@ -143,7 +145,10 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         }
         None => None,
     };
-    let engine = Engine::new(kernel).with_otlp_default(config.otlp_endpoint);
+    let limits = std::sync::Arc::new(config.limits);
+    let engine = Engine::new(kernel)
+        .with_otlp_default(config.otlp_endpoint)
+        .with_limits(limits.clone());
     let engine = tokio::spawn(engine.run(ring, commands, shutdown.child_token()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -152,7 +157,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         .register_encoded_file_descriptor_set(qtap_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let insecure = config.tcp.as_ref().is_some_and(|t| t.tls.is_none());
-    let service = Service::new(commands_tx, config.idle_timeout, insecure);
+    let service = Service::new(commands_tx, limits, insecure);
     let tcp = match config.tcp {
         Some(tcp) => Some(serve_tcp(tcp, service.clone(), shutdown.clone()).await?),
         None => None,

@@ -3,8 +3,6 @@
 //! (`tests/fuzz_corpus.rs`). Each entry takes arbitrary bytes and panics
 //! only when one of qtapd's promises breaks.
 
-use std::time::Duration;
-
 use prost::Message;
 use qtap_common::{kind, limit, Header, ABI_VERSION};
 use qtap_proto::v1::{
@@ -16,6 +14,7 @@ use crate::{
     engine::{hub::Spec, Caller, Engine, Target as Follow},
     filter::{compile::compile, Filter},
     grpc::validate,
+    limits::Limits,
 };
 
 /// A fuzz target: arbitrary bytes in, a panic only on a broken promise.
@@ -46,7 +45,7 @@ pub fn filter(data: &[u8]) {
 }
 
 const ROOT: Caller = Caller { uid: 0 };
-const IDLE: Duration = Duration::from_mins(10);
+
 /// The kinds a record's header may be given (see [`records`]).
 const KINDS: [u16; 5] = [kind::SYSCALL, kind::EXEC, kind::FORK, kind::EXIT, kind::TLS];
 
@@ -93,7 +92,7 @@ fn session(filter: &str) -> Spec {
             }),
         },
         ROOT,
-        IDLE,
+        &Limits::default(),
     )
     .expect("a valid request")
 }
@@ -190,14 +189,15 @@ pub fn requests(data: &[u8]) {
         let Ok(request) = StartTraceRequest::decode(body) else {
             return;
         };
-        validate::start(request, caller, IDLE).ok()
+        validate::start(request, caller, &Limits::default()).ok()
     } else {
         let Ok(request) = FollowTraceRequest::decode(body) else {
             return;
         };
-        match validate::follow(request, caller, IDLE) {
+        match validate::follow(request, caller, &Limits::default()) {
             Ok((target, queue_len)) => {
-                assert!((1..=validate::MAX_QUEUE_LEN).contains(&queue_len));
+                let most = Limits::default().tier(caller).queue_len;
+                assert!((1..=most).contains(&queue_len));
                 match target {
                     Follow::Session(spec) => Some(spec),
                     Follow::Id(_) => None,
@@ -212,7 +212,20 @@ pub fn requests(data: &[u8]) {
 }
 
 fn check_spec(spec: &Spec, caller: Caller) {
+    let limits = Limits::default();
+    let tier = limits.tier(caller);
     assert!(spec.capture_bytes as usize <= limit::CAPTURE_MAX);
+    assert!(spec.capture_bytes <= tier.capture_bytes);
+    assert!(spec.idle_timeout <= tier.idle_timeout);
+    assert!(
+        spec.filter.len() <= tier.filter_terms + 1,
+        "the uid term is added"
+    );
+    assert!(Limits::check_name(&spec.name).is_ok());
+    assert!(
+        caller.is_root() || spec.otlp_endpoint.is_none(),
+        "a user named an OTLP collector outside the (empty) allow-list"
+    );
     assert!(spec.filter.to_string().len() <= 4 * validate::MAX_FILTER_LEN);
     if !caller.is_root() {
         assert_eq!(

@@ -12,6 +12,7 @@ pub mod events;
 pub mod filter;
 pub mod fuzz;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod otlp;
 pub mod procfs;

@@ -2,7 +2,7 @@
 //! validates the filter before anything is loaded, sets up logging, and
 //! runs until SIGINT/SIGTERM.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use clap::CommandFactory;
 use tokio_util::sync::CancellationToken;
@@ -83,9 +83,9 @@ fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Re
             .await
         } else {
             let config = ServeConfig {
+                limits: args.limits(),
                 socket: args.socket,
                 group: args.socket_group,
-                idle_timeout: Duration::from_secs(args.idle_timeout),
                 tcp,
                 metrics: args.metrics_listen,
                 otlp_endpoint: args.otlp_endpoint,

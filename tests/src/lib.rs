@@ -122,7 +122,10 @@ pub fn system_user(name: &str, in_qtap: bool) {
 
 /// The uid of user `name`.
 pub fn uid_of(name: &str) -> u32 {
-    let out = Command::new("id").args(["-u", name]).output().expect("run id");
+    let out = Command::new("id")
+        .args(["-u", name])
+        .output()
+        .expect("run id");
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qtap_tests::{require_root, qtap_programs, run_curl, serve_once, Follower};
+use qtap_tests::{qtap_programs, require_root, run_curl, serve_once, Follower};
 
 const INSTALLED: &[&str] = &[
     "/usr/bin/qtapd",

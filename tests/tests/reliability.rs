@@ -13,7 +13,7 @@ use std::{
 };
 
 use qtap_tests::{
-    of_pid, require_root, qtap_programs, run_curl, run_curl_at, serve_once, syscall, Daemon,
+    of_pid, qtap_programs, require_root, run_curl, run_curl_at, serve_once, syscall, Daemon,
     Follower, Service,
 };
 use serde_json::Value;

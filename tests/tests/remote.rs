@@ -12,7 +12,7 @@ use std::{
 };
 
 use qtap_tests::{
-    of_pid, require_root, qtapctl_bin, run_curl, serve_once, syscall, Follower, Service,
+    of_pid, qtapctl_bin, require_root, run_curl, serve_once, syscall, Follower, Service,
 };
 
 fn sh(script: &str) {

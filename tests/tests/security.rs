@@ -117,7 +117,9 @@ fn listener() -> (u16, mpsc::Receiver<TcpStream>) {
 
 /// Everything the peer writes until it closes.
 fn read_all(rx: &mpsc::Receiver<TcpStream>) -> String {
-    let mut stream = rx.recv_timeout(Duration::from_secs(10)).expect("no connection");
+    let mut stream = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no connection");
     let mut text = String::new();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -166,11 +168,9 @@ fn capture(service: &Service, user: Option<&str>) -> (String, Follower) {
             "4096",
         ],
     ));
-    let follower = Follower::spawn(service.ctl_command(
-        user,
-        &["trace", "follow", &id, "--output", "json"],
-    ))
-    .unwrap();
+    let follower =
+        Follower::spawn(service.ctl_command(user, &["trace", "follow", &id, "--output", "json"]))
+            .unwrap();
     wait_followers(service, &id);
     (id, follower)
 }
@@ -222,7 +222,11 @@ fn a_setuid_program_is_roots_alone() {
     let secret = helpers.secret.to_str().unwrap();
     let setuid = as_member(&helpers.setuid, &["send", &port, secret]);
     let setuid_pid = setuid.id();
-    assert_eq!(read_all(&conns), helpers.secret_text, "the helper ran setuid");
+    assert_eq!(
+        read_all(&conns),
+        helpers.secret_text,
+        "the helper ran setuid"
+    );
     assert!(setuid.wait_with_output().unwrap().status.success());
 
     // The plain copy cannot read the secret: give it a file it can.
@@ -269,10 +273,18 @@ fn a_file_capability_program_is_roots_alone() {
         &["send", &port.to_string(), helpers.secret.to_str().unwrap()],
     );
     let pid = child.id();
-    assert_eq!(read_all(&conns), helpers.secret_text, "the helper ran capable");
+    assert_eq!(
+        read_all(&conns),
+        helpers.secret_text,
+        "the helper ran capable"
+    );
     assert!(child.wait_with_output().unwrap().status.success());
     let member = member_follower.stop().unwrap();
-    assert!(of_pid(&member, pid).is_empty(), "{:#?}", of_pid(&member, pid));
+    assert!(
+        of_pid(&member, pid).is_empty(),
+        "{:#?}",
+        of_pid(&member, pid)
+    );
     assert!(!helpers.leaked(&member), "the secret reached the member");
     service.stop().unwrap();
 }
@@ -299,12 +311,17 @@ fn an_undumpable_process_leaves_the_members_session() {
     let member = member_follower.stop().unwrap();
     let writes = writes_of(&member, pid);
     assert_eq!(
-        writes.iter().map(|e| e["bytes"].as_i64()).collect::<Vec<_>>(),
+        writes
+            .iter()
+            .map(|e| e["bytes"].as_i64())
+            .collect::<Vec<_>>(),
         vec![Some(6)],
         "the member should see the write before prctl and none after: {writes:#?}"
     );
     assert!(
-        !member.iter().any(|e| e.to_string().contains("written-when-undumpable")),
+        !member
+            .iter()
+            .any(|e| e.to_string().contains("written-when-undumpable")),
         "bytes written after PR_SET_DUMPABLE 0 reached the member"
     );
     service.stop().unwrap();
@@ -331,7 +348,11 @@ fn a_running_setuid_program_is_not_selected_at_session_start() {
     assert_eq!(got, helpers.secret_text);
     assert!(child.wait_with_output().unwrap().status.success());
     let member = member_follower.stop().unwrap();
-    assert!(of_pid(&member, pid).is_empty(), "{:#?}", of_pid(&member, pid));
+    assert!(
+        of_pid(&member, pid).is_empty(),
+        "{:#?}",
+        of_pid(&member, pid)
+    );
     assert!(!helpers.leaked(&member), "the secret reached the member");
     service.stop().unwrap();
 }
@@ -372,7 +393,9 @@ fn a_reused_slot_carries_nothing_of_its_previous_owner() {
     stdout(&service.ctl(&["trace", "stop", &root_id]));
     let root = root_follower.stop().unwrap();
     assert!(
-        of_pid(&root, pid).iter().any(|e| e["msg"] == "syscall/connect"),
+        of_pid(&root, pid)
+            .iter()
+            .any(|e| e["msg"] == "syscall/connect"),
         "root's session did not see the helper connect: {root:#?}"
     );
     // The member's session, in the slot root's session just left.

@@ -3,7 +3,7 @@
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, require_root, qtapd_bin, run_curl, serve_once,
+    bytes_on, of_pid, qtapd_bin, require_root, run_curl, serve_once,
     servers::{free_port, Nginx},
     syscall, Daemon, READS, WRITES,
 };

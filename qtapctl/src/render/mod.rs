@@ -71,7 +71,9 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     use std::fmt::Write;
     // Bidirectional overrides and isolates reorder what a terminal shows.
     let unsafe_char = |c: char| {
-        c.is_control() || c == '\\' || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     };
     if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);
@@ -166,7 +168,10 @@ mod tests {
             terminal_safe("evil\x1b[2J\rs9 root\n"),
             "evil\\x1b[2J\\rs9 root\\n"
         );
-        assert_eq!(terminal_safe("a\\b\u{202e}c\u{9b}"), "a\\\\b\\u{202e}c\\x9b");
+        assert_eq!(
+            terminal_safe("a\\b\u{202e}c\u{9b}"),
+            "a\\\\b\\u{202e}c\\x9b"
+        );
         assert_eq!(terminal_safe("café"), "café");
     }
 

@@ -51,9 +51,9 @@ pub fn plain() -> bool {
     // SAFETY: no preconditions.
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: a kernel pointer read through the fault-tolerant helper.
-    let Ok(cred) = (unsafe {
-        bpf_probe_read_kernel((task + u64::from(off.task_real_cred)) as *const u64)
-    }) else {
+    let Ok(cred) =
+        (unsafe { bpf_probe_read_kernel((task + u64::from(off.task_real_cred)) as *const u64) })
+    else {
         return false;
     };
     if cred == 0 {
@@ -69,9 +69,8 @@ pub fn plain() -> bool {
         i += 1;
     }
     // SAFETY: a kernel pointer read through the fault-tolerant helper.
-    let caps = unsafe {
-        bpf_probe_read_kernel((cred + u64::from(off.cap_permitted)) as *const u64)
-    };
+    let caps =
+        unsafe { bpf_probe_read_kernel((cred + u64::from(off.cap_permitted)) as *const u64) };
     let uids_equal = ids[0] == ids[1] && ids[0] == ids[2] && ids[0] == ids[3];
     let gids_equal = ids[4] == ids[5] && ids[4] == ids[6] && ids[4] == ids[7];
     uids_equal && gids_equal && caps == Ok(0)

@@ -84,13 +84,14 @@ impl Structs {
         while at < types.len() {
             let name_off = u32_at(types, at)?;
             let info = u32_at(types, at + 4)?;
-            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
+            let (kind, vlen, kind_flag) =
+                ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
             at += 12;
             let trailing = match kind {
-                1 | 14 | 17 => 4,          // int, var, decl tag
-                3 => 12,                   // array
+                1 | 14 | 17 => 4,             // int, var, decl tag
+                3 => 12,                      // array
                 4 | 5 | 15 | 19 => vlen * 12, // struct, union, datasec, enum64
-                6 | 13 => vlen * 8,        // enum, func proto
+                6 | 13 => vlen * 8,           // enum, func proto
                 2 | 7..=12 | 16 | 18 => 0,
                 _ => return Err(BtfError::Format("unknown type kind")),
             };
@@ -140,7 +141,9 @@ impl Structs {
     /// A member the programs read is missing.
     pub fn cred_offsets(&self) -> Result<CredOffsets, BtfError> {
         let mut ids = [0; 8];
-        let names = ["uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"];
+        let names = [
+            "uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid",
+        ];
         for (slot, name) in ids.iter_mut().zip(names) {
             *slot = self.offset("cred", name)?;
         }
@@ -180,7 +183,13 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(&MAGIC.to_ne_bytes());
         data.extend_from_slice(&[1, 0]);
-        for v in [24, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for v in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend_from_slice(&v.to_ne_bytes());
         }
         data.extend_from_slice(&types);

@@ -20,7 +20,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use qtap_common::{
-    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, PatternKey, Pending, ProcSel, TlsPending,
+    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, PatternKey, Pending, ProcSel,
+    TlsPending,
 };
 
 use tracing::warn;

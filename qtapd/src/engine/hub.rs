@@ -7,7 +7,7 @@
 //! much it is missing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -41,8 +41,36 @@ pub struct Spec {
     pub otlp_endpoint: Option<String>,
 }
 
+/// A follower's queue: its length in items, the bytes of events it may
+/// hold, and who follows. A bare length is a queue without a byte budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Queue {
+    pub len: usize,
+    pub bytes: u64,
+    pub uid: u32,
+}
+
+impl From<usize> for Queue {
+    fn from(len: usize) -> Queue {
+        Queue {
+            len,
+            bytes: u64::MAX,
+            uid: 0,
+        }
+    }
+}
+
 struct Follower {
     tx: mpsc::Sender<FollowItem>,
+    /// Who follows (quotas count per uid).
+    uid: u32,
+    /// Bytes of events this follower's queue may hold.
+    budget: u64,
+    /// The estimated size of each item in the queue, oldest first; the
+    /// receiver's progress is read from the channel's free capacity.
+    sizes: VecDeque<u64>,
+    /// Their sum.
+    bytes: u64,
     /// Does not keep an ephemeral session alive (an OTLP exporter: the
     /// session ends with its last stream, not with the exporter).
     passive: bool,
@@ -59,13 +87,11 @@ enum Offer {
 
 impl Follower {
     /// The notice of the losses not yet reported to this follower.
-    fn lost_notice(&self) -> FollowItem {
-        FollowItem {
-            item: Some(Item::Lost(Lost {
-                stage: LossStage::DaemonQueue.into(),
-                count: self.unreported,
-            })),
-        }
+    fn lost_notice(&self) -> Item {
+        Item::Lost(Lost {
+            stage: LossStage::DaemonQueue.into(),
+            count: self.unreported,
+        })
     }
 
     /// The stream ends: hand over the losses not reported yet and why it
@@ -75,7 +101,9 @@ impl Follower {
     fn finish(&mut self, end: &SessionEnd) {
         let mut last = Vec::with_capacity(2);
         if self.unreported > 0 {
-            last.push(self.lost_notice());
+            last.push(FollowItem {
+                item: Some(self.lost_notice()),
+            });
             self.unreported = 0;
         }
         last.push(FollowItem {
@@ -103,19 +131,60 @@ impl Follower {
         }
     }
 
-    fn offer(&mut self, item: Item) -> Offer {
-        if self.unreported > 0 {
-            match self.tx.try_send(self.lost_notice()) {
-                Ok(()) => self.unreported = 0,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => return Offer::Gone,
-            }
+    /// Forgets the sizes of the items the receiver took since last time.
+    fn settle(&mut self, memory: &mut Memory) {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        while self.sizes.len() > queued {
+            let size = self.sizes.pop_front().unwrap_or(0);
+            self.bytes -= size;
+            memory.used -= size;
         }
+    }
+
+    fn send(&mut self, item: Item, size: u64, memory: &mut Memory) -> Offer {
         match self.tx.try_send(FollowItem { item: Some(item) }) {
-            Ok(()) => Offer::Sent,
+            Ok(()) => {
+                self.sizes.push_back(size);
+                self.bytes += size;
+                memory.used += size;
+                Offer::Sent
+            }
             Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
         }
+    }
+
+    /// Offers one item: an event only while this follower's queue and
+    /// all queues together stay within their byte budgets.
+    fn offer(&mut self, item: Item, memory: &mut Memory) -> Offer {
+        self.settle(memory);
+        let size = item_bytes(&item);
+        // An event that does not fit waits with its loss notice, so that
+        // notices do not fill the queue one by one meanwhile.
+        if matches!(item, Item::Event(_))
+            && (self.bytes + size > self.budget || memory.used + size > memory.max)
+        {
+            return if self.tx.is_closed() {
+                Offer::Gone
+            } else {
+                Offer::Full
+            };
+        }
+        if self.unreported > 0 {
+            match self.send(self.lost_notice(), CONTROL_BYTES, memory) {
+                Offer::Sent => self.unreported = 0,
+                Offer::Full => {}
+                Offer::Gone => return Offer::Gone,
+            }
+        }
+        self.send(item, size, memory)
+    }
+
+    /// Returns what this follower's queue holds to the shared budget.
+    fn release(&mut self, memory: &mut Memory) {
+        memory.used -= self.bytes;
+        self.bytes = 0;
+        self.sizes.clear();
     }
 }
 
@@ -154,7 +223,7 @@ impl Session {
     }
 
     /// Hands one event to every follower; never waits.
-    fn deliver(&mut self, mut event: Event) {
+    fn deliver(&mut self, mut event: Event, memory: &mut Memory) {
         self.seq += 1;
         event.session.clone_from(&self.id);
         event.seq = self.seq;
@@ -173,7 +242,7 @@ impl Session {
             };
             index += 1;
             let Some(copy) = copy else { return true };
-            match f.offer(Item::Event(copy)) {
+            match f.offer(Item::Event(copy), memory) {
                 Offer::Sent => {
                     delivered += 1;
                     true
@@ -183,7 +252,10 @@ impl Session {
                     lost += 1;
                     true
                 }
-                Offer::Gone => false,
+                Offer::Gone => {
+                    f.release(memory);
+                    false
+                }
             }
         });
         self.delivered += delivered;
@@ -193,10 +265,27 @@ impl Session {
 
     /// Offers a control item (loss notice, heartbeat) to every follower,
     /// dropping those that left; a full queue just misses it.
-    fn offer_all(&mut self, item: &Item) {
+    fn offer_all(&mut self, item: &Item, memory: &mut Memory) {
         self.followers
-            .retain_mut(|f| !matches!(f.offer(item.clone()), Offer::Gone));
+            .retain_mut(|f| match f.offer(item.clone(), memory) {
+                Offer::Gone => {
+                    f.release(memory);
+                    false
+                }
+                Offer::Sent | Offer::Full => true,
+            });
         self.note_idle();
+    }
+
+    /// Number of followers (streams and exporters).
+    #[must_use]
+    pub fn followers(&self) -> usize {
+        self.followers.len()
+    }
+
+    /// Followers of `uid`.
+    fn followers_of(&self, uid: u32) -> usize {
+        self.followers.iter().filter(|f| f.uid == uid).count()
     }
 
     fn note_idle(&mut self) {
@@ -221,6 +310,29 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// What the follower queues hold, in estimated bytes, and the most they
+/// may hold together.
+#[derive(Debug)]
+struct Memory {
+    used: u64,
+    max: u64,
+}
+
+/// The estimated bytes a control item (loss notice, heartbeat) holds.
+const CONTROL_BYTES: u64 = 64;
+
+/// The estimated bytes an item holds in a queue: its strings and payload
+/// and a fixed part for the rest.
+fn item_bytes(item: &Item) -> u64 {
+    match item {
+        Item::Event(e) => {
+            let strings = e.msg.len() + e.caller.len() + e.exe.len() + e.comm.len() + e.ts.len();
+            (256 + strings + e.payload.len() + e.filename.as_ref().map_or(0, String::len)) as u64
+        }
+        _ => CONTROL_BYTES,
+    }
+}
+
 fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -235,15 +347,48 @@ pub enum HubError {
 }
 
 /// All sessions, by id.
-#[derive(Default)]
 pub struct Hub {
     sessions: BTreeMap<String, Session>,
     next_id: u64,
     /// Every `lost` event counted across followers.
     pub queue_losses: u64,
+    memory: Memory,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub::new(u64::MAX)
+    }
 }
 
 impl Hub {
+    /// A hub whose follower queues hold at most `max_queued_bytes` of
+    /// events together (`--max-queued-bytes`).
+    #[must_use]
+    pub fn new(max_queued_bytes: u64) -> Hub {
+        Hub {
+            sessions: BTreeMap::new(),
+            next_id: 0,
+            queue_losses: 0,
+            memory: Memory {
+                used: 0,
+                max: max_queued_bytes,
+            },
+        }
+    }
+
+    /// Estimated bytes of events queued for all followers.
+    #[must_use]
+    pub fn queued_bytes(&self) -> u64 {
+        self.memory.used
+    }
+
+    /// Followers of `uid` in all sessions.
+    #[must_use]
+    pub fn followers_of(&self, uid: u32) -> usize {
+        self.sessions.values().map(|s| s.followers_of(uid)).sum()
+    }
+
     /// Registers a session in the lowest free slot.
     pub fn create(&mut self, spec: Spec) -> Result<&Session, HubError> {
         let slot = (0..MAX_SESSIONS)
@@ -275,6 +420,7 @@ impl Hub {
             .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
         for follower in &mut session.followers {
             follower.finish(end);
+            follower.release(&mut self.memory);
         }
         Ok(session)
     }
@@ -309,13 +455,13 @@ impl Hub {
         self.sessions.values().find(|s| s.slot == slot)
     }
 
-    /// Adds a follower with a queue of `queue_len` items.
+    /// Adds a follower with `queue`.
     pub fn follow(
         &mut self,
         id: &str,
-        queue_len: usize,
+        queue: impl Into<Queue>,
     ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
-        self.attach(id, queue_len, false)
+        self.attach(id, queue.into(), false)
     }
 
     /// An exporter's queue: like [`Hub::follow`], but in an ephemeral
@@ -323,25 +469,29 @@ impl Hub {
     pub fn follow_exporter(
         &mut self,
         id: &str,
-        queue_len: usize,
+        queue: impl Into<Queue>,
     ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
         let ephemeral = self.sessions.get(id).is_some_and(|s| s.spec.ephemeral);
-        self.attach(id, queue_len, ephemeral)
+        self.attach(id, queue.into(), ephemeral)
     }
 
     fn attach(
         &mut self,
         id: &str,
-        queue_len: usize,
+        queue: Queue,
         passive: bool,
     ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
         let session = self
             .sessions
             .get_mut(id)
             .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
-        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        let (tx, rx) = mpsc::channel(queue.len.max(1));
         session.followers.push(Follower {
             tx,
+            uid: queue.uid,
+            budget: queue.bytes,
+            sizes: VecDeque::new(),
+            bytes: 0,
             passive,
             unreported: 0,
         });
@@ -408,7 +558,7 @@ impl Hub {
         for session in self.sessions.values_mut() {
             if mask & (1 << session.slot) != 0 && wants(session) {
                 let lost_before = session.lost;
-                session.deliver(event.clone());
+                session.deliver(event.clone(), &mut self.memory);
                 self.queue_losses += session.lost - lost_before;
             }
         }
@@ -422,7 +572,7 @@ impl Hub {
                 stage: stage.into(),
                 count,
             });
-            session.offer_all(&item);
+            session.offer_all(&item, &mut self.memory);
         }
     }
 
@@ -434,7 +584,7 @@ impl Hub {
                 unix_nanos: now,
                 delivered: session.delivered,
             });
-            session.offer_all(&item);
+            session.offer_all(&item, &mut self.memory);
         }
     }
 
@@ -442,7 +592,18 @@ impl Hub {
     /// idle timeout (at once for ephemeral sessions).
     pub fn expire(&mut self, now: Instant) -> Vec<Session> {
         for session in self.sessions.values_mut() {
-            session.followers.retain(|f| !f.tx.is_closed());
+            let memory = &mut self.memory;
+            session.followers.retain_mut(|f| {
+                if f.tx.is_closed() {
+                    f.release(memory);
+                    false
+                } else {
+                    // What the receiver took goes back to the budget even
+                    // while no event comes.
+                    f.settle(memory);
+                    true
+                }
+            });
             session.note_idle();
         }
         let expired: Vec<String> = self
@@ -761,5 +922,63 @@ mod tests {
                 prop_assert_eq!(received + lost, offered);
             }
         }
+    }
+
+    /// A follower's queue holds at most its byte budget of events, and all
+    /// queues together at most the hub's; what does not fit is lost and
+    /// counted, and room comes back as the receiver takes items.
+    #[test]
+    fn queues_hold_at_most_their_byte_budget() {
+        let mut hub = Hub::new(10_000);
+        let capturing = Spec {
+            capture_bytes: 4096,
+            ..spec("pid:1")
+        };
+        let id = hub.create(capturing).unwrap().id.clone();
+        let slot = hub.get(&id).unwrap().slot;
+        let mut big = event(1);
+        big.payload = vec![0; 700];
+        let size = item_bytes(&Item::Event(big.clone()));
+        let budget = 3 * size;
+        let mut rx = hub
+            .follow(
+                &id,
+                Queue {
+                    len: 100,
+                    bytes: budget,
+                    uid: 1000,
+                },
+            )
+            .unwrap();
+        for _ in 0..10 {
+            hub.deliver(1 << slot, &big, |_| true);
+        }
+        assert_eq!(hub.queued_bytes(), budget);
+        assert_eq!(hub.get(&id).unwrap().lost, 7);
+        assert_eq!(drain(&mut rx).len(), 3);
+        // Taken: the next event fits again, after the loss notice.
+        hub.deliver(1 << slot, &big, |_| true);
+        let items = drain(&mut rx);
+        assert!(
+            matches!(items[0], Item::Lost(Lost { count: 7, .. })),
+            "{items:?}"
+        );
+        assert!(matches!(items[1], Item::Event(_)));
+        // The hub's total: another follower without a budget of its own
+        // is stopped by it.
+        let mut other = hub.follow(&id, 100).unwrap();
+        for _ in 0..20 {
+            hub.deliver(1 << slot, &big, |_| true);
+        }
+        assert!(hub.queued_bytes() <= 10_000, "{}", hub.queued_bytes());
+        let taken = drain(&mut other).len() as u64;
+        assert!(taken * size <= 10_000 && taken >= 5, "{taken}");
+        drop((rx, other));
+        hub.expire(Instant::now());
+        assert_eq!(
+            hub.queued_bytes(),
+            0,
+            "a follower that left gives its bytes back"
+        );
     }
 }

@@ -7,10 +7,13 @@
 pub mod hub;
 mod libssl;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
-use qtap_common::limit;
+use qtap_common::{limit, MAX_SESSIONS};
 use qtap_proto::v1::{
     Counters, EndReason, FollowItem, LossStage, Session as SessionInfo, SessionEnd, Status,
 };
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::{
-    hub::{Hub, HubError, Session, Spec},
+    hub::{Hub, HubError, Queue, Session, Spec},
     libssl::TlsTargets,
 };
 use crate::{
@@ -35,6 +38,7 @@ use crate::{
         local_port, remote_port, Event,
     },
     filter::{compile::compile, Module},
+    limits::{self, LimitError, Limits},
     procfs,
 };
 
@@ -82,6 +86,8 @@ pub enum EngineError {
     Compile(#[from] crate::filter::compile::CompileError),
     #[error("kernel: {0}")]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// What to follow.
@@ -132,6 +138,7 @@ pub struct Engine<K: Selector = Kernel> {
     ticks: u64,
     /// `--otlp-endpoint`: where sessions without their own are exported.
     otlp_default: Option<String>,
+    limits: Arc<Limits>,
 }
 
 impl<K: Selector> Engine<K> {
@@ -149,7 +156,16 @@ impl<K: Selector> Engine<K> {
             reported: KernelStats::default(),
             ticks: 0,
             otlp_default: None,
+            limits: Arc::new(Limits::default()),
         }
+    }
+
+    /// Enforces `limits` (sessions, followers and queued bytes per caller).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Engine<K> {
+        self.hub = Hub::new(limits.max_queued_bytes);
+        self.limits = limits;
+        self
     }
 
     /// Exports every session that names no collector of its own to
@@ -164,6 +180,7 @@ impl<K: Selector> Engine<K> {
     /// that already run (in that order, so one that execs meanwhile is
     /// caught by the kernel).
     pub fn start(&mut self, spec: Spec) -> Result<SessionInfo, EngineError> {
+        self.check_session_quota(&spec)?;
         let otlp_endpoint = spec
             .otlp_endpoint
             .clone()
@@ -198,10 +215,84 @@ impl<K: Selector> Engine<K> {
         Ok(session)
     }
 
+    /// Refuses a session its owner may not add: more sessions than the
+    /// owner's tier allows, more distinct `exe.contains` lengths across
+    /// the owner's sessions, or, for users other than root together, more
+    /// than their share of the kernel's pattern tables (the rest is kept
+    /// for root).
+    fn check_session_quota(&self, spec: &Spec) -> Result<(), EngineError> {
+        let caller = Caller {
+            uid: spec.owner.uid,
+        };
+        let tier = self.limits.tier(caller);
+        let held = self
+            .hub
+            .iter()
+            .filter(|s| s.spec.owner == spec.owner)
+            .count();
+        limits::check_count(caller, "sessions", held, tier.sessions, "user-max-sessions")?;
+        let candidate = |pick: &dyn Fn(&Session) -> bool| {
+            let filters = self
+                .hub
+                .iter()
+                .filter(|s| pick(s))
+                .map(|s| &s.spec.filter)
+                .chain(std::iter::once(&spec.filter))
+                .enumerate();
+            compile(filters, 0)
+        };
+        let own = candidate(&|s| s.spec.owner == spec.owner)?;
+        let lengths = own.config.contains_lens.iter().filter(|&&l| l != 0).count();
+        if lengths > tier.contains_lengths {
+            return Err(LimitError::Exhausted(format!(
+                "uid {}'s sessions would use {lengths} distinct `exe.contains` lengths; the \
+                 limit is {} (--user-max-contains-lengths)",
+                caller.uid, tier.contains_lengths
+            ))
+            .into());
+        }
+        if !caller.is_root() {
+            let slots = self.hub.iter().filter(|s| s.spec.owner.uid != 0).count();
+            if slots >= limits::USER_SLOTS {
+                return Err(LimitError::Exhausted(format!(
+                    "users other than root hold {slots} of the {MAX_SESSIONS} session slots, \
+                     all they may (the rest is root's)"
+                ))
+                .into());
+            }
+            let users = candidate(&|s| s.spec.owner.uid != 0)?;
+            let lengths = users
+                .config
+                .contains_lens
+                .iter()
+                .filter(|&&l| l != 0)
+                .count();
+            if users.patterns.len() > limits::USER_PATTERNS
+                || lengths > limits::USER_CONTAINS_LENGTHS
+            {
+                return Err(LimitError::Exhausted(format!(
+                    "sessions of users other than root would hold {} kernel patterns and {lengths} \
+                     `exe.contains` lengths; they may hold {} and {} (the rest is root's)",
+                    users.patterns.len(),
+                    limits::USER_PATTERNS,
+                    limits::USER_CONTAINS_LENGTHS
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// Sends session `id`'s events to an OTLP collector: the exporter is a
     /// follower of the session, with a bounded queue (see `otlp`).
     fn export(&mut self, id: &str, endpoint: String) -> Result<(), EngineError> {
-        let rx = self.hub.follow_exporter(id, crate::otlp::QUEUE_LEN)?;
+        let owner = self.hub.get(id).map_or(0, |s| s.spec.owner.uid);
+        let queue = Queue {
+            len: crate::otlp::QUEUE_LEN,
+            bytes: self.limits.tier(Caller { uid: owner }).queue_bytes,
+            uid: owner,
+        };
+        let rx = self.hub.follow_exporter(id, queue)?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             info!(session = %id, %endpoint, "exporting the session's events as OTLP logs");
             runtime.spawn(crate::otlp::export(endpoint, id.to_owned(), rx));
@@ -323,7 +414,43 @@ impl<K: Selector> Engine<K> {
             }
             Target::Session(spec) => self.start(spec)?.id,
         };
-        let rx = self.hub.follow(&id, queue_len)?;
+        let tier = self.limits.tier(caller);
+        let per_session = self.hub.get(&id).map_or(0, Session::followers);
+        let failed = limits::check_count(
+            caller,
+            "followers of all sessions",
+            self.hub.followers_of(caller.uid),
+            tier.followers,
+            "user-max-followers",
+        )
+        .and_then(|()| {
+            limits::check_count(
+                caller,
+                &format!("followers of session {id}"),
+                per_session,
+                tier.followers,
+                "user-max-followers",
+            )
+        });
+        if let Err(error) = failed {
+            // A session made for this stream alone goes with it.
+            if self
+                .hub
+                .get(&id)
+                .is_some_and(|s| s.spec.ephemeral && s.followers() == 0)
+            {
+                if let Ok(session) = self.hub.remove(&id, &failed_to_start()) {
+                    let _ = self.retire(&session);
+                }
+            }
+            return Err(error.into());
+        }
+        let queue = Queue {
+            len: queue_len,
+            bytes: tier.queue_bytes,
+            uid: caller.uid,
+        };
+        let rx = self.hub.follow(&id, queue)?;
         let info = self.hub.get(&id).map(Session::info).unwrap_or_default();
         debug!(session = %id, uid = caller.uid, "follower attached");
         Ok((info, rx))
@@ -409,7 +536,11 @@ impl<K: Selector> Engine<K> {
             }
             Record::Creds(_) => {
                 self.access.deny(hdr.pid);
-                debug!(pid = hdr.pid, sessions = hdr.sessions, "left restricted sessions");
+                debug!(
+                    pid = hdr.pid,
+                    sessions = hdr.sessions,
+                    "left restricted sessions"
+                );
             }
             Record::Fork(rec) => {
                 let event = self.enricher.fork(&rec);

@@ -260,6 +260,18 @@ impl Filter {
             .filter_map(|t| if let Term::Uid(u) = t { Some(*u) } else { None })
     }
 
+    /// Number of terms.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.terms.len()
+    }
+
+    /// Never true: a parsed filter has a term.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
     /// The same filter restricted to processes of `uid` (added as a term,
     /// which must match along with every other key).
     #[must_use]

@@ -8,7 +8,7 @@ pub mod socket;
 mod tests;
 pub mod validate;
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc};
 
 use qtap_proto::v1::{
     qtap_server::Qtap, FollowItem, FollowTraceRequest, GetStatusRequest, ListTracesRequest,
@@ -19,13 +19,16 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{transport::server::UdsConnectInfo, Request, Response};
 use tracing::error;
 
-use crate::engine::{hub::HubError, Caller, Command, EngineError};
+use crate::{
+    engine::{hub::HubError, Caller, Command, EngineError},
+    limits::Limits,
+};
 
 /// The service; holds only the way to the engine.
 #[derive(Clone)]
 pub struct Service {
     engine: mpsc::Sender<Command>,
-    idle_timeout: Duration,
+    limits: Arc<Limits>,
     insecure_tcp: bool,
 }
 
@@ -33,14 +36,10 @@ impl Service {
     /// `insecure_tcp`: plain-TCP callers are trusted as administrators
     /// (only with `--insecure-tcp`).
     #[must_use]
-    pub fn new(
-        engine: mpsc::Sender<Command>,
-        idle_timeout: Duration,
-        insecure_tcp: bool,
-    ) -> Service {
+    pub fn new(engine: mpsc::Sender<Command>, limits: Arc<Limits>, insecure_tcp: bool) -> Service {
         Service {
             engine,
-            idle_timeout,
+            limits,
             insecure_tcp,
         }
     }
@@ -93,6 +92,7 @@ impl From<EngineError> for tonic::Status {
             EngineError::Hub(HubError::Full) => tonic::Status::resource_exhausted(e.to_string()),
             EngineError::PermissionDenied(_) => tonic::Status::permission_denied(e.to_string()),
             EngineError::Compile(_) => tonic::Status::invalid_argument(e.to_string()),
+            EngineError::Limit(limit) => limit.into(),
             EngineError::Kernel(_) => {
                 error!(error = %e, "kernel error while serving a request");
                 tonic::Status::internal(e.to_string())
@@ -110,7 +110,7 @@ impl Qtap for Service {
         request: Request<StartTraceRequest>,
     ) -> Result<Response<Session>, tonic::Status> {
         let caller = self.caller(&request)?;
-        let spec = validate::start(request.into_inner(), caller, self.idle_timeout)?;
+        let spec = validate::start(request.into_inner(), caller, &self.limits)?;
         let session = self.ask(|reply| Command::Start { spec, reply }).await??;
         Ok(Response::new(session))
     }
@@ -155,7 +155,7 @@ impl Qtap for Service {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
         let batch = req.batch;
-        let (target, queue_len) = validate::follow(req, caller, self.idle_timeout)?;
+        let (target, queue_len) = validate::follow(req, caller, &self.limits)?;
         let (_, rx) = self
             .ask(|reply| Command::Follow {
                 target,

@@ -49,7 +49,7 @@ impl Harness {
     /// A client whose calls arrive as `uid`.
     async fn client(&self, uid: u32) -> QtapClient<Channel> {
         let (client_io, server_io) = tokio::io::duplex(1 << 16);
-        let service = Service::new(self.commands.clone(), Duration::from_mins(10), false);
+        let service = Service::new(self.commands.clone(), std::sync::Arc::default(), false);
         let server =
             QtapServer::with_interceptor(service, move |mut request: tonic::Request<()>| {
                 request.extensions_mut().insert(Caller { uid });
@@ -76,6 +76,12 @@ impl Harness {
 
     /// Sends a hand-built `write` record of `pid` for the sessions in `mask`.
     async fn write_record(&self, pid: u32, mask: u64, bytes: i64) {
+        self.write_record_at(pid, mask, bytes, crate::engine::hub::monotonic_ns())
+            .await;
+    }
+
+    /// As `write_record`, stamped `ts_ns` (kernel monotonic time).
+    async fn write_record_at(&self, pid: u32, mask: u64, bytes: i64, ts_ns: u64) {
         let record = SyscallRecord {
             hdr: Header {
                 kind: kind::SYSCALL,
@@ -83,7 +89,7 @@ impl Harness {
                 pid,
                 tid: pid,
                 sessions: mask,
-                ts_ns: crate::engine::hub::monotonic_ns(),
+                ts_ns,
                 ..Header::default()
             },
             ret: bytes,
@@ -424,4 +430,192 @@ async fn batched_follow_keeps_every_event_in_order() {
     }
     assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
     assert!(messages < 200, "{messages} messages for 200 events");
+}
+
+async fn start_with(
+    client: &mut QtapClient<Channel>,
+    filter: &str,
+    name: &str,
+    options: TraceOptions,
+) -> Result<String, tonic::Status> {
+    let request = StartTraceRequest {
+        filter: filter.into(),
+        name: name.into(),
+        options: Some(options),
+    };
+    Ok(client.start_trace(request).await?.into_inner().id)
+}
+
+/// Asserts `result` failed with `code` and a message containing `says`.
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, says: &str) {
+    let status = result.expect_err("the request should be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{:?}", status.message());
+}
+
+/// Each quota of a user other than root is refused with its code and a
+/// message naming the limit; root is not bound by them.
+#[tokio::test]
+async fn quotas_are_refused_with_their_code_and_limit() {
+    let harness = Harness::start();
+    let mut user = harness.client(1000).await;
+    let mut root = harness.client(0).await;
+    let opts = |f: fn(&mut TraceOptions)| {
+        let mut o = TraceOptions::default();
+        f(&mut o);
+        o
+    };
+    // Values no user request may carry.
+    refused(
+        start_with(&mut user, "pid:1", "", opts(|o| o.capture_bytes = 4096)).await,
+        Code::InvalidArgument,
+        "--user-max-capture-bytes",
+    );
+    refused(
+        start_with(
+            &mut user,
+            "pid:1",
+            "",
+            opts(|o| o.idle_timeout_secs = u32::MAX),
+        )
+        .await,
+        Code::InvalidArgument,
+        "--user-max-idle-timeout",
+    );
+    let terms: Vec<String> = (0..17).map(|n| format!("exe:/bin/x{n}")).collect();
+    refused(
+        start(&mut user, &terms.join(","), 0).await,
+        Code::InvalidArgument,
+        "--user-max-filter-terms",
+    );
+    refused(
+        start_with(
+            &mut user,
+            "pid:1",
+            &"n".repeat(1 << 20),
+            TraceOptions::default(),
+        )
+        .await,
+        Code::InvalidArgument,
+        "the limit is 128",
+    );
+    refused(
+        start_with(
+            &mut user,
+            "pid:1",
+            "x\x1b]0;owned\x07",
+            TraceOptions::default(),
+        )
+        .await,
+        Code::InvalidArgument,
+        "control character",
+    );
+    refused(
+        start_with(
+            &mut user,
+            "pid:1",
+            "",
+            opts(|o| o.otlp_endpoint = "http://169.254.169.254:80".into()),
+        )
+        .await,
+        Code::PermissionDenied,
+        "--otlp-allow",
+    );
+    // Root may do all of it.
+    let big = start_with(
+        &mut root,
+        &terms.join(","),
+        "",
+        opts(|o| {
+            o.capture_bytes = 4096;
+            o.idle_timeout_secs = u32::MAX;
+        }),
+    )
+    .await
+    .unwrap();
+
+    // Sessions per user.
+    let mut mine = Vec::new();
+    for n in 0..4 {
+        mine.push(
+            start(&mut user, &format!("pid:{}", 100 + n), 0)
+                .await
+                .unwrap(),
+        );
+    }
+    refused(
+        start(&mut user, "pid:200", 0).await,
+        Code::ResourceExhausted,
+        "--user-max-sessions",
+    );
+    // Followers per session and per user, and the queue length.
+    let id = mine[0].clone();
+    refused(
+        follow(&mut user, &id, 1 << 20).await,
+        Code::InvalidArgument,
+        "--user-max-queue-len",
+    );
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(follow(&mut user, &id, 0).await.unwrap());
+    }
+    refused(
+        follow(&mut user, &mine[1], 0).await,
+        Code::ResourceExhausted,
+        "--user-max-followers",
+    );
+    // Root's session takes followers beyond a user's limit.
+    for _ in 0..10 {
+        streams.push(follow(&mut root, &big, 0).await.unwrap());
+    }
+}
+
+/// Users together never take the kernel's last `exe.contains` lengths:
+/// root can always start a session.
+#[tokio::test]
+async fn users_cannot_fill_the_kernels_shared_tables() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    for (n, uid) in (3000..3003).enumerate() {
+        let mut user = harness.client(uid).await;
+        let (a, b) = ("a".repeat(3 + 2 * n), "b".repeat(4 + 2 * n));
+        start(&mut user, &format!("exe.contains:{a},exe.contains:{b}"), 0)
+            .await
+            .unwrap();
+        refused(
+            start(&mut user, &format!("exe.contains:{}", "c".repeat(20)), 0).await,
+            Code::ResourceExhausted,
+            "--user-max-contains-lengths",
+        );
+    }
+    let mut fourth = harness.client(3003).await;
+    refused(
+        start(&mut fourth, "exe.contains:zzzzzzzzzzzzzzz", 0).await,
+        Code::ResourceExhausted,
+        "the rest is root's",
+    );
+    start(
+        &mut root,
+        "exe.contains:rrrrrrrrrrrrrrrrrr,exe.contains:qqqqqqqqqqqqqqqqqqqqqq",
+        0,
+    )
+    .await
+    .unwrap();
+}
+
+/// A record stamped before a session existed was made for its slot's
+/// previous owner: it is not delivered, though it carries the slot's bit.
+#[tokio::test]
+async fn records_older_than_a_session_never_reach_it() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let before = crate::engine::hub::monotonic_ns();
+    let id = start(&mut root, "pid:4000009", 0).await.unwrap();
+    let mut stream = follow(&mut root, &id, 0).await.unwrap();
+    harness.write_record_at(4_000_009, 1, 11, before).await;
+    harness.write_record(4_000_009, 1, 22).await;
+    match next(&mut stream).await {
+        Item::Event(e) => assert_eq!(e.bytes, Some(22), "the older record came first"),
+        other => panic!("unexpected {other:?}"),
+    }
 }

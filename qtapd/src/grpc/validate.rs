@@ -2,9 +2,6 @@
 //! decoded request and the caller, so that the fuzzers call exactly what
 //! the service runs.
 
-use std::time::Duration;
-
-use qtap_common::limit;
 use qtap_proto::v1::{follow_trace_request, FollowTraceRequest, StartTraceRequest, TraceOptions};
 
 use crate::{
@@ -13,33 +10,25 @@ use crate::{
         Caller, Target,
     },
     filter::Filter,
+    limits::Limits,
     otlp,
 };
 
-/// Default follower queue length (items).
-pub const DEFAULT_QUEUE_LEN: usize = 4096;
-/// Largest follower queue a client may ask for.
-pub const MAX_QUEUE_LEN: usize = 1 << 20;
+pub use crate::limits::{DEFAULT_QUEUE_LEN, MAX_QUEUE_LEN};
 /// Longest filter string accepted.
 pub const MAX_FILTER_LEN: usize = 4096;
 
 /// The session a `StartTrace` request asks for.
 ///
 /// # Errors
-/// `InvalidArgument` naming what is wrong.
+/// `InvalidArgument` naming what is wrong; `PermissionDenied` for an OTLP
+/// endpoint the caller may not name.
 pub fn start(
     req: StartTraceRequest,
     caller: Caller,
-    default_idle: Duration,
+    limits: &Limits,
 ) -> Result<Spec, tonic::Status> {
-    spec(
-        &req.filter,
-        req.name,
-        caller,
-        req.options,
-        false,
-        default_idle,
-    )
+    spec(&req.filter, req.name, caller, req.options, false, limits)
 }
 
 /// What a `FollowTrace` request follows, and its queue length.
@@ -49,17 +38,9 @@ pub fn start(
 pub fn follow(
     req: FollowTraceRequest,
     caller: Caller,
-    default_idle: Duration,
+    limits: &Limits,
 ) -> Result<(Target, usize), tonic::Status> {
-    let queue_len = match req.queue_len as usize {
-        0 => DEFAULT_QUEUE_LEN,
-        n if n > MAX_QUEUE_LEN => {
-            return Err(tonic::Status::invalid_argument(format!(
-                "queue_len {n} exceeds {MAX_QUEUE_LEN}"
-            )));
-        }
-        n => n,
-    };
+    let queue_len = limits.queue_len(caller, req.queue_len)?;
     let target = match req.target {
         Some(follow_trace_request::Target::Id(id)) => Target::Id(id),
         Some(follow_trace_request::Target::Filter(f)) => Target::Session(spec(
@@ -68,7 +49,7 @@ pub fn follow(
             caller,
             req.options,
             true,
-            default_idle,
+            limits,
         )?),
         None => {
             return Err(tonic::Status::invalid_argument(
@@ -87,16 +68,11 @@ fn spec(
     caller: Caller,
     options: Option<TraceOptions>,
     ephemeral: bool,
-    default_idle: Duration,
+    limits: &Limits,
 ) -> Result<Spec, tonic::Status> {
     let options = options.unwrap_or_default();
-    if options.capture_bytes as usize > limit::CAPTURE_MAX {
-        return Err(tonic::Status::invalid_argument(format!(
-            "capture_bytes {} exceeds {}",
-            options.capture_bytes,
-            limit::CAPTURE_MAX
-        )));
-    }
+    limits.check_capture(caller, options.capture_bytes)?;
+    Limits::check_name(&name)?;
     if filter.len() > MAX_FILTER_LEN {
         return Err(tonic::Status::invalid_argument(format!(
             "the filter is {} bytes; the limit is {MAX_FILTER_LEN}",
@@ -107,25 +83,23 @@ fn spec(
         "" => None,
         endpoint => {
             otlp::check_endpoint(endpoint).map_err(tonic::Status::invalid_argument)?;
+            limits.check_otlp(caller, endpoint)?;
             Some(options.otlp_endpoint.clone())
         }
     };
     let parsed =
         Filter::parse(filter).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    limits.check_terms(caller, parsed.len())?;
     let filter = if caller.is_root() {
         parsed
     } else {
         parsed.restricted_to_uid(caller.uid)
     };
-    let idle_timeout = match options.idle_timeout_secs {
-        0 => default_idle,
-        secs => Duration::from_secs(u64::from(secs)),
-    };
     Ok(Spec {
         filter,
         name,
         owner: Owner { uid: caller.uid },
-        idle_timeout,
+        idle_timeout: limits.idle_timeout(caller, options.idle_timeout_secs)?,
         ephemeral,
         capture_bytes: options.capture_bytes,
         otlp_endpoint,
