@@ -522,7 +522,7 @@ async fn quotas_are_refused_with_their_code_and_limit() {
         "--otlp-allow",
     );
     // Root may do all of it.
-    let big = start_with(
+    start_with(
         &mut root,
         &terms.join(","),
         "",
@@ -533,7 +533,16 @@ async fn quotas_are_refused_with_their_code_and_limit() {
     )
     .await
     .unwrap();
+}
 
+/// A user's sessions and followers are counted against the user's
+/// limits; root's are not bound by them.
+#[tokio::test]
+async fn a_users_sessions_and_followers_are_counted() {
+    let harness = Harness::start();
+    let mut user = harness.client(1000).await;
+    let mut root = harness.client(0).await;
+    let big = start(&mut root, "pid:1", 0).await.unwrap();
     // Sessions per user.
     let mut mine = Vec::new();
     for n in 0..4 {
