@@ -709,10 +709,15 @@ impl<K: Selector> Engine<K> {
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watch the ring buffer fd: {e}"))?;
         let mut ticker = tokio::time::interval(TICK);
+        let mut found = self
+            .tls
+            .take_found()
+            .ok_or_else(|| anyhow::anyhow!("the engine runs once"))?;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => self.command(command),
+                Some(examined) = found.recv() => self.tls.attach(&mut self.kernel, examined),
                 _ = ticker.tick() => self.tick(),
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
