@@ -96,7 +96,8 @@ pub struct Args {
     /// The gRPC unix socket (service mode).
     #[arg(long, env = "QTAP_SOCKET", default_value = "/run/qtap/qtapd.sock")]
     pub socket: PathBuf,
-    /// Group that may use the socket (created if missing).
+    /// Group that may use the socket: a name (created if missing) or a
+    /// numeric gid, used as is (in a container, the node's gid).
     #[arg(long, default_value = "qtap")]
     pub socket_group: String,
     /// Seconds a session may have no follower before it is stopped.

@@ -458,7 +458,12 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
     // the file and lives a second.
     let member_id = stdout(&service.ctl_as(
         Some(MEMBER),
-        &["trace", "start", "--filter", "mod:openssl,mod:socket,exe.contains:python3"],
+        &[
+            "trace",
+            "start",
+            "--filter",
+            "mod:openssl,mod:socket,exe.contains:python3",
+        ],
     ));
     let shm = PathBuf::from(format!("/dev/shm/qtap-huge-{}", std::process::id()));
     let script = format!(
@@ -478,7 +483,11 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
     unsafe { libc::kill(root_follower.id() as i32, libc::SIGINT) };
     root_follower.wait().unwrap();
     let arrivals = arrivals.join().unwrap();
-    assert!(arrivals.len() >= 300, "root received {} events", arrivals.len());
+    assert!(
+        arrivals.len() >= 300,
+        "root received {} events",
+        arrivals.len()
+    );
     let longest = arrivals
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -496,4 +505,49 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
     );
     stdout(&service.ctl(&["trace", "stop", &member_id]));
     service.stop().unwrap();
+}
+
+/// qtapd refuses a socket directory others can write, and a symlink
+/// planted at the socket path, and changes nothing it points to.
+#[test]
+fn the_socket_is_never_made_through_a_path_others_control() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let run = |socket: &Path| {
+        Command::new(qtap_tests::qtapd_bin().unwrap())
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run qtapd")
+    };
+    let base = std::env::temp_dir().join(format!("qtap-sockdir-{}", std::process::id()));
+    let open_dir = base.join("open");
+    std::fs::create_dir_all(&open_dir).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = run(&open_dir.join("qtapd.sock"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("others can write it"), "{stderr}");
+    assert!(!open_dir.join("qtapd.sock").exists());
+
+    let target = base.join("precious");
+    std::fs::write(&target, "keep").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = base.join("qtapd.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = run(&link);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is a symlink, not a socket"), "{stderr}");
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, 0, 0o600)
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::fs::remove_dir_all(&base).unwrap();
 }

@@ -269,7 +269,11 @@ mod tests {
         let libs = system_libssl();
         assert!(!libs.is_empty(), "libssl is installed (curl depends on it)");
         for lib in &libs {
-            assert!(defines_openssl(fs::File::open(lib).unwrap()), "{}", lib.display());
+            assert!(
+                defines_openssl(fs::File::open(lib).unwrap()),
+                "{}",
+                lib.display()
+            );
         }
     }
 

@@ -1,12 +1,22 @@
-//! qtapd's unix socket: created mode 0600 (under a umask, so no moment
-//! exists when others could connect), then given to root:`qtap` with mode
-//! 0660. The `qtap` group is created if missing.
+//! qtapd's unix socket: created mode 0660 (under a umask, so no moment
+//! exists when others could connect) in a directory only root can write,
+//! then given to root:`qtap` through the directory's descriptor without
+//! following symlinks. The `qtap` group is created if missing.
 
 use std::{
     fs, io,
-    os::unix::fs::{chown, PermissionsExt},
+    os::unix::{
+        fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+        io::AsRawFd,
+    },
     path::Path,
     process::Command,
+};
+
+use nix::{
+    fcntl::AtFlags,
+    sys::stat::{fstatat, Mode},
+    unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags},
 };
 
 use tokio::net::UnixListener;
@@ -20,12 +30,24 @@ pub enum SocketError {
     Group { group: String, reason: String },
     #[error("bind {path}: {source}")]
     Bind { path: String, source: io::Error },
-    #[error("set owner and mode of {path}: {source}")]
+    #[error("set the owner of {path}: {source}")]
     Perms { path: String, source: io::Error },
+    #[error(
+        "refusing the socket directory {path} (owner uid {uid}, mode {mode:04o}): others can \
+         write it, so they could replace the socket; use a directory only root can write, \
+         such as /run/qtap"
+    )]
+    UnsafeDir { path: String, uid: u32, mode: u32 },
+    #[error("{path} exists and is {what}, not a socket: refusing to replace it")]
+    Occupied { path: String, what: &'static str },
 }
 
-/// The gid of `group`, creating it as a system group when missing.
+/// The gid of `group`: a number as is, else the named group's, created
+/// as a system group when missing.
 fn group_id(group: &str) -> Result<u32, SocketError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
     let lookup = || {
         nix::unistd::Group::from_name(group)
             .ok()
@@ -51,30 +73,153 @@ fn group_id(group: &str) -> Result<u32, SocketError> {
 }
 
 /// Binds the socket at `path` for `group`.
+///
+/// The directory must be one only root (or qtapd's own user) can write:
+/// it is created mode 0755 when missing, and refused when others can
+/// write it, since anyone who can write it could swap the socket for a
+/// symlink between the steps below. Every step after the directory check
+/// works on the directory's descriptor, never following a symlink: an
+/// old entry is removed only if it is a socket, the socket is bound under
+/// umask 0117 (so it is born 0660, never more open), and its group is set
+/// with `fchownat(AT_SYMLINK_NOFOLLOW)`.
 pub fn bind(path: &Path, group: &str) -> Result<UnixListener, SocketError> {
     let shown = path.display().to_string();
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => (dir, name),
+        _ => (Path::new("."), path.as_os_str()),
+    };
+    let dir_error = |source| SocketError::Dir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(dir_error)?;
+    }
+    let dir_file = fs::File::open(dir).map_err(dir_error)?;
+    let meta = dir_file.metadata().map_err(dir_error)?;
+    check_dir(dir, &meta)?;
+    let dirfd = Some(dir_file.as_raw_fd());
+    // A socket left by a daemon that was killed is replaced; anything
+    // else at the path is not ours to remove.
+    match fstatat(dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFSOCK => {
+            unlinkat(dirfd, name, UnlinkatFlags::NoRemoveDir).map_err(|e| SocketError::Bind {
+                path: shown.clone(),
+                source: e.into(),
+            })?;
+        }
+        Ok(st) => {
+            return Err(SocketError::Occupied {
+                path: shown,
+                what: kind_of(st.st_mode),
+            })
+        }
+        Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(SocketError::Bind {
+                path: shown,
+                source: e.into(),
+            })
+        }
     }
     let gid = group_id(group)?;
-    // A socket left by a daemon that was killed is replaced.
-    let _ = fs::remove_file(path);
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o117));
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.map_err(|source| SocketError::Bind {
         path: shown.clone(),
         source,
     })?;
-    let perms = |source| SocketError::Perms {
+    fchownat(
+        dirfd,
+        name,
+        Some(Uid::from_raw(0)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| SocketError::Perms {
         path: shown.clone(),
-        source,
-    };
-    chown(path, Some(0), Some(gid)).map_err(perms)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(perms)?;
+        source: e.into(),
+    })?;
     info!(path = %shown, group, mode = "0660", "listening");
     Ok(listener)
+}
+
+/// Refuses a socket directory that someone other than root and qtapd's
+/// own user can write.
+fn check_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), SocketError> {
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let owner_ok = meta.uid() == 0 || meta.uid() == me;
+    if !meta.is_dir() || !owner_ok || meta.mode() & 0o022 != 0 {
+        return Err(SocketError::UnsafeDir {
+            path: dir.display().to_string(),
+            uid: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+fn kind_of(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFLNK => "a symlink",
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        _ => "not a socket",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(mode: u32) -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "qtap-sock-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let dir = scratch(0o1777);
+        let error = bind(&dir.join("qtapd.sock"), "root").unwrap_err();
+        assert!(
+            matches!(error, SocketError::UnsafeDir { mode: 0o1777, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("others can write"), "{error}");
+        assert!(!dir.join("qtapd.sock").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_planted_symlink_is_refused_and_its_target_untouched() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = scratch(0o755);
+        let target = dir.join("target");
+        fs::write(&target, "x").unwrap();
+        let before = fs::metadata(&target).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("qtapd.sock")).unwrap();
+        let error = bind(&dir.join("qtapd.sock"), "root").unwrap_err();
+        assert!(error.to_string().contains("a symlink"), "{error}");
+        let after = fs::metadata(&target).unwrap();
+        assert_eq!(
+            (before.uid(), before.gid(), before.mode()),
+            (after.uid(), after.gid(), after.mode()),
+            "nothing chowned or chmodded"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
