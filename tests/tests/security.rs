@@ -165,7 +165,7 @@ fn capture(service: &Service, user: Option<&str>) -> (String, Follower) {
             "--filter",
             &format!("mod:socket,mod:process,{HELPERS}"),
             "--capture-bytes",
-            "4096",
+            "1024",
         ],
     ));
     let follower =
