@@ -120,6 +120,18 @@ pub fn system_user(name: &str, in_qtap: bool) {
     }
 }
 
+/// What a qtapctl run printed, trimmed; fails the test with its stderr
+/// when it did not succeed.
+pub fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "qtapctl failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// The uid of user `name`.
 pub fn uid_of(name: &str) -> u32 {
     let out = Command::new("id")
@@ -390,6 +402,23 @@ impl Service {
         };
         cmd.arg("--socket").arg(&self.socket).args(args);
         cmd
+    }
+
+    /// Waits until `trace list --output json` shows session `id` with
+    /// `followers` followers.
+    pub fn wait_followers(&self, id: &str, followers: u64) {
+        for _ in 0..200 {
+            let list = stdout_of(&self.ctl(&["trace", "list", "--output", "json"]));
+            let there = list
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|s| s["id"] == id && s["followers"].as_u64() == Some(followers));
+            if there {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("session {id} never had {followers} followers");
     }
 
     /// Starts a session for `filter` (as root); returns its id.

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use qtap_tests::{of_pid, require_root, system_user, Follower, Service};
+use qtap_tests::{of_pid, require_root, stdout_of, system_user, Follower, Service};
 use serde_json::Value;
 
 const MEMBER: &str = "qtap-e2e-member";
@@ -144,20 +144,10 @@ fn as_member(program: &Path, args: &[&str]) -> Child {
         .expect("run setpriv")
 }
 
-fn stdout(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "qtapctl failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Starts a capturing session for the helpers as `user`; returns its id
 /// and a JSON follower of it.
 fn capture(service: &Service, user: Option<&str>) -> (String, Follower) {
-    let id = stdout(&service.ctl_as(
+    let id = stdout_of(&service.ctl_as(
         user,
         &[
             "trace",
@@ -171,24 +161,19 @@ fn capture(service: &Service, user: Option<&str>) -> (String, Follower) {
     let follower =
         Follower::spawn(service.ctl_command(user, &["trace", "follow", &id, "--output", "json"]))
             .unwrap();
-    wait_followers(service, &id);
+    service.wait_followers(&id, 1);
     (id, follower)
 }
 
-/// Waits until session `id` has a follower.
-fn wait_followers(service: &Service, id: &str) {
-    for _ in 0..100 {
-        let list = stdout(&service.ctl(&["trace", "list", "--output", "json"]));
-        let follows = list
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|s| s["id"] == id && s["followers"].as_u64() >= Some(1));
-        if follows {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("session {id} got no follower");
+/// Asserts that nothing of process `pid`, and no byte of the secret,
+/// reached the member's stream `member`.
+fn assert_unseen(helpers: &Helpers, member: &[Value], pid: u32) {
+    assert!(
+        of_pid(member, pid).is_empty(),
+        "the member saw process {pid}: {:#?}",
+        of_pid(member, pid)
+    );
+    assert!(!helpers.leaked(member), "the secret reached the member");
 }
 
 fn writes_of(events: &[Value], pid: u32) -> Vec<&Value> {
@@ -240,12 +225,7 @@ fn a_setuid_program_is_roots_alone() {
 
     let member = member_follower.stop().unwrap();
     let root = root_follower.stop().unwrap();
-    assert!(
-        of_pid(&member, setuid_pid).is_empty(),
-        "the member saw its setuid-root program: {:#?}",
-        of_pid(&member, setuid_pid)
-    );
-    assert!(!helpers.leaked(&member), "the secret reached the member");
+    assert_unseen(&helpers, &member, setuid_pid);
     assert!(
         !writes_of(&member, plain_pid).is_empty(),
         "the member missed its own plain program: {member:#?}"
@@ -280,12 +260,7 @@ fn a_file_capability_program_is_roots_alone() {
     );
     assert!(child.wait_with_output().unwrap().status.success());
     let member = member_follower.stop().unwrap();
-    assert!(
-        of_pid(&member, pid).is_empty(),
-        "{:#?}",
-        of_pid(&member, pid)
-    );
-    assert!(!helpers.leaked(&member), "the secret reached the member");
+    assert_unseen(&helpers, &member, pid);
     service.stop().unwrap();
 }
 
@@ -348,12 +323,7 @@ fn a_running_setuid_program_is_not_selected_at_session_start() {
     assert_eq!(got, helpers.secret_text);
     assert!(child.wait_with_output().unwrap().status.success());
     let member = member_follower.stop().unwrap();
-    assert!(
-        of_pid(&member, pid).is_empty(),
-        "{:#?}",
-        of_pid(&member, pid)
-    );
-    assert!(!helpers.leaked(&member), "the secret reached the member");
+    assert_unseen(&helpers, &member, pid);
     service.stop().unwrap();
 }
 
@@ -379,7 +349,7 @@ fn a_reused_slot_carries_nothing_of_its_previous_owner() {
     // The helper is in its blocking read once root's session saw connect.
     for _ in 0..100 {
         thread::sleep(Duration::from_millis(100));
-        let list = stdout(&service.ctl(&["trace", "list", "--output", "json"]));
+        let list = stdout_of(&service.ctl(&["trace", "list", "--output", "json"]));
         let delivered = list
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -390,7 +360,7 @@ fn a_reused_slot_carries_nothing_of_its_previous_owner() {
         }
     }
     thread::sleep(Duration::from_millis(300));
-    stdout(&service.ctl(&["trace", "stop", &root_id]));
+    stdout_of(&service.ctl(&["trace", "stop", &root_id]));
     let root = root_follower.stop().unwrap();
     assert!(
         of_pid(&root, pid)
@@ -411,7 +381,7 @@ fn a_reused_slot_carries_nothing_of_its_previous_owner() {
         "session {member_id} received root's process: {:#?}",
         of_pid(&member, pid)
     );
-    stdout(&service.ctl(&["trace", "stop", &keeper]));
+    stdout_of(&service.ctl(&["trace", "stop", &keeper]));
     service.stop().unwrap();
 }
 
@@ -444,7 +414,7 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
             .map(|_| std::time::Instant::now())
             .collect::<Vec<_>>()
     });
-    wait_followers(&service, &root_id);
+    service.wait_followers(&root_id, 1);
     let mut writer = Command::new(&ticker)
         .args([
             "-c",
@@ -456,7 +426,7 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
 
     // The member's session needs the OpenSSL probes; its process maps
     // the file and lives a second.
-    let member_id = stdout(&service.ctl_as(
+    let member_id = stdout_of(&service.ctl_as(
         Some(MEMBER),
         &[
             "trace",
@@ -473,8 +443,8 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
     );
     let mapper = as_member(Path::new("/usr/bin/python3"), &["-c", &script]);
     thread::sleep(Duration::from_millis(500));
-    let mapped = std::fs::read_to_string(format!("/proc/{}/maps", mapper.id())).unwrap();
-    assert!(mapped.contains("qtap-huge"), "the file is mapped: {mapped}");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", mapper.id())).unwrap();
+    assert!(maps.contains("qtap-huge"), "the file is mapped: {maps}");
     assert!(mapper.wait_with_output().unwrap().status.success());
     let _ = std::fs::remove_file(&shm);
     assert!(writer.wait().unwrap().success());
@@ -503,7 +473,7 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
         longest < Duration::from_millis(250),
         "delivery stalled for {longest:?}"
     );
-    stdout(&service.ctl(&["trace", "stop", &member_id]));
+    stdout_of(&service.ctl(&["trace", "stop", &member_id]));
     service.stop().unwrap();
 }
 

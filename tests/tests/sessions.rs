@@ -4,37 +4,9 @@
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, require_root, run_curl, serve_once, syscall, system_user, Follower, Service,
-    READS, WRITES,
+    bytes_on, of_pid, require_root, run_curl, serve_once, stdout_of, syscall, system_user, uid_of,
+    Follower, Service, READS, WRITES,
 };
-
-fn stdout(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "qtapctl failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Waits until `trace list` shows `id` with `followers` followers.
-fn wait_followers(service: &Service, id: &str, followers: u32) {
-    for _ in 0..100 {
-        let list = stdout(&service.ctl(&["trace", "list"]));
-        if list.lines().any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            // NAME may be empty, so count FOLLOWERS from the right.
-            cols.first() == Some(&id)
-                && cols.len() >= 3
-                && cols[cols.len() - 3] == followers.to_string()
-        }) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("session {id} never had {followers} followers");
-}
 
 fn http_server(requests: usize) -> (String, thread::JoinHandle<Vec<(usize, usize)>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -55,7 +27,7 @@ fn follow_json(service: &Service, user: Option<&str>, id: &str) -> Follower {
 fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
     require_root();
     let service = Service::start(&[]).unwrap();
-    let curl_id = stdout(&service.ctl(&[
+    let curl_id = stdout_of(&service.ctl(&[
         "trace",
         "start",
         "--filter",
@@ -63,12 +35,12 @@ fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
         "--name",
         "curl",
     ]));
-    let py_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:python3"]));
+    let py_id = stdout_of(&service.ctl(&["trace", "start", "--filter", "exe.contains:python3"]));
     assert_ne!(curl_id, py_id);
     let curl_follow = follow_json(&service, None, &curl_id);
     let py_follow = follow_json(&service, None, &py_id);
-    wait_followers(&service, &curl_id, 1);
-    wait_followers(&service, &py_id, 1);
+    service.wait_followers(&curl_id, 1);
+    service.wait_followers(&py_id, 1);
 
     let (url, server) = http_server(2);
     let curl = run_curl(&url);
@@ -131,9 +103,11 @@ fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
 
     // Stopping both removes the kernel state.
     for id in [&curl_id, &py_id] {
-        assert!(stdout(&service.ctl(&["trace", "stop", id])).starts_with(&format!("stopped {id}")));
+        assert!(
+            stdout_of(&service.ctl(&["trace", "stop", id])).starts_with(&format!("stopped {id}"))
+        );
     }
-    let status = stdout(&service.ctl(&["status"]));
+    let status = stdout_of(&service.ctl(&["status"]));
     assert!(status.contains("sessions            0"), "{status}");
     assert!(status.contains("selected processes  0"), "{status}");
     let stop_again = service.ctl(&["trace", "stop", &curl_id]);
@@ -157,14 +131,14 @@ fn followers_are_told_why_the_stream_ended() {
             .spawn()
             .unwrap()
     };
-    let stopped_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
-    let shutdown_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let stopped_id = stdout_of(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let shutdown_id = stdout_of(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
     let stopped = follow(&stopped_id);
     let shut_down = follow(&shutdown_id);
-    wait_followers(&service, &stopped_id, 1);
-    wait_followers(&service, &shutdown_id, 1);
+    service.wait_followers(&stopped_id, 1);
+    service.wait_followers(&shutdown_id, 1);
 
-    stdout(&service.ctl(&["trace", "stop", &stopped_id]));
+    stdout_of(&service.ctl(&["trace", "stop", &stopped_id]));
     let out = stopped.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
@@ -211,7 +185,7 @@ fn metrics_endpoint_counts_sessions_and_followers() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
     };
-    let id = stdout(&service.ctl(&[
+    let id = stdout_of(&service.ctl(&[
         "trace",
         "start",
         "--filter",
@@ -220,7 +194,7 @@ fn metrics_endpoint_counts_sessions_and_followers() {
         "m",
     ]));
     let follower = follow_json(&service, None, &id);
-    wait_followers(&service, &id, 1);
+    service.wait_followers(&id, 1);
     let (url, server) = http_server(1);
     run_curl(&url);
     server.join().unwrap();
@@ -309,13 +283,13 @@ fn unprivileged_users_see_only_their_own() {
 
     // A member's session selects only the member's processes, even when
     // its filter asks for root's (uid:0).
-    let root_id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
-    let id = stdout(&service.ctl_as(
+    let root_id = stdout_of(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let id = stdout_of(&service.ctl_as(
         member,
         &["trace", "start", "--filter", "exe.contains:curl,uid:0"],
     ));
     let follower = follow_json(&service, member, &id);
-    wait_followers(&service, &id, 1);
+    service.wait_followers(&id, 1);
     let (url, server) = http_server(2);
     let root_curl = run_curl(&url);
     let member_curl = Command::new("setpriv")
@@ -347,13 +321,8 @@ fn unprivileged_users_see_only_their_own() {
 
     // The member sees and may touch only its own session, whose filter
     // names the member's uid in place of the one it asked for.
-    let list = stdout(&service.ctl_as(member, &["trace", "list"]));
-    let uid_of_member = stdout(
-        &Command::new("id")
-            .args(["-u", "qtap-e2e-member"])
-            .output()
-            .unwrap(),
-    );
+    let list = stdout_of(&service.ctl_as(member, &["trace", "list"]));
+    let uid_of_member = uid_of("qtap-e2e-member");
     let shown = list.lines().find(|l| l.starts_with(&id)).unwrap_or("");
     assert!(
         shown.contains(&format!("uid:{uid_of_member}")) && !shown.contains("uid:0"),
@@ -374,7 +343,7 @@ fn unprivileged_users_see_only_their_own() {
         String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
         "{denied:?}"
     );
-    assert!(stdout(&service.ctl_as(member, &["trace", "stop", &id])).starts_with("stopped"));
+    assert!(stdout_of(&service.ctl_as(member, &["trace", "stop", &id])).starts_with("stopped"));
     service.stop().unwrap();
 }
 
@@ -442,7 +411,10 @@ fn health_and_reflection_answer_on_the_socket() {
     assert_eq!(status, ServingStatus::Serving as i32);
     assert!(services.iter().any(|s| s == "qtap.v1.Qtap"), "{services:?}");
     // `qtapctl health`, the probe command, asks the same service.
-    assert_eq!(stdout(&service.ctl(&["health"])), "qtap.v1.Qtap: SERVING");
+    assert_eq!(
+        stdout_of(&service.ctl(&["health"])),
+        "qtap.v1.Qtap: SERVING"
+    );
     let unknown = service.ctl(&["health", "--service", "no.such.Service"]);
     assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
     // The client's runtime (and so its connection) is still alive and
@@ -472,7 +444,7 @@ fn health_and_reflection_answer_on_the_socket() {
 fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
     require_root();
     let service = Service::start(&[]).unwrap();
-    let id = stdout(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let id = stdout_of(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
 
     // `qtapctl … | head -n 3`: qtapctl's exit status must be 0.
     let follow = service.ctl_command(None, &["trace", "follow", &id, "--output", "json"]);
@@ -485,7 +457,7 @@ fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
             .join(" ")
     );
     let mut piped = Command::new("bash").args(["-c", &line]).spawn().unwrap();
-    wait_followers(&service, &id, 1);
+    service.wait_followers(&id, 1);
     let (url, server) = http_server(1);
     let _ = run_curl(&url);
     server.join().unwrap();
@@ -511,7 +483,7 @@ fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_followers(&service, &id, 1);
+    service.wait_followers(&id, 1);
     service.kill();
     thread::sleep(Duration::from_secs(2));
     assert!(

@@ -89,7 +89,7 @@ impl TlsTargets {
             // Root's own directories, found by name: nothing is read.
             for path in system_libssl() {
                 if let Some(found) = examine(&path, true, 0) {
-                    self.attach(kernel, found);
+                    self.attach(kernel, &found);
                 }
             }
         } else {
@@ -117,7 +117,7 @@ impl TlsTargets {
     /// the last tick, and attaches what earlier examinations found.
     pub fn tick(&mut self, kernel: &mut impl Selector) {
         for found in self.received() {
-            self.attach(kernel, found);
+            self.attach(kernel, &found);
         }
         if self.to_scan.is_empty() {
             return;
@@ -126,14 +126,13 @@ impl TlsTargets {
         let known = self.examined.clone();
         let tx = self.found_tx.clone();
         let work = move || scan(pids, &known, &tx);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn_blocking(work));
+        } else {
             // Without a runtime (tests, fuzzers): here and now.
-            Err(_) => {
-                work();
-                for found in self.received() {
-                    self.attach(kernel, found);
-                }
+            work();
+            for found in self.received() {
+                self.attach(kernel, &found);
             }
         }
     }
@@ -150,7 +149,7 @@ impl TlsTargets {
     }
 
     /// Attaches to a file an examination found to be OpenSSL, once.
-    pub fn attach(&mut self, kernel: &mut impl Selector, found: Examined) {
+    pub fn attach(&mut self, kernel: &mut impl Selector, found: &Examined) {
         if !self.active || !self.examined.insert(found.id) || !found.openssl {
             return;
         }

@@ -717,7 +717,7 @@ impl<K: Selector> Engine<K> {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => self.command(command),
-                Some(examined) = found.recv() => self.tls.attach(&mut self.kernel, examined),
+                Some(examined) = found.recv() => self.tls.attach(&mut self.kernel, &examined),
                 _ = ticker.tick() => self.tick(),
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;

@@ -6,7 +6,7 @@
 use std::{
     fs, io,
     os::unix::{
-        fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+        fs::{DirBuilderExt, MetadataExt},
         io::AsRawFd,
     },
     path::Path,
@@ -176,6 +176,8 @@ fn kind_of(mode: u32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn scratch(mode: u32) -> std::path::PathBuf {
