@@ -51,6 +51,13 @@ pub mod map {
     pub const TLS_BUF: &str = "TLS_BUF";
     /// `HashMap<u64 pid_tgid, TlsPending>`: a TLS library call in progress
     /// on a thread (what its nested syscalls are correlated with).
+    ///
+    /// `PENDING`, `TLS_ACTIVE` and `CONNS` are plain hash maps, never LRU:
+    /// a full table refuses the insert, and the refusal is counted
+    /// ([`super::stat`]), where an LRU map would evict an entry silently.
+    /// Entries of a thread are removed when it exits (the exit probe),
+    /// `CONNS` entries at close and, for processes gone without one, by
+    /// qtapd's sweep.
     pub const TLS_ACTIVE: &str = "TLS_ACTIVE";
 }
 
@@ -95,8 +102,11 @@ pub mod stat {
     pub const CONNS_FULL: u32 = 2;
     /// A forked child could not be selected (process table full).
     pub const PROCS_FULL: u32 = 3;
+    /// A TLS library call's entry was not stored (table full): its
+    /// record and the correlation of its syscalls are lost.
+    pub const TLS_FULL: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Record kinds, grouped by family; never reused.

@@ -12,6 +12,40 @@ pub mod v1 {
 
 pub mod json;
 
+impl v1::LossStage {
+    /// Where the loss happened, for a person.
+    #[must_use]
+    pub fn meaning(self) -> &'static str {
+        match self {
+            v1::LossStage::Unspecified => "at an unknown stage",
+            v1::LossStage::KernelRing => "the kernel ring buffer was full (all sessions)",
+            v1::LossStage::DaemonQueue => "this follower's queue in qtapd was full",
+            v1::LossStage::PendingTable => {
+                "the kernel's table of syscalls in flight was full (all sessions)"
+            }
+            v1::LossStage::ConnTable => {
+                "the kernel's connection table was full: addresses of these sockets unknown to the kernel (all sessions)"
+            }
+            v1::LossStage::ProcessTable => {
+                "the kernel's process table was full: forked children not traced (all sessions)"
+            }
+            v1::LossStage::TlsTable => {
+                "the kernel's table of TLS calls in flight was full (all sessions)"
+            }
+        }
+    }
+
+    /// Whether the loss happened in the kernel, for every session (else in
+    /// one follower's queue).
+    #[must_use]
+    pub fn in_kernel(self) -> bool {
+        !matches!(
+            self,
+            v1::LossStage::DaemonQueue | v1::LossStage::Unspecified
+        )
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the API, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/qtap_descriptor.bin"));

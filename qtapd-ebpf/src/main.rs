@@ -13,7 +13,7 @@ mod probes;
 
 use aya_ebpf::{
     macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use qtap_common::{
@@ -25,12 +25,14 @@ use qtap_common::{
 static EVENTS: RingBuf = RingBuf::with_byte_size(limit::RING_BYTES, 0);
 #[map]
 static PROCS: HashMap<u32, ProcSel> = HashMap::with_max_entries(limit::PROCS, 0);
-// LRU: an entry whose close was never seen (a process killed with fds open)
-// ages out instead of filling the table; qtapd also purges on process exit.
+// Plain hash maps: a full table refuses an insert, counted in STATS, where
+// an LRU map would evict what the pipeline still needs without a word.
+// Entries of exited threads are removed by the exit probe; connections of
+// exited processes by qtapd (at the exit record, and its periodic sweep).
 #[map]
-static CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(limit::CONNS, 0);
+static CONNS: HashMap<ConnKey, Conn> = HashMap::with_max_entries(limit::CONNS, 0);
 #[map]
-static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(limit::PENDING, 0);
+static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(limit::PENDING, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
@@ -45,9 +47,10 @@ static SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
 static SYSCALL_BUF: PerCpuArray<WithPayload<SyscallRecord>> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static TLS_BUF: PerCpuArray<WithPayload<TlsRecord>> = PerCpuArray::with_max_entries(1, 0);
-// LRU: a thread killed inside an SSL call never returns from it.
+// A thread killed inside an SSL call never returns from it: the exit probe
+// removes its entry.
 #[map]
-static TLS_ACTIVE: LruHashMap<u64, TlsPending> = LruHashMap::with_max_entries(limit::TLS_ACTIVE, 0);
+static TLS_ACTIVE: HashMap<u64, TlsPending> = HashMap::with_max_entries(limit::TLS_ACTIVE, 0);
 
 /// Offset of `child_pid` in `sched_process_fork`; set by qtapd from tracefs.
 #[no_mangle]

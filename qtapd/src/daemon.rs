@@ -91,12 +91,8 @@ pub async fn bpf_trace(
                     }
                 }
                 Some(Item::Lost(lost)) => {
-                    let stage = if lost.stage == LossStage::KernelRing as i32 {
-                        "kernel ring"
-                    } else {
-                        "daemon queue"
-                    };
-                    warn!(stage, lost = lost.count, "events lost");
+                    let stage = LossStage::try_from(lost.stage).unwrap_or_default();
+                    warn!(stage = stage.meaning(), lost = lost.count, "events lost");
                 }
                 // Batches are made by the gRPC stream, never queued; the
                 // end is qtapd's own shutdown, logged by `run`.

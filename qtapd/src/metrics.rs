@@ -144,11 +144,12 @@ fn daemon_families(out: &mut String, status: &Status, sessions: &[Session]) {
         out,
         "kernel_table_full_total",
         "counter",
-        "Kernel table overflows: syscalls whose arguments could not be kept, connections and forked processes not tracked.",
+        "Kernel table overflows: syscalls and TLS calls whose arguments could not be kept, connections and forked processes not tracked.",
         &[
             (r#"{table="pending"}"#.into(), c.pending_full),
             (r#"{table="conns"}"#.into(), c.conns_full),
             (r#"{table="procs"}"#.into(), c.procs_full),
+            (r#"{table="tls"}"#.into(), c.tls_full),
         ],
     );
     family(

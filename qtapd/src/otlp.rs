@@ -90,7 +90,9 @@ pub async fn export(
                 item = rx.recv() => match item.map(|i| i.item) {
                     Some(Some(Item::Event(event))) => batch.push(record(&event)),
                     Some(Some(Item::Batch(events))) => batch.extend(events.events.iter().map(record)),
-                    Some(Some(Item::Lost(lost))) if lost.stage == LossStage::KernelRing as i32 => {
+                    Some(Some(Item::Lost(lost)))
+                        if LossStage::try_from(lost.stage).is_ok_and(LossStage::in_kernel) =>
+                    {
                         totals.kernel_lost += lost.count;
                     }
                     Some(Some(Item::Lost(lost))) => totals.queue_lost += lost.count,

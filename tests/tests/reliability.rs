@@ -645,3 +645,78 @@ fn a_stopped_follower_loses_counted_and_others_are_unaffected() {
     );
     service.stop().unwrap();
 }
+
+/// More live sockets than the kernel's connection table holds: the
+/// inserts that do not fit are counted, `status` shows them, and the
+/// follower is told, with the stage; nothing is evicted silently.
+#[test]
+fn a_full_connection_table_is_counted_and_told() {
+    use std::io::Read;
+    require_root();
+    let service = Service::start(&[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("qtap-tables-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("qtap-tables");
+    fs::copy("/usr/bin/python3", &program).unwrap();
+    let id = service.start_session("mod:socket,comm:qtap-tables");
+    let mut follower = service
+        .ctl_command(None, &["trace", "follow", &id, "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    service.wait_followers(&id, 1);
+    // Several processes: one may not hold that many fds (RLIMIT_NOFILE,
+    // which root without CAP_SYS_RESOURCE cannot raise).
+    let processes = 5;
+    let each = (qtap_common::limit::CONNS as usize + 1000).div_ceil(processes);
+    let script = format!(
+        "import resource, socket, time\n\
+         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n\
+         held = [socket.socket() for _ in range({each})]\n\
+         time.sleep(3)"
+    );
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            Command::new(&program)
+                .args(["-c", &script])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "a socket holder failed");
+    }
+    // Two ticks: the counters are read once a second.
+    thread::sleep(Duration::from_millis(2500));
+    let out = service.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let overflow = text
+        .lines()
+        .find(|l| l.starts_with("table overflows"))
+        .and_then(|l| l.split("connections ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no connection overflow count in status:\n{text}"));
+    assert!(
+        overflow >= 1000,
+        "counted {overflow} of at least 1000:\n{text}"
+    );
+    // SAFETY: signalling our own child, like Ctrl-C.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let mut stderr = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    follower.wait().unwrap();
+    assert!(
+        stderr.contains("the kernel's connection table was full"),
+        "the follower was not told: {stderr}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    service.stop().unwrap();
+}

@@ -24,8 +24,8 @@ pub async fn run(conn: &client::Connection) -> anyhow::Result<()> {
         c.kernel_ring_full, c.follower_queue_full, c.malformed
     );
     println!(
-        "table overflows     pending {}  connections {}  processes {}",
-        c.pending_full, c.conns_full, c.procs_full
+        "table overflows     pending {}  connections {}  processes {}  tls {}",
+        c.pending_full, c.conns_full, c.procs_full, c.tls_full
     );
     Ok(())
 }

@@ -347,13 +347,16 @@ fn show_item(
         Some(Item::Batch(batch)) => batch.events,
         Some(Item::Lost(lost)) => {
             summary.lost += lost.count;
-            let stage = if lost.stage == LossStage::KernelRing as i32 {
-                "the kernel ring buffer was full (all sessions)"
-            } else {
+            let stage = LossStage::try_from(lost.stage).unwrap_or_default();
+            if stage == LossStage::DaemonQueue {
                 summary.queue_lost += lost.count;
-                "this follower's queue in qtapd was full"
-            };
-            eprintln!("{}lost {} events: {stage}", says(host), lost.count);
+            }
+            eprintln!(
+                "{}lost {} events: {}",
+                says(host),
+                lost.count,
+                stage.meaning()
+            );
             return Ok(());
         }
         Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),

@@ -32,8 +32,8 @@ use qtap_common::{
 
 use super::{count, creds, header, now};
 use crate::{
-    CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PROCS,
-    SCRATCH,
+    CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PENDING,
+    PROCS, SCRATCH, TLS_ACTIVE,
 };
 
 const EXE_MASK: usize = limit::EXE_LEN - 1;
@@ -288,11 +288,14 @@ pub fn fork(ctx: &TracePointContext) {
     }
 }
 
-/// `sched_process_exit(comm, pid, prio[, group_dead])`: forget the task.
+/// `sched_process_exit(comm, pid, prio[, group_dead])`: forget the task,
+/// and any syscall or TLS call it was inside (killed before returning).
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext) {
     let ts = now();
     let id = bpf_get_current_pid_tgid();
+    let _ = PENDING.remove(&id);
+    let _ = TLS_ACTIVE.remove(&id);
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if tid != tgid {
         let _ = PROCS.remove(&tid);

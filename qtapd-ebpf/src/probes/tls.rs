@@ -46,7 +46,7 @@ pub fn enter(ctx: &ProbeContext, call: u16) {
         .insert(&bpf_get_current_pid_tgid(), &pending, 0)
         .is_err()
     {
-        count(stat::PENDING_FULL);
+        count(stat::TLS_FULL);
     }
 }
 

@@ -33,6 +33,9 @@ impl Selector for MemoryKernel {
     }
     fn forget_conns(&mut self, _: u32, _: Vec<u32>) {}
     fn forget_sessions(&mut self, _: u64) {}
+    fn sweep_conns(&mut self) -> usize {
+        0
+    }
     fn stats(&self) -> KernelStats {
         KernelStats::default()
     }

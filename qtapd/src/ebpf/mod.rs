@@ -85,6 +85,7 @@ pub struct KernelStats {
     pub pending_full: u64,
     pub conns_full: u64,
     pub procs_full: u64,
+    pub tls_full: u64,
 }
 
 /// The loaded programs and the maps qtapd writes or reads.
@@ -198,6 +199,9 @@ pub trait Selector {
     /// Removes the session bits `sessions` from every syscall and TLS call
     /// in flight: the slots are being retired.
     fn forget_sessions(&mut self, sessions: u64);
+    /// Removes the connection entries of processes that no longer exist
+    /// (gone without an exit record qtapd saw); returns how many.
+    fn sweep_conns(&mut self) -> usize;
     /// The kernel's counters, summed over CPUs.
     fn stats(&self) -> KernelStats;
     /// Attaches the tracepoints (`on`: a session runs) or detaches them.
@@ -328,6 +332,21 @@ impl Selector for Kernel {
         }
     }
 
+    fn sweep_conns(&mut self) -> usize {
+        let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
+        let mut alive = std::collections::HashMap::new();
+        let mut removed = 0;
+        for key in keys {
+            let exists = *alive
+                .entry(key.tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{}", key.tgid)).exists());
+            if !exists && self.conns.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     fn forget_sessions(&mut self, sessions: u64) {
         let pending: Vec<(u64, Pending)> = self.pending.iter().filter_map(Result::ok).collect();
         for (key, mut entry) in pending {
@@ -359,6 +378,7 @@ impl Selector for Kernel {
             pending_full: sum(stat::PENDING_FULL),
             conns_full: sum(stat::CONNS_FULL),
             procs_full: sum(stat::PROCS_FULL),
+            tls_full: sum(stat::TLS_FULL),
         }
     }
 

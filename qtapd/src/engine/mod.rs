@@ -46,6 +46,9 @@ use crate::{
 const TICK: Duration = Duration::from_secs(1);
 /// Heartbeats go out every this many ticks.
 const HEARTBEAT_TICKS: u64 = 5;
+/// The kernel's connection table is swept of exited processes every this
+/// many ticks.
+const SWEEP_TICKS: u64 = 60;
 /// Records handled before the engine lets other tasks run: qtapd runs on
 /// one thread, and under a constant load the ring is never empty, so
 /// without this the gRPC streams to followers would never be served.
@@ -480,6 +483,7 @@ impl<K: Selector> Engine<K> {
                 pending_full: stats.pending_full,
                 conns_full: stats.conns_full,
                 procs_full: stats.procs_full,
+                tls_full: stats.tls_full,
                 malformed: self.malformed,
                 follower_queue_full: self.hub.queue_losses,
             }),
@@ -662,27 +666,37 @@ impl<K: Selector> Engine<K> {
         }
         self.tls.tick(&mut self.kernel);
         let now = self.kernel.stats();
-        let ring_lost = now.ring_full - self.reported.ring_full;
-        if ring_lost > 0 {
-            warn!(stage = "kernel ring", lost = ring_lost, "events lost");
-            self.hub.broadcast_lost(LossStage::KernelRing, ring_lost);
+        // Connections of processes gone without an exit record would hold
+        // their entries: swept when the table overflowed, and once a minute.
+        if now.conns_full > self.reported.conns_full || self.ticks.is_multiple_of(SWEEP_TICKS) {
+            let removed = self.kernel.sweep_conns();
+            if removed > 0 {
+                debug!(removed, "connection entries of exited processes removed");
+            }
         }
+        // Every kernel-side drop reaches every follower, with its stage.
         for (stage, lost) in [
             (
-                "pending-syscall table full",
+                LossStage::KernelRing,
+                now.ring_full - self.reported.ring_full,
+            ),
+            (
+                LossStage::PendingTable,
                 now.pending_full - self.reported.pending_full,
             ),
             (
-                "connection table full",
+                LossStage::ConnTable,
                 now.conns_full - self.reported.conns_full,
             ),
             (
-                "process table full",
+                LossStage::ProcessTable,
                 now.procs_full - self.reported.procs_full,
             ),
+            (LossStage::TlsTable, now.tls_full - self.reported.tls_full),
         ] {
             if lost > 0 {
-                warn!(stage, lost, "kernel table overflow");
+                warn!(stage = stage.meaning(), lost, "lost in the kernel");
+                self.hub.broadcast_lost(stage, lost);
             }
         }
         self.reported = now;
@@ -748,6 +762,7 @@ impl<K: Selector> Engine<K> {
             pending_full = c.pending_full,
             conns_full = c.conns_full,
             procs_full = c.procs_full,
+            tls_full = c.tls_full,
             malformed = c.malformed,
             follower_queue_full = c.follower_queue_full,
             "engine stopped; loss totals"
