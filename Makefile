@@ -1,7 +1,8 @@
 # qtap's single entry point. On a fresh machine:
 #   make run    install what is missing, build, trace curl requests live
 #   make test   install what is missing, build, run every test (unit and
-#               privileged end-to-end; needs root)
+#               privileged end-to-end; needs root), and the smoke subset
+#               on Debian 12's 6.1 kernel in a VM
 #
 # `make run FILTER='mod:socket,exe.contains:nginx'` traces something else;
 # `DEMO=0` turns off the built-in curl traffic.
@@ -15,17 +16,25 @@ DEMO ?= 1
 BPF_LINKER_VERSION := 0.10.1
 # Debian packages the build, the demo and the tests use.
 DEB_PACKAGES := curl nginx-light python3 iproute2 openssl gcc libcap2-bin
+# What booting other kernels in a VM needs (tests/kernels/kernels.txt).
+VM_PACKAGES := qemu-system-x86 busybox-static kmod
+VIRTME_NG_VERSION := 1.42
 QTAPD := target/release/qtapd
 CARGO_DEB_VERSION := 3.8.0
 K8S_VALIDATE_VERSION := 1.37.0
 PKG := target/packaging
 
-.PHONY: all deps build run test deb bench soak lint clean
+.PHONY: all deps vm-deps build run test test-kernels deb bench soak lint clean
 
 all: build
 
 deps:
 	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES)
+
+# virtme-ng (PyPI) boots a kernel with this machine's userspace.
+vm-deps:
+	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(VM_PACKAGES)
+	@vng --version 2>/dev/null | grep -q '$(VIRTME_NG_VERSION)' || python3 -m pip install --quiet virtme-ng==$(VIRTME_NG_VERSION)
 
 build: deps
 	cargo build --release --locked -p qtapd -p qtapctl
@@ -36,13 +45,22 @@ run: build
 # Every test: unit tests of all crates and the privileged end-to-end tests,
 # which start the real qtapd (built above) against the real kernel, and
 # install, run and purge the Debian package; the Kubernetes manifests are
-# checked against the API's schemas offline (kubernetes-validate, PyPI).
-test: build deb
+# checked against the API's schemas offline (kubernetes-validate, PyPI);
+# then the smoke subset on each other kernel of tests/kernels/kernels.txt.
+test: build deb vm-deps
 	@python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate==$(K8S_VALIDATE_VERSION)
 	python3 -m kubernetes_validate --strict packaging/kubernetes/*.yaml
 	cargo test --release --locked --workspace --exclude qtapd-ebpf --exclude qtap-tests
 	QTAPD_BIN=$(CURDIR)/$(QTAPD) QTAPCTL_BIN=$(CURDIR)/target/release/qtapctl QTAP_DEB=$(CURDIR)/$(PKG)/qtap.deb \
 		cargo test --release --locked -p qtap-tests -- --test-threads=1
+	scripts/test-kernels.sh --subset smoke --vm-only
+
+# The privileged end-to-end tests on every kernel of
+# tests/kernels/kernels.txt (the host natively, others in a VM); writes
+# the table to docs/kernels.md. Needs root; about half an hour.
+test-kernels: build vm-deps
+	scripts/test-kernels.sh --table target/kernels/table.md
+	scripts/kernels-doc.sh target/kernels/table.md > docs/kernels.md
 
 # The Debian package (packaging/, cargo-deb): both programs, the systemd
 # unit, group qtap, the example config, man pages and completions.

@@ -442,9 +442,16 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
         shm.display()
     );
     let mapper = as_member(Path::new("/usr/bin/python3"), &["-c", &script]);
-    thread::sleep(Duration::from_millis(500));
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", mapper.id())).unwrap();
-    assert!(maps.contains("qtap-huge"), "the file is mapped: {maps}");
+    let maps_of = format!("/proc/{}/maps", mapper.id());
+    let mut mapped = false;
+    for _ in 0..100 {
+        mapped = std::fs::read_to_string(&maps_of).is_ok_and(|m| m.contains("qtap-huge"));
+        if mapped {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(mapped, "the member's process never mapped the file");
     assert!(mapper.wait_with_output().unwrap().status.success());
     let _ = std::fs::remove_file(&shm);
     assert!(writer.wait().unwrap().success());
