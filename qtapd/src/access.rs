@@ -4,8 +4,9 @@
 //! root receives records of a process only while the caller could
 //! `ptrace` it: uid, euid, suid and fsuid all the caller's; gid, egid,
 //! sgid and fsgid equal; no permitted capability; no privilege gained at
-//! exec (`AT_SECURE` in its auxiliary vector); dumpable (`/proc/<pid>`
-//! then belongs to the process's uid, not to root).
+//! exec (`AT_SECURE` in its auxiliary vector); dumpable (the files in
+//! `/proc/<pid>` then belong to the process's uid, not to root — the
+//! directory itself always shows the euid).
 //!
 //! The verdict is taken from `/proc` before the first record of a process
 //! reaches such a session and cached until the process execs, changes
@@ -28,7 +29,8 @@ pub struct Creds {
     pub cap_permitted: u64,
     /// `AT_SECURE` was set at exec (privileges gained).
     pub secure_exec: bool,
-    /// The owner of `/proc/<pid>`: root when the process is not dumpable.
+    /// The owner of `/proc/<pid>/status`: root when the process is not
+    /// dumpable (or has exited).
     pub proc_owner: u32,
 }
 
@@ -49,16 +51,20 @@ impl Creds {
     /// does not read as expected.
     #[must_use]
     pub fn of(pid: u32) -> Option<Creds> {
+        use std::io::Read;
         let dir = format!("/proc/{pid}");
-        let proc_owner = fs::metadata(&dir).ok()?.uid();
-        let status = fs::read_to_string(format!("{dir}/status")).ok()?;
+        // Owner and text of one open file: the kernel sets the owner of
+        // the files in /proc/<pid> from dumpable when they are looked up.
+        let mut file = fs::File::open(format!("{dir}/status")).ok()?;
+        let proc_owner = file.metadata().ok()?.uid();
+        let mut status = String::new();
+        file.read_to_string(&mut status).ok()?;
         let auxv = fs::read(format!("{dir}/auxv")).ok()?;
         let mut creds = parse_status(&status)?;
         creds.secure_exec = secure_exec(&auxv)?;
         creds.proc_owner = proc_owner;
-        // The owner is read first: a process that became undumpable
-        // between the reads shows it in `status` too (ids changed) or is
-        // caught by the kernel's `CREDS` record.
+        // A process that becomes undumpable or changes ids after these
+        // reads is deselected by the kernel (a `CREDS` record).
         Some(creds)
     }
 }

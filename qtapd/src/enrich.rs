@@ -1,14 +1,15 @@
 //! Turns decoded kernel records into events: adds the exe of each process
 //! and the connection of each fd, from the kernel's own view first and from
 //! `/proc` once per fd otherwise, and the fd's stream state (TLS, protocol;
-//! see `streams`). Caches live until the fd is closed or the process execs
-//! or exits.
+//! see `streams`). What it learns is kept in one `state::ProcState` per
+//! process (one `FdState` per fd), replaced when the fd is closed or its
+//! number reused, and dropped when the process execs or exits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use qtap_common::{
-    conn_flag, direction, flag, tls_call, Conn, ExecRecord, ForkRecord, Header, SyscallRecord,
-    TlsRecord,
+    call, conn_flag, direction, flag, tls_call, Conn, ExecRecord, ForkRecord, Header,
+    SyscallRecord, TlsRecord,
 };
 
 use crate::{
@@ -17,28 +18,15 @@ use crate::{
         role_name, tls_call_labels, type_name, Clock, ConnInfo, Event,
     },
     procfs::{self, FdTarget},
-    streams::{Side, Stream, Streams},
+    state::ProcState,
+    streams::{Side, Stream},
 };
 
 /// Per-process and per-fd knowledge.
 #[derive(Default)]
 pub struct Enricher {
     clock: Clock,
-    exes: HashMap<u32, String>,
-    /// Connections resolved from `/proc` (`None`: not a socket).
-    resolved: HashMap<(u32, i32), Option<ConnInfo>>,
-    /// Local addresses found in user space for connections the kernel
-    /// knows without one (see `conn`), kept until the fd closes.
-    /// `None` is cached too: a connection whose process is gone must not
-    /// cost a `/proc` read on every one of its events.
-    locals: HashMap<(u32, i32), Option<String>>,
-    /// fds with a kernel `CONNS` entry, per process, to purge at exit.
-    kernel_fds: HashMap<u32, HashSet<u32>>,
-    /// `conn_info` made from the kernel's `Conn` of an fd, reused while
-    /// the kernel reports the same `Conn` (formatting addresses per event
-    /// was a large part of qtapd's cost).
-    kernel_conns: HashMap<(u32, i32), (Conn, ConnInfo)>,
-    streams: Streams,
+    procs: HashMap<u32, ProcState>,
 }
 
 impl Enricher {
@@ -47,18 +35,24 @@ impl Enricher {
         Enricher::default()
     }
 
+    /// The state of `pid`, empty if nothing is known yet.
+    fn proc(&mut self, pid: u32) -> &mut ProcState {
+        self.procs.entry(pid).or_default()
+    }
+
     /// The exe of `pid`: from its exec if seen, else `/proc`, once.
     pub fn exe(&mut self, pid: u32) -> String {
-        self.exes
-            .entry(pid)
-            .or_insert_with(|| procfs::exe(pid).unwrap_or_default())
+        self.proc(pid)
+            .exe
+            .get_or_insert_with(|| procfs::exe(pid).unwrap_or_default())
             .clone()
     }
 
     pub fn syscall(&mut self, rec: &SyscallRecord) -> (Event, Notes) {
         let hdr = &rec.hdr;
+        let pid = hdr.pid;
         let labels = call_labels(rec.call);
-        let exe = self.exe(hdr.pid);
+        let exe = self.exe(pid);
         let mut event = base(
             &self.clock,
             hdr,
@@ -77,18 +71,21 @@ impl Enricher {
             event.bytes = Some(rec.bytes);
             event.peek = rec.flags & flag::PEEK != 0;
         }
+        // A new object on an fd number starts with nothing of the old one.
+        if let Some(fd) = created_fd(rec) {
+            self.proc(pid).renew(fd);
+        }
         let conn = self.conn(rec);
         let mut notes = Notes::default();
+        let state = self.proc(pid);
         let stream = if is_data_call(rec.call) {
             let tls = (rec.flags & flag::IN_TLS != 0).then_some(rec.tls);
             let len = (rec.head_len as usize).min(rec.head.len());
-            let (stream, seen) =
-                self.streams
-                    .syscall(hdr.pid, rec.fd, conn.as_ref(), tls, &rec.head[..len]);
+            let (stream, seen) = state.data_syscall(rec.fd, conn.as_ref(), tls, &rec.head[..len]);
             notes.detected = seen.detected;
             Some(stream)
         } else {
-            self.streams.get(hdr.pid, rec.fd)
+            state.stream(rec.fd)
         };
         stream_fields(&mut event, stream);
         notes.bound = stream.is_some_and(|s| s.bound);
@@ -117,11 +114,12 @@ impl Enricher {
             tls_call::SSL_SET_WFD => Some(Side::Write),
             _ => None,
         };
+        let state = self.proc(hdr.pid);
         let fd = if let Some(side) = side {
-            self.streams.bind(hdr.pid, rec.ssl, rec.fd, side);
+            state.bind(rec.ssl, rec.fd, side);
             Some(rec.fd)
         } else if rec.call == tls_call::SSL_FREE {
-            self.streams.free(hdr.pid, rec.ssl);
+            state.free(rec.ssl);
             None
         } else {
             event.direction = Some(u32::from(rec.direction));
@@ -129,8 +127,8 @@ impl Enricher {
             event.ret = Some(rec.ret);
             let len = (rec.head_len as usize).min(rec.head.len());
             let ingress = rec.direction == direction::INGRESS;
-            self.streams
-                .tls_call(hdr.pid, rec.ssl, ingress, &rec.head[..len])
+            state
+                .tls_call(rec.ssl, ingress, &rec.head[..len])
                 .map(|(fd, _, seen)| {
                     notes.detected = seen.detected;
                     fd
@@ -139,7 +137,7 @@ impl Enricher {
         event.ssl = Some(true);
         event.fd = fd;
         if let Some(fd) = fd {
-            let stream = self.streams.get(hdr.pid, fd);
+            let stream = self.proc(hdr.pid).stream(fd);
             notes.bound = stream.is_some_and(|s| s.bound);
             let known = stream.and_then(|s| s.conn.clone());
             stream_fields(&mut event, stream);
@@ -150,52 +148,22 @@ impl Enricher {
         (event, notes)
     }
 
-    /// Keeps the caches in step with the fd table the record describes.
+    /// Keeps the state in step with the fd table the record describes,
+    /// after the record's event is made (a close's event still shows the
+    /// fd as it was).
     fn track(&mut self, rec: &SyscallRecord) {
-        use qtap_common::call;
-        let pid = rec.hdr.pid;
+        let state = self.proc(rec.hdr.pid);
         match rec.call {
-            call::CLOSE => {
-                self.streams.reset(pid, rec.fd);
-                self.kernel_conns.remove(&(pid, rec.fd));
-                self.resolved.remove(&(pid, rec.fd));
-                self.locals.remove(&(pid, rec.fd));
-                if let Some(fds) = self.kernel_fds.get_mut(&pid) {
-                    fds.remove(&(rec.fd as u32));
-                }
-            }
+            call::CLOSE => state.close(rec.fd),
             call::SOCKET | call::ACCEPT | call::ACCEPT4 if rec.ret >= 0 => {
                 let fd = if rec.new_fd >= 0 { rec.new_fd } else { rec.fd };
-                self.resolved.remove(&(pid, fd));
-                self.streams.reset(pid, fd);
-                if rec.call == call::SOCKET {
-                    // A new socket on a reused fd number (accept's entry is
-                    // written by `local_of` before this runs).
-                    self.locals.remove(&(pid, fd));
-                }
-                self.kernel_fds.entry(pid).or_default().insert(fd as u32);
+                state.fd_mut(fd).in_kernel = true;
             }
-            // The new number is the old fd's now (dup2 closed whatever
-            // had it); the kernel moved its connection entry along.
+            call::CONNECT | call::BIND => state.fd_mut(rec.fd).in_kernel = true,
+            // The kernel moved the old fd's connection entry to the new
+            // number, or removed the number's entry when there was none.
             call::DUP | call::DUP2 | call::DUP3 if rec.new_fd >= 0 => {
-                // (`conn` has already keyed a known connection to it.)
-                let fd = rec.new_fd;
-                self.resolved.remove(&(pid, fd));
-                self.streams.reset(pid, fd);
-                let fds = self.kernel_fds.entry(pid).or_default();
-                if rec.flags & flag::CONN_KNOWN == 0 {
-                    fds.remove(&(fd as u32));
-                    self.kernel_conns.remove(&(pid, fd));
-                    self.locals.remove(&(pid, fd));
-                } else {
-                    fds.insert(fd as u32);
-                }
-            }
-            call::CONNECT | call::BIND => {
-                self.kernel_fds
-                    .entry(pid)
-                    .or_default()
-                    .insert(rec.fd as u32);
+                state.fd_mut(rec.new_fd).in_kernel = rec.flags & flag::CONN_KNOWN != 0;
             }
             _ => {}
         }
@@ -206,8 +174,8 @@ impl Enricher {
         let pid = rec.hdr.pid;
         if rec.flags & flag::CONN_KNOWN != 0 {
             let accepted = rec.new_fd >= 0;
-            let key = (pid, if accepted { rec.new_fd } else { rec.fd });
-            if let Some((conn, info)) = self.kernel_conns.get(&key) {
+            let fd = if accepted { rec.new_fd } else { rec.fd };
+            if let Some((conn, info)) = self.proc(pid).fd(fd).and_then(|s| s.kernel_conn.as_ref()) {
                 if *conn == rec.conn && !accepted {
                     return Some(info.clone());
                 }
@@ -216,7 +184,7 @@ impl Enricher {
             if info.local.is_none() && info.family.starts_with("inet") {
                 info.local = self.local_of(rec);
             }
-            self.kernel_conns.insert(key, (rec.conn, info.clone()));
+            self.proc(pid).fd_mut(fd).kernel_conn = Some((rec.conn, info.clone()));
             return Some(info);
         }
         self.resolve(pid, rec.fd)
@@ -234,21 +202,21 @@ impl Enricher {
         let pid = rec.hdr.pid;
         let accepted = rec.new_fd >= 0;
         let conn_fd = if accepted { rec.new_fd } else { rec.fd };
-        // An accept starts a new connection: never reuse what an earlier
-        // one on the same fd number left.
-        if let Some(local) = self.locals.get(&(pid, conn_fd)).filter(|_| !accepted) {
-            return local.clone();
+        // An accepted (or dup'd) fd was renewed before this: whatever is
+        // cached is its own.
+        if let Some(local) = self.proc(pid).fd(conn_fd).and_then(|s| s.local.clone()) {
+            return local;
         }
         let local = self.resolve(pid, rec.fd).and_then(|info| info.local);
-        self.locals.insert((pid, conn_fd), local.clone());
+        self.proc(pid).fd_mut(conn_fd).local = Some(local.clone());
         local
     }
 
-    /// `/proc` resolution, cached per (pid, fd) unless the process or fd
-    /// was already gone. `None`: not a socket, or gone.
+    /// `/proc` resolution, cached per fd unless the process or fd was
+    /// already gone. `None`: not a socket, or gone.
     fn resolve(&mut self, pid: u32, fd: i32) -> Option<ConnInfo> {
-        if let Some(known) = self.resolved.get(&(pid, fd)) {
-            return known.clone();
+        if let Some(known) = self.proc(pid).fd(fd).and_then(|s| s.resolved.clone()) {
+            return known;
         }
         let value = match procfs::fd_target(pid, fd) {
             FdTarget::Socket(info) => Some(info),
@@ -262,15 +230,16 @@ impl Enricher {
             FdTarget::Other => None,
             FdTarget::Gone => return None,
         };
-        self.resolved.insert((pid, fd), value.clone());
+        self.proc(pid).fd_mut(fd).resolved = Some(value.clone());
         value
     }
 
     pub fn exec(&mut self, rec: &ExecRecord) -> Event {
         let len = (rec.filename_len as usize).min(rec.filename.len());
         let filename = String::from_utf8_lossy(&rec.filename[..len]).into_owned();
-        self.forget(rec.hdr.pid);
-        self.exes.insert(rec.hdr.pid, filename.clone());
+        let pid = rec.hdr.pid;
+        let after = self.proc(pid).after_exec(filename.clone());
+        self.procs.insert(pid, after);
         let mut event = self.process(&rec.hdr, "exec", filename.clone());
         event.filename = Some(filename);
         event
@@ -278,7 +247,7 @@ impl Enricher {
 
     pub fn fork(&mut self, rec: &ForkRecord) -> Event {
         let exe = self.exe(rec.hdr.pid);
-        self.exes.insert(rec.child_pid, exe.clone());
+        self.proc(rec.child_pid).exe = Some(exe.clone());
         let mut event = self.process(&rec.hdr, "fork", exe);
         event.child_pid = Some(rec.child_pid);
         event
@@ -288,8 +257,11 @@ impl Enricher {
     pub fn exit(&mut self, hdr: &Header) -> (Event, Vec<u32>) {
         let exe = self.exe(hdr.pid);
         let event = self.process(hdr, "exit", exe);
-        let fds = self.forget(hdr.pid);
-        self.exes.remove(&hdr.pid);
+        let fds = self
+            .procs
+            .remove(&hdr.pid)
+            .map(|p| p.kernel_fds())
+            .unwrap_or_default();
         (event, fds)
     }
 
@@ -302,17 +274,17 @@ impl Enricher {
             exe,
         )
     }
+}
 
-    /// Drops what is cached about `pid`'s fds.
-    fn forget(&mut self, pid: u32) -> Vec<u32> {
-        self.streams.forget(pid);
-        self.kernel_conns.retain(|(p, _), _| *p != pid);
-        self.resolved.retain(|(p, _), _| *p != pid);
-        self.locals.retain(|(p, _), _| *p != pid);
-        self.kernel_fds
-            .remove(&pid)
-            .map(|fds| fds.into_iter().collect())
-            .unwrap_or_default()
+/// The fd number a successful call put a new object on: a socket, an
+/// accepted connection, a dup's target.
+fn created_fd(rec: &SyscallRecord) -> Option<i32> {
+    match rec.call {
+        call::SOCKET if rec.ret >= 0 => Some(rec.fd),
+        call::ACCEPT | call::ACCEPT4 | call::DUP | call::DUP2 | call::DUP3 if rec.new_fd >= 0 => {
+            Some(rec.new_fd)
+        }
+        _ => None,
     }
 }
 
@@ -412,5 +384,92 @@ mod tests {
         enricher.syscall(&record(call::CLOSE, gone_fd, -1));
         let (reused, _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
         assert_eq!(reused.conn_info.unwrap().local, None);
+    }
+
+    fn exec_record(pid: u32, name: &[u8]) -> ExecRecord {
+        let mut filename = [0; qtap_common::limit::EXE_LEN];
+        filename[..name.len()].copy_from_slice(name);
+        ExecRecord {
+            hdr: Header {
+                kind: kind::EXEC,
+                abi: ABI_VERSION,
+                pid,
+                ..Header::default()
+            },
+            filename_len: name.len() as u32,
+            uid: 0,
+            filename,
+        }
+    }
+
+    /// `dup2(conn, 9)` over a number that had another connection: 9 is the
+    /// dup'd connection now, nothing of its old one; closing 9 leaves the
+    /// original fd as it was; a dup without a kernel connection (a file
+    /// dup'd onto a socket's number) carries no connection at all.
+    #[test]
+    fn dup_and_close_touch_only_their_numbers() {
+        let mut enricher = Enricher::new();
+        let mut other = record(call::ACCEPT4, 3, 9);
+        other.conn.remote.port = 50_000;
+        enricher.syscall(&other);
+        enricher.syscall(&record(call::ACCEPT4, 3, 5));
+        let (dup, _) = enricher.syscall(&record(call::DUP2, 5, 9));
+        assert_eq!(dup.new_fd, Some(9));
+        let (on_nine, _) = enricher.syscall(&record(call::WRITEV, 9, -1));
+        assert_eq!(
+            on_nine.conn_info.unwrap().remote.as_deref(),
+            Some("127.0.0.1:40000"),
+            "9 is 5's connection now, not its old one"
+        );
+        enricher.syscall(&record(call::CLOSE, 9, -1));
+        let (on_five, _) = enricher.syscall(&record(call::WRITEV, 5, -1));
+        assert_eq!(
+            on_five.conn_info.unwrap().remote.as_deref(),
+            Some("127.0.0.1:40000")
+        );
+        let mut file_dup = record(call::DUP2, 1, 5);
+        file_dup.flags = 0;
+        enricher.syscall(&file_dup);
+        let mut plain = record(call::WRITEV, 5, -1);
+        plain.flags = 0;
+        let (after, _) = enricher.syscall(&plain);
+        let procs = &enricher.procs[&std::process::id()];
+        assert!(
+            !procs.fd(5).is_some_and(|s| s.in_kernel),
+            "no kernel entry for 5"
+        );
+        assert!(after.ssl == Some(false));
+    }
+
+    /// After an exec the new image's fds carry no stream state of the old
+    /// one, but the fds with kernel entries are still purged at its exit.
+    #[test]
+    fn exec_starts_afresh_and_exit_purges_the_kept_fds() {
+        let pid = std::process::id();
+        let mut enricher = Enricher::new();
+        enricher.syscall(&record(call::ACCEPT4, 3, 7));
+        let mut tls = record(call::WRITEV, 7, -1);
+        tls.head_len = 5;
+        tls.head[..5].copy_from_slice(&[0x16, 3, 1, 0, 5]);
+        let (hello, _) = enricher.syscall(&tls);
+        assert_eq!(hello.protocol.as_deref(), Some("tls"));
+        let exec = enricher.exec(&exec_record(pid, b"/usr/bin/next"));
+        assert_eq!(exec.filename.as_deref(), Some("/usr/bin/next"));
+        let mut plain = record(call::WRITEV, 7, -1);
+        plain.head_len = 4;
+        plain.head[..4].copy_from_slice(b"GET ");
+        let (after, _) = enricher.syscall(&plain);
+        assert_eq!(
+            after.protocol.as_deref(),
+            Some("http1"),
+            "no TLS carried over"
+        );
+        assert_eq!(after.exe, "/usr/bin/next");
+        let (_, purge) = enricher.exit(&Header {
+            pid,
+            ..Header::default()
+        });
+        assert_eq!(purge, vec![7]);
+        assert!(enricher.procs.is_empty());
     }
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod procfs;
 pub mod protocol;
+pub mod state;
 pub mod streams;
 pub mod tracefs;
 pub mod tracelog;

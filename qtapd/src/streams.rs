@@ -1,8 +1,8 @@
 //! What qtapd knows of each fd's byte stream beyond its addresses: whether
 //! TLS runs on it, what its first bytes showed, and which `SSL*` objects
-//! are bound to it. Kept per (pid, fd), never per process or thread: TLS
-//! on one fd says nothing of another. Reset when the fd is closed or a new
-//! socket takes its number.
+//! are bound to it. Kept per fd in the process's state (`state`), never
+//! per process or thread: TLS on one fd says nothing of another. Gone with
+//! the fd's state when it is closed or a new object takes its number.
 //!
 //! An `SSL*` is bound to an fd by `SSL_set_fd` (and `_rfd`/`_wfd`), which
 //! is authoritative. Failing that, a syscall on a socket made inside an
@@ -11,13 +11,12 @@
 //! binding never re-points an existing one, so a syscall on another fd
 //! during an `SSL_*` call cannot mark that fd as TLS.
 
-use std::collections::HashMap;
-
 use qtap_proto::v1::ConnInfo;
 
 use crate::{
     events::{local_port, remote_port},
     protocol::{self, Detected},
+    state::ProcState,
 };
 
 /// The state of one fd's stream.
@@ -54,14 +53,15 @@ impl Stream {
     }
 }
 
+/// The fds an `SSL*` reads from and writes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Binding {
+pub struct Binding {
     rfd: i32,
     wfd: i32,
 }
 
 impl Binding {
-    fn uses(self, fd: i32) -> bool {
+    pub(crate) fn uses(self, fd: i32) -> bool {
         self.rfd == fd || self.wfd == fd
     }
 }
@@ -81,55 +81,41 @@ pub struct Seen {
     pub detected: bool,
 }
 
-#[derive(Default)]
-pub struct Streams {
-    fds: HashMap<(u32, i32), Stream>,
-    bindings: HashMap<(u32, u64), Binding>,
-}
-
-impl Streams {
-    /// The stream of `(pid, fd)`, if anything is known of it.
+/// The stream side of a process's state (`state::ProcState`): each fd's
+/// stream and the `SSL*` bindings.
+impl ProcState {
+    /// The stream of `fd`, if anything is known of it.
     #[must_use]
-    pub fn get(&self, pid: u32, fd: i32) -> Option<&Stream> {
-        self.fds.get(&(pid, fd))
+    pub fn stream(&self, fd: i32) -> Option<&Stream> {
+        self.fd(fd).and_then(|s| s.stream.as_ref())
     }
 
-    /// The fd is closed, or a new socket took its number: forget its
-    /// state and every `SSL*` bound to it.
-    pub fn reset(&mut self, pid: u32, fd: i32) {
-        self.fds.remove(&(pid, fd));
-        self.bindings.retain(|&(p, _), b| p != pid || !b.uses(fd));
-    }
-
-    /// The process is gone (or exec'd).
-    pub fn forget(&mut self, pid: u32) {
-        self.fds.retain(|&(p, _), _| p != pid);
-        self.bindings.retain(|&(p, _), _| p != pid);
+    fn stream_mut(&mut self, fd: i32) -> &mut Stream {
+        self.fd_mut(fd).stream.get_or_insert_with(Stream::default)
     }
 
     /// A data syscall on `fd`. `conn`: its connection (`None`: not a
     /// socket); `tls`: the `SSL*` whose call it ran inside; `head`: the
     /// first bytes it moved.
-    pub fn syscall(
+    pub fn data_syscall(
         &mut self,
-        pid: u32,
         fd: i32,
         conn: Option<&ConnInfo>,
         tls: Option<u64>,
         head: &[u8],
     ) -> (&Stream, Seen) {
         if let (Some(ssl), Some(_)) = (tls, conn) {
-            let binding = self
+            let binding = *self
                 .bindings
-                .entry((pid, ssl))
+                .entry(ssl)
                 .or_insert(Binding { rfd: fd, wfd: fd });
             if binding.uses(fd) {
-                let stream = self.fds.entry((pid, fd)).or_default();
+                let stream = self.stream_mut(fd);
                 stream.ssl = true;
                 stream.bound = true;
             }
         }
-        let stream = self.fds.entry((pid, fd)).or_default();
+        let stream = self.stream_mut(fd);
         if stream.bound && stream.conn.is_none() {
             stream.conn = conn.cloned();
         }
@@ -153,24 +139,24 @@ impl Streams {
     }
 
     /// `SSL_set_fd` and friends: `ssl` is bound to `fd`, which carries TLS.
-    pub fn bind(&mut self, pid: u32, ssl: u64, fd: i32, side: Side) {
+    pub fn bind(&mut self, ssl: u64, fd: i32, side: Side) {
         let binding = self
             .bindings
-            .entry((pid, ssl))
+            .entry(ssl)
             .or_insert(Binding { rfd: fd, wfd: fd });
         match side {
             Side::Both => *binding = Binding { rfd: fd, wfd: fd },
             Side::Read => binding.rfd = fd,
             Side::Write => binding.wfd = fd,
         }
-        let stream = self.fds.entry((pid, fd)).or_default();
+        let stream = self.stream_mut(fd);
         stream.ssl = true;
         stream.bound = true;
     }
 
     /// `SSL_free`: the object and its binding are gone.
-    pub fn free(&mut self, pid: u32, ssl: u64) {
-        self.bindings.remove(&(pid, ssl));
+    pub fn free(&mut self, ssl: u64) {
+        self.bindings.remove(&ssl);
     }
 
     /// An `SSL_read`/`SSL_write` on `ssl`: the fd it is bound to (for the
@@ -178,14 +164,13 @@ impl Streams {
     /// bytes classified once per fd.
     pub fn tls_call(
         &mut self,
-        pid: u32,
         ssl: u64,
         ingress: bool,
         plaintext: &[u8],
     ) -> Option<(i32, &Stream, Seen)> {
-        let binding = self.bindings.get(&(pid, ssl))?;
+        let binding = self.bindings.get(&ssl)?;
         let fd = if ingress { binding.rfd } else { binding.wfd };
-        let stream = self.fds.entry((pid, fd)).or_default();
+        let stream = self.stream_mut(fd);
         stream.ssl = true;
         stream.bound = true;
         let mut seen = Seen::default();
@@ -205,7 +190,6 @@ impl Streams {
 mod tests {
     use super::*;
 
-    const PID: u32 = 10;
     const SSL: u64 = 0x5555_0000;
 
     fn socket() -> ConnInfo {
@@ -224,15 +208,15 @@ mod tests {
     /// (the worst interleaving) must not mark fd 3.
     #[test]
     fn tls_on_one_fd_never_marks_another() {
-        let mut s = Streams::default();
+        let mut s = ProcState::default();
         let conn = socket();
-        s.bind(PID, SSL, 11, Side::Both);
-        s.syscall(PID, 11, Some(&conn), Some(SSL), &[0x17, 3, 3, 0, 9]);
-        let (plain, _) = s.syscall(PID, 3, Some(&conn), Some(SSL), b"HTTP/1.1 200 OK");
+        s.bind(SSL, 11, Side::Both);
+        s.data_syscall(11, Some(&conn), Some(SSL), &[0x17, 3, 3, 0, 9]);
+        let (plain, _) = s.data_syscall(3, Some(&conn), Some(SSL), b"HTTP/1.1 200 OK");
         assert!(!plain.ssl);
         assert_eq!(plain.protocol_name(), "http1");
-        assert!(s.get(PID, 11).unwrap().ssl);
-        let (fd, stream, seen) = s.tls_call(PID, SSL, false, b"GET / HTTP/1.1").unwrap();
+        assert!(s.stream(11).unwrap().ssl);
+        let (fd, stream, seen) = s.tls_call(SSL, false, b"GET / HTTP/1.1").unwrap();
         assert_eq!(fd, 11);
         assert_eq!(stream.app_protocol, Some("http1"));
         assert!(seen.detected);
@@ -243,39 +227,39 @@ mod tests {
     /// different fd inside a later call of the same SSL* is not marked.
     #[test]
     fn nested_syscall_binds_only_once() {
-        let mut s = Streams::default();
+        let mut s = ProcState::default();
         let conn = socket();
-        let (first, _) = s.syscall(PID, 5, Some(&conn), Some(SSL), &[0x17, 3, 3]);
+        let (first, _) = s.data_syscall(5, Some(&conn), Some(SSL), &[0x17, 3, 3]);
         assert!(first.ssl && first.bound);
-        assert_eq!(s.tls_call(PID, SSL, true, b"").map(|t| t.0), Some(5));
-        let (other, _) = s.syscall(PID, 6, Some(&conn), Some(SSL), b"x");
+        assert_eq!(s.tls_call(SSL, true, b"").map(|t| t.0), Some(5));
+        let (other, _) = s.data_syscall(6, Some(&conn), Some(SSL), b"x");
         assert!(!other.ssl);
         // A file is never bound, even inside an SSL call.
-        let (file, _) = s.syscall(PID, 7, None, Some(0x77), b"log line");
+        let (file, _) = s.data_syscall(7, None, Some(0x77), b"log line");
         assert!(!file.ssl);
-        assert_eq!(s.tls_call(PID, 0x77, true, b""), None);
+        assert_eq!(s.tls_call(0x77, true, b""), None);
     }
 
     #[test]
     fn close_and_reuse_reset_the_fd() {
-        let mut s = Streams::default();
+        let mut s = ProcState::default();
         let conn = socket();
-        s.bind(PID, SSL, 4, Side::Both);
-        s.reset(PID, 4);
-        assert_eq!(s.get(PID, 4), None);
-        assert_eq!(s.tls_call(PID, SSL, true, b""), None, "binding dropped");
-        let (reused, _) = s.syscall(PID, 4, Some(&conn), None, b"GET / HTTP/1.1");
+        s.bind(SSL, 4, Side::Both);
+        s.close(4);
+        assert_eq!(s.stream(4), None);
+        assert_eq!(s.tls_call(SSL, true, b""), None, "binding dropped");
+        let (reused, _) = s.data_syscall(4, Some(&conn), None, b"GET / HTTP/1.1");
         assert!(!reused.ssl);
         assert_eq!(reused.protocol_name(), "http1");
     }
 
     #[test]
     fn detection_happens_once_per_fd() {
-        let mut s = Streams::default();
+        let mut s = ProcState::default();
         let conn = socket();
-        let (_, seen) = s.syscall(PID, 3, Some(&conn), None, &[0x16, 3, 1, 1]);
+        let (_, seen) = s.data_syscall(3, Some(&conn), None, &[0x16, 3, 1, 1]);
         assert!(seen.detected);
-        let (stream, seen) = s.syscall(PID, 3, Some(&conn), None, b"GET /");
+        let (stream, seen) = s.data_syscall(3, Some(&conn), None, b"GET /");
         assert!(!seen.detected);
         assert_eq!(stream.protocol_name(), "tls");
         assert_eq!(stream.tls_version, Some("TLS1.0"));
@@ -283,12 +267,12 @@ mod tests {
 
     #[test]
     fn read_and_write_sides_bind_separately() {
-        let mut s = Streams::default();
-        s.bind(PID, SSL, 8, Side::Read);
-        s.bind(PID, SSL, 9, Side::Write);
-        assert_eq!(s.tls_call(PID, SSL, true, b"").map(|t| t.0), Some(8));
-        assert_eq!(s.tls_call(PID, SSL, false, b"").map(|t| t.0), Some(9));
-        s.free(PID, SSL);
-        assert_eq!(s.tls_call(PID, SSL, true, b""), None);
+        let mut s = ProcState::default();
+        s.bind(SSL, 8, Side::Read);
+        s.bind(SSL, 9, Side::Write);
+        assert_eq!(s.tls_call(SSL, true, b"").map(|t| t.0), Some(8));
+        assert_eq!(s.tls_call(SSL, false, b"").map(|t| t.0), Some(9));
+        s.free(SSL);
+        assert_eq!(s.tls_call(SSL, true, b""), None);
     }
 }

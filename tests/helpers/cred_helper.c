@@ -34,6 +34,10 @@ static void read_secret(const char *path) {
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s MODE PORT [FILE]\n", argv[0]); return 2; }
     const char *mode = argv[1];
+    /* Alive for a moment before its first call: qtapd checks a process's
+     * credentials in /proc before a member's session sees it, and a
+     * process already gone by then is not shown to the member at all. */
+    usleep(300000);
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

@@ -443,15 +443,15 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
     );
     let mapper = as_member(Path::new("/usr/bin/python3"), &["-c", &script]);
     let maps_of = format!("/proc/{}/maps", mapper.id());
-    let mut mapped = false;
+    let mut has_file = false;
     for _ in 0..100 {
-        mapped = std::fs::read_to_string(&maps_of).is_ok_and(|m| m.contains("qtap-huge"));
-        if mapped {
+        has_file = std::fs::read_to_string(&maps_of).is_ok_and(|m| m.contains("qtap-huge"));
+        if has_file {
             break;
         }
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(mapped, "the member's process never mapped the file");
+    assert!(has_file, "the member's process never mapped the file");
     assert!(mapper.wait_with_output().unwrap().status.success());
     let _ = std::fs::remove_file(&shm);
     assert!(writer.wait().unwrap().success());

@@ -27,5 +27,11 @@ pub async fn run(conn: &client::Connection) -> anyhow::Result<()> {
         "table overflows     pending {}  connections {}  processes {}  tls {}",
         c.pending_full, c.conns_full, c.procs_full, c.tls_full
     );
+    for off in &s.features_off {
+        println!(
+            "off on this kernel  {}",
+            qtapctl::render::terminal_safe(off)
+        );
+    }
     Ok(())
 }

@@ -17,6 +17,9 @@ impl Selector for MemoryKernel {
     fn attached(&self) -> usize {
         0
     }
+    fn features(&self) -> super::preflight::Features {
+        super::preflight::Features::all()
+    }
     fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError> {
         self.active = compiled.config.active;
         Ok(())

@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod memory;
+pub mod preflight;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,8 @@ use qtap_common::{
 
 use tracing::warn;
 
+use self::preflight::Features;
+
 use crate::{
     filter::compile::{CompileError, Compiled},
     tracefs::{self, TracefsError},
@@ -35,6 +38,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/qt
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    #[error(transparent)]
+    Unsupported(#[from] preflight::Unsupported),
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
     #[error(transparent)]
@@ -108,6 +113,7 @@ pub struct Kernel {
     pending: HashMap<MapData, u64, Pending>,
     tls_active: HashMap<MapData, u64, TlsPending>,
     installed: Vec<PatternKey>,
+    features: Features,
 }
 
 impl Kernel {
@@ -116,21 +122,29 @@ impl Kernel {
     /// buffer the reader consumes. `set_tracing(false)` detaches them until
     /// a session needs them.
     pub fn load() -> Result<(Kernel, RingBuf<MapData>), KernelError> {
+        let features = preflight::Facts::of_this_kernel().judge()?;
+        for off in features.off() {
+            warn!("{off}");
+        }
         let fork_child = tracefs::required_offset("sched", "sched_process_fork", "child_pid")?;
         let exec_filename = tracefs::required_offset("sched", "sched_process_exec", "filename")?;
         let exit_group_dead =
             tracefs::field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
 
-        let creds = btf::Structs::from_kernel()
-            .and_then(|structs| structs.cred_offsets())
-            .unwrap_or_else(|error| {
-                warn!(
-                    %error,
-                    "cannot read credentials in the kernel: sessions of callers other than root \
-                     will select only processes already running when they start"
-                );
-                CredOffsets::default()
-            });
+        let creds = (if features.btf {
+            btf::Structs::from_kernel()
+        } else {
+            Err(btf::BtfError::Read(std::io::ErrorKind::NotFound.into()))
+        })
+        .and_then(|structs| structs.cred_offsets())
+        .unwrap_or_else(|error| {
+            warn!(
+                %error,
+                "cannot read credentials in the kernel: sessions of callers other than root \
+                 will select only processes already running when they start"
+            );
+            CredOffsets::default()
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global(offsets::CRED, &creds, true)
             .override_global(offsets::FORK_CHILD_PID, &fork_child, true)
@@ -175,6 +189,7 @@ impl Kernel {
             pending,
             tls_active,
             installed: Vec::new(),
+            features,
         };
         kernel.set_tracing(true)?;
         Ok((kernel, ring))
@@ -186,6 +201,8 @@ impl Kernel {
 pub trait Selector {
     /// Number of programs attached.
     fn attached(&self) -> usize;
+    /// What is off on this kernel.
+    fn features(&self) -> Features;
     /// Replaces the compiled filters.
     fn install(&mut self, compiled: &Compiled) -> Result<(), KernelError>;
     /// Sets the session mask of a process.
@@ -226,6 +243,10 @@ impl Kernel {
 }
 
 impl Selector for Kernel {
+    fn features(&self) -> Features {
+        self.features.clone()
+    }
+
     /// Number of programs attached (a uprobe counts once per target).
     fn attached(&self) -> usize {
         self.tracepoint_links.len() + self.tls_links.iter().map(|(_, l)| l.len()).sum::<usize>()

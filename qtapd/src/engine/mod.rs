@@ -91,6 +91,8 @@ pub enum EngineError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Limit(#[from] LimitError),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What to follow.
@@ -184,6 +186,12 @@ impl<K: Selector> Engine<K> {
     /// caught by the kernel).
     pub fn start(&mut self, spec: Spec) -> Result<SessionInfo, EngineError> {
         self.check_session_quota(&spec)?;
+        if spec.filter.wants(Module::Openssl) && !self.kernel.features().uprobes {
+            return Err(EngineError::Unavailable(
+                "mod:openssl is off on this kernel: it has no uprobes (CONFIG_UPROBE_EVENTS)"
+                    .into(),
+            ));
+        }
         let otlp_endpoint = spec
             .otlp_endpoint
             .clone()
@@ -477,6 +485,7 @@ impl<K: Selector> Engine<K> {
             uptime_secs: self.started.elapsed().as_secs(),
             sessions: self.hub.len() as u32,
             selected_processes: self.kernel.selected().len() as u32,
+            features_off: self.kernel.features().off(),
             counters: Some(Counters {
                 records: self.records,
                 kernel_ring_full: stats.ring_full,

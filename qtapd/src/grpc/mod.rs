@@ -93,6 +93,7 @@ impl From<EngineError> for tonic::Status {
             EngineError::PermissionDenied(_) => tonic::Status::permission_denied(e.to_string()),
             EngineError::Compile(_) => tonic::Status::invalid_argument(e.to_string()),
             EngineError::Limit(limit) => limit.into(),
+            EngineError::Unavailable(_) => tonic::Status::failed_precondition(e.to_string()),
             EngineError::Kernel(_) => {
                 error!(error = %e, "kernel error while serving a request");
                 tonic::Status::internal(e.to_string())
