@@ -760,7 +760,7 @@ fn session_churn_leaves_no_gap() {
          end = time.time() + {secs}\n\
          n = 0\n\
          while time.time() < end:\n    s.send(b'%08d' % n); n += 1; time.sleep(0.001)",
-        secs = rounds + 4
+        secs = 3 * rounds + 10
     );
     let mut writer = Command::new(&program)
         .args(["-c", &script])
@@ -775,8 +775,9 @@ fn session_churn_leaves_no_gap() {
         // still runs.
         if round % 2 == 0 {
             if let Some((id, follower, since)) = previous.take() {
+                let followed = since.elapsed();
                 stdout_of(&service.ctl(&["trace", "stop", &id]));
-                results.push((id, follower.stop().unwrap(), since.elapsed()));
+                results.push((id, follower.stop().unwrap(), followed));
             }
         }
         let id = stdout_of(&service.ctl(&[
@@ -794,18 +795,21 @@ fn session_churn_leaves_no_gap() {
         service.wait_followers(&id, 1);
         let since = Instant::now();
         if let Some((old, follower, old_since)) = previous.take() {
+            let followed = old_since.elapsed();
             stdout_of(&service.ctl(&["trace", "stop", &old]));
-            results.push((old, follower.stop().unwrap(), old_since.elapsed()));
+            results.push((old, follower.stop().unwrap(), followed));
         }
         thread::sleep(Duration::from_millis(300 + 100 * (round as u64 % 4)));
         previous = Some((id, follower, since));
     }
     if let Some((id, follower, since)) = previous.take() {
+        let followed = since.elapsed();
         stdout_of(&service.ctl(&["trace", "stop", &id]));
-        results.push((id, follower.stop().unwrap(), since.elapsed()));
+        results.push((id, follower.stop().unwrap(), followed));
     }
     assert!(writer.wait().unwrap().success());
     assert!(drain.join().unwrap() > 0);
+    let mut failures = Vec::new();
     for (id, events, followed) in &results {
         let counters: Vec<u64> = events
             .iter()
@@ -825,16 +829,20 @@ fn session_churn_leaves_no_gap() {
             counters.first(),
             counters.last()
         );
-        assert!(gaps.is_empty(), "session {id} missed writes: {gaps:?}");
+        if !gaps.is_empty() {
+            failures.push(format!("session {id} missed writes: {gaps:?}"));
+        }
         // About one write per millisecond (the writer sleeps 1 ms, so
         // fewer); a session that stopped receiving has far fewer.
         let floor = followed.as_millis() as usize / 4;
-        assert!(
-            counters.len() >= floor,
-            "session {id} got {} writes in {followed:?}",
-            counters.len()
-        );
+        if counters.len() < floor {
+            failures.push(format!(
+                "session {id} got {} writes in {followed:?}",
+                counters.len()
+            ));
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
     fs::remove_dir_all(&dir).unwrap();
     service.stop().unwrap();
 }
