@@ -40,6 +40,10 @@ skip_vm=$(awk '$1 == "skip-vm" { printf "--skip %s ", $2 }' tests/kernels/subset
 fetch_deb() {
 	local pkg release dir
 	pkg=$(apt-cache pkgnames linux-image- | grep -E "$1" | sort -V | tail -1)
+	if [[ -z $pkg ]]; then
+		apt-get update -qq
+		pkg=$(apt-cache pkgnames linux-image- | grep -E "$1" | sort -V | tail -1)
+	fi
 	[[ -n $pkg ]] || { say "no Debian package matches $1"; return 1; }
 	release=${pkg#linux-image-}
 	dir=$work/$release

@@ -108,13 +108,13 @@ pub fn prctl(ctx: &TracePointContext) {
 }
 
 /// Removes the `restricted` sessions from `tgid`'s selection and reports
-/// which ones in a `CREDS` record.
+/// which ones in a `CREDS` record. The entry stays, even with no session
+/// left, so calls in flight see the process deselected rather than gone
+/// (`super::still_selected`); it goes at the process's exit.
 #[inline(always)]
 fn deselect_restricted(tgid: u32, sessions: u64, restricted: u64, ts: u64) {
     let rest = sessions & !restricted;
-    if rest == 0 {
-        let _ = PROCS.remove(&tgid);
-    } else if PROCS.insert(&tgid, &ProcSel { sessions: rest }, 0).is_err() {
+    if PROCS.insert(&tgid, &ProcSel { sessions: rest }, 0).is_err() {
         // The entry cannot be narrowed: drop it whole rather than leave
         // the restricted bits in place.
         let _ = PROCS.remove(&tgid);

@@ -55,6 +55,19 @@ pub fn selected_now(tgid: u32) -> u64 {
     unsafe { PROCS.get(&tgid) }.map_or(0, |sel| sel.sessions)
 }
 
+/// Of `sessions` (taken when a call began), those that still select
+/// process `tgid` as it returns. A process deselected meanwhile keeps an
+/// entry with fewer sessions (or none, see `creds.rs`); a process with no
+/// entry has exited (on kernels without `group_dead`, when its leader
+/// did, while other threads finish their calls), and its last calls are
+/// still its sessions'. A retired slot's bit was cleared from the call's
+/// entry by qtapd.
+#[inline(always)]
+pub fn still_selected(tgid: u32, sessions: u64) -> u64 {
+    // SAFETY: the value is copied out at once.
+    unsafe { PROCS.get(&tgid) }.map_or(sessions, |sel| sessions & sel.sessions)
+}
+
 /// Sessions that asked for the kernel record family `module` (one of
 /// `qtap_common::module`).
 #[inline(always)]

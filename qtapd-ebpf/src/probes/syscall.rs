@@ -23,7 +23,7 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::{copy_head, count, header, now, selected_for, selected_now, submit};
+use super::{copy_head, count, header, now, selected_for, still_selected, submit};
 use crate::{CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
@@ -94,7 +94,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // Sessions that stopped selecting the process while the call ran (a
     // session ended, or the process left a restricted session) get
     // nothing of it; the connection table is kept up to date regardless.
-    let sessions = pending.sessions & selected_now(tgid);
+    let sessions = still_selected(tgid, pending.sessions);
     // SAFETY: offset of `ret` in the syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
 

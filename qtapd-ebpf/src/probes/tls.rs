@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use qtap_common::{direction, kind, limit, module, stat, tls_call, TlsPending, TlsRecord};
 
-use super::{copy_head, count, header, now, selected_for, selected_now, submit};
+use super::{copy_head, count, header, now, selected_for, still_selected, submit};
 use crate::{TLS_ACTIVE, TLS_BUF};
 
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
@@ -64,7 +64,7 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
         return;
     }
     // Only the sessions that still select the process (see `syscall.rs`).
-    let sessions = pending.sessions & selected_now((id >> 32) as u32);
+    let sessions = still_selected((id >> 32) as u32, pending.sessions);
     if sessions == 0 {
         return;
     }
