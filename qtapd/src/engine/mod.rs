@@ -760,6 +760,15 @@ impl<K: Selector> Engine<K> {
                 }
             }
         }
+        // What the kernel wrote before the stop still reaches the
+        // followers (before the end of their streams): at most a ring's
+        // worth, as traced processes go on writing while this runs.
+        let ring = ring.get_mut();
+        let most = limit::RING_BYTES as usize / std::mem::size_of::<qtap_common::Header>();
+        for _ in 0..most {
+            let Some(item) = ring.next() else { break };
+            self.handle(&item);
+        }
         self.end_all(&SessionEnd {
             reason: EndReason::Shutdown.into(),
             detail: "qtapd is shutting down".into(),
