@@ -729,6 +729,18 @@ fn a_full_connection_table_is_counted_and_told() {
     service.stop().unwrap();
 }
 
+/// The counters a churn writer sent, in the order its `sendto` events came.
+fn counters_sent(events: &[Value]) -> Vec<u64> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    events
+        .iter()
+        .filter(|e| e["msg"] == "syscall/sendto")
+        .filter_map(|e| e["payload"].as_str())
+        .filter_map(|p| STANDARD.decode(p).ok())
+        .filter_map(|b| String::from_utf8_lossy(&b[..8.min(b.len())]).parse().ok())
+        .collect()
+}
+
 /// Sessions started and stopped in a tight loop while a process writes a
 /// counter every millisecond: stop-then-start within milliseconds (the
 /// last session's probes still detaching), and starts that overlap the
@@ -737,7 +749,6 @@ fn a_full_connection_table_is_counted_and_told() {
 /// time it was followed allows.
 #[test]
 fn session_churn_leaves_no_gap() {
-    use base64::{engine::general_purpose::STANDARD, Engine};
     use std::io::Read;
     require_root();
     let service = Service::start(&[]).unwrap();
@@ -795,9 +806,9 @@ fn session_churn_leaves_no_gap() {
         service.wait_followers(&id, 1);
         let since = Instant::now();
         if let Some((old, follower, old_since)) = previous.take() {
-            let followed = old_since.elapsed();
+            let old_followed = old_since.elapsed();
             stdout_of(&service.ctl(&["trace", "stop", &old]));
-            results.push((old, follower.stop().unwrap(), followed));
+            results.push((old, follower.stop().unwrap(), old_followed));
         }
         thread::sleep(Duration::from_millis(300 + 100 * (round as u64 % 4)));
         previous = Some((id, follower, since));
@@ -811,13 +822,7 @@ fn session_churn_leaves_no_gap() {
     assert!(drain.join().unwrap() > 0);
     let mut failures = Vec::new();
     for (id, events, followed) in &results {
-        let counters: Vec<u64> = events
-            .iter()
-            .filter(|e| e["msg"] == "syscall/sendto")
-            .filter_map(|e| e["payload"].as_str())
-            .filter_map(|p| STANDARD.decode(p).ok())
-            .filter_map(|b| String::from_utf8_lossy(&b[..8.min(b.len())]).parse().ok())
-            .collect();
+        let counters = counters_sent(events);
         let gaps: Vec<(u64, u64)> = counters
             .windows(2)
             .filter(|w| w[1] != w[0] + 1)
