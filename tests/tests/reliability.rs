@@ -655,10 +655,7 @@ fn a_full_connection_table_is_counted_and_told() {
     use std::io::Read;
     require_root();
     let service = Service::start(&[]).unwrap();
-    let dir = std::env::temp_dir().join(format!("qtap-tables-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let program = dir.join("qtap-tables");
-    fs::copy("/usr/bin/python3", &program).unwrap();
+    let (dir, program) = python_named("qtap-tables");
     let id = service.start_session("mod:socket,comm:qtap-tables");
     let mut follower = service
         .ctl_command(None, &["trace", "follow", &id, "--output", "json"])
@@ -732,6 +729,16 @@ fn a_full_connection_table_is_counted_and_told() {
     service.stop().unwrap();
 }
 
+/// A copy of python3 named `name` (its comm, for a `comm:` filter) in a
+/// fresh directory; returns the directory and the program.
+fn python_named(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let program = dir.join(name);
+    fs::copy("/usr/bin/python3", &program).unwrap();
+    (dir, program)
+}
+
 /// The counters a churn writer sent, in the order its `sendto` events came.
 fn counters_sent(events: &[Value]) -> Vec<u64> {
     use base64::{engine::general_purpose::STANDARD, Engine};
@@ -755,10 +762,7 @@ fn session_churn_leaves_no_gap() {
     use std::io::Read;
     require_root();
     let service = Service::start(&[]).unwrap();
-    let dir = std::env::temp_dir().join(format!("qtap-churn-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let program = dir.join("qtap-churn");
-    fs::copy("/usr/bin/python3", &program).unwrap();
+    let (dir, program) = python_named("qtap-churn");
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = sink.local_addr().unwrap().port();
     let drain = thread::spawn(move || {

@@ -125,7 +125,7 @@ impl TlsTargets {
         let pids = std::mem::take(&mut self.to_scan);
         let known = self.examined.clone();
         let tx = self.found_tx.clone();
-        let work = move || scan(pids, &known, &tx);
+        let work = move || scan(pids, known, &tx);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             drop(runtime.spawn_blocking(work));
         } else {
@@ -163,9 +163,8 @@ impl TlsTargets {
 }
 
 /// Examines the files `pids` map (on a blocking thread) and sends what it
-/// finds; files in `known` were examined before.
-fn scan(pids: HashSet<u32>, known: &HashSet<(u64, u64)>, tx: &mpsc::UnboundedSender<Examined>) {
-    let mut seen = known.clone();
+/// finds; files in `seen` were examined before.
+fn scan(pids: HashSet<u32>, mut seen: HashSet<(u64, u64)>, tx: &mpsc::UnboundedSender<Examined>) {
     for pid in pids {
         // Files its owner (or root) owns: the process could not map
         // another user's file without reading rights anyway, but only
