@@ -5,8 +5,11 @@ pub mod process;
 pub mod syscall;
 pub mod tls;
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+    },
 };
 use qtap_common::{limit, stat, Header, WithPayload, ABI_VERSION};
 
@@ -132,7 +135,21 @@ pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64) {
     // SAFETY: `size` is at most the size of `*buf` (`n <= CAPTURE_MAX`),
     // and the record comes first (`repr(C)`).
     let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, data_wakeup()).is_err() {
         count(stat::RING_FULL);
+    }
+}
+
+/// The ring flags of a data record: no wakeup while the unread bytes are
+/// below `WAKE_BYTES` (qtapd drains the ring on a short clock), a wakeup
+/// past it so a burst is read before it fills the ring. Process and
+/// credential records, which qtapd must act on at once, keep the default
+/// (a wakeup when the reader has caught up).
+#[inline(always)]
+fn data_wakeup() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= limit::WAKE_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }

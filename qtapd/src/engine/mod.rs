@@ -49,6 +49,10 @@ const HEARTBEAT_TICKS: u64 = 5;
 /// The kernel's connection table is swept of exited processes every this
 /// many ticks.
 const SWEEP_TICKS: u64 = 60;
+/// How often the ring is read while a session runs. Data records do not
+/// wake the reader until `limit::WAKE_BYTES` wait unread, so this is the
+/// most a quiet session's event waits in the kernel.
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
 /// Records handled before the engine lets other tasks run: qtapd runs on
 /// one thread, and under a constant load the ring is never empty, so
 /// without this the gRPC streams to followers would never be served.
@@ -720,6 +724,18 @@ impl<K: Selector> Engine<K> {
         }
     }
 
+    /// Handles up to [`RING_BATCH`] ring records; true when the batch
+    /// filled, so more may be waiting.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+        for _ in 0..RING_BATCH {
+            let Some(item) = ring.next() else {
+                return false;
+            };
+            self.handle(&item);
+        }
+        true
+    }
+
     /// Runs until `shutdown`: reads the ring, serves commands, ticks.
     pub async fn run(
         mut self,
@@ -732,32 +748,37 @@ impl<K: Selector> Engine<K> {
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watch the ring buffer fd: {e}"))?;
         let mut ticker = tokio::time::interval(TICK);
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut found = self
             .tls
             .take_found()
             .ok_or_else(|| anyhow::anyhow!("the engine runs once"))?;
+        // A batch was cut short at `RING_BATCH`: read on after the yield.
+        let mut more = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => self.command(command),
                 Some(examined) = found.recv() => self.tls.attach(&mut self.kernel, &examined),
                 _ = ticker.tick() => self.tick(),
+                // Data records arrive without a wakeup (see
+                // `limit::WAKE_BYTES`): collected on this clock while a
+                // session runs, and at once when more is left over.
+                _ = drain.tick(), if more || !self.hub.is_empty() => {
+                    more = self.drain(ring.get_mut());
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    let mut handled = 0;
-                    while handled < RING_BATCH {
-                        let Some(item) = ring.next() else { break };
-                        self.handle(&item);
-                        handled += 1;
-                    }
-                    if handled < RING_BATCH {
+                    more = self.drain(guard.get_inner_mut());
+                    if !more {
                         guard.clear_ready();
-                    } else {
-                        drop(guard);
-                        tokio::task::yield_now().await;
                     }
                 }
+            }
+            if more {
+                tokio::task::yield_now().await;
+                drain.reset_immediately();
             }
         }
         // What the kernel wrote before the stop still reaches the
