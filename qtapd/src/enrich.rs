@@ -5,7 +5,7 @@
 //! process (one `FdState` per fd), replaced when the fd is closed or its
 //! number reused, and dropped when the process execs or exits.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use qtap_common::{
     call, conn_flag, direction, flag, tls_call, Conn, ExecRecord, ForkRecord, Header,
@@ -48,29 +48,11 @@ impl Enricher {
             .clone()
     }
 
-    pub fn syscall(&mut self, rec: &SyscallRecord) -> (Event, Notes) {
+    /// A syscall record: the fd's state follows it; its event is made
+    /// only when `build` (some session that selects it has a follower).
+    pub fn syscall(&mut self, rec: &SyscallRecord, build: bool) -> (Option<Event>, Notes) {
         let hdr = &rec.hdr;
         let pid = hdr.pid;
-        let labels = call_labels(rec.call);
-        let exe = self.exe(pid);
-        let mut event = base(
-            &self.clock,
-            hdr,
-            labels.msg.into(),
-            labels.caller.into(),
-            exe,
-        );
-        event.fd = Some(rec.fd);
-        event.ret = Some(rec.ret);
-        event.error = errno_name(rec.ret);
-        if rec.new_fd >= 0 {
-            event.new_fd = Some(rec.new_fd);
-        }
-        if is_data_call(rec.call) {
-            event.direction = Some(u32::from(rec.direction));
-            event.bytes = Some(rec.bytes);
-            event.peek = rec.flags & flag::PEEK != 0;
-        }
         // A new object on an fd number starts with nothing of the old one.
         if let Some(fd) = created_fd(rec) {
             self.proc(pid).renew(fd);
@@ -81,32 +63,47 @@ impl Enricher {
         let stream = if is_data_call(rec.call) {
             let tls = (rec.flags & flag::IN_TLS != 0).then_some(rec.tls);
             let len = (rec.head_len as usize).min(rec.head.len());
-            let (stream, seen) = state.data_syscall(rec.fd, conn.as_ref(), tls, &rec.head[..len]);
+            let (stream, seen) = state.data_syscall(rec.fd, conn.as_deref(), tls, &rec.head[..len]);
             notes.detected = seen.detected;
-            Some(stream)
+            Some(StreamFields::of(stream))
         } else {
-            state.stream(rec.fd)
+            state.stream(rec.fd).map(StreamFields::of)
         };
-        stream_fields(&mut event, stream);
         notes.bound = stream.is_some_and(|s| s.bound);
-        event.open = Some(conn.is_some());
-        event.conn_info = conn;
+        let event = build.then(|| {
+            let labels = call_labels(rec.call);
+            let exe = self.exe(pid);
+            let mut event = base(
+                &self.clock,
+                hdr,
+                labels.msg.into(),
+                labels.caller.into(),
+                exe,
+            );
+            event.fd = Some(rec.fd);
+            event.ret = Some(rec.ret);
+            event.error = errno_name(rec.ret);
+            if rec.new_fd >= 0 {
+                event.new_fd = Some(rec.new_fd);
+            }
+            if is_data_call(rec.call) {
+                event.direction = Some(u32::from(rec.direction));
+                event.bytes = Some(rec.bytes);
+                event.peek = rec.flags & flag::PEEK != 0;
+            }
+            stream_fields(&mut event, stream);
+            event.open = Some(conn.is_some());
+            event.conn_info = conn.as_deref().cloned();
+            event
+        });
         self.track(rec);
         (event, notes)
     }
 
-    /// A TLS library call: binds, frees, or moves plaintext on an `SSL*`.
-    pub fn tls(&mut self, rec: &TlsRecord) -> (Event, Notes) {
+    /// A TLS library call: binds, frees, or moves plaintext on an `SSL*`;
+    /// its event is made only when `build`.
+    pub fn tls(&mut self, rec: &TlsRecord, build: bool) -> (Option<Event>, Notes) {
         let hdr = &rec.hdr;
-        let labels = tls_call_labels(rec.call);
-        let exe = self.exe(hdr.pid);
-        let mut event = base(
-            &self.clock,
-            hdr,
-            labels.msg.into(),
-            labels.caller.into(),
-            exe,
-        );
         let mut notes = Notes::default();
         let side = match rec.call {
             tls_call::SSL_SET_FD => Some(Side::Both),
@@ -114,17 +111,15 @@ impl Enricher {
             tls_call::SSL_SET_WFD => Some(Side::Write),
             _ => None,
         };
+        let data = side.is_none() && rec.call != tls_call::SSL_FREE;
         let state = self.proc(hdr.pid);
         let fd = if let Some(side) = side {
             state.bind(rec.ssl, rec.fd, side);
             Some(rec.fd)
-        } else if rec.call == tls_call::SSL_FREE {
+        } else if !data {
             state.free(rec.ssl);
             None
         } else {
-            event.direction = Some(u32::from(rec.direction));
-            event.bytes = Some(rec.bytes);
-            event.ret = Some(rec.ret);
             let len = (rec.head_len as usize).min(rec.head.len());
             let ingress = rec.direction == direction::INGRESS;
             state
@@ -134,18 +129,35 @@ impl Enricher {
                     fd
                 })
         };
+        let stream = fd.and_then(|fd| self.proc(hdr.pid).stream(fd).map(StreamFields::of));
+        notes.bound = stream.is_some_and(|s| s.bound);
+        if !build {
+            return (None, notes);
+        }
+        let labels = tls_call_labels(rec.call);
+        let exe = self.exe(hdr.pid);
+        let mut event = base(
+            &self.clock,
+            hdr,
+            labels.msg.into(),
+            labels.caller.into(),
+            exe,
+        );
+        if data {
+            event.direction = Some(u32::from(rec.direction));
+            event.bytes = Some(rec.bytes);
+            event.ret = Some(rec.ret);
+        }
         event.ssl = Some(true);
         event.fd = fd;
         if let Some(fd) = fd {
-            let stream = self.proc(hdr.pid).stream(fd);
-            notes.bound = stream.is_some_and(|s| s.bound);
-            let known = stream.and_then(|s| s.conn.clone());
             stream_fields(&mut event, stream);
-            let conn = known.or_else(|| self.resolve(hdr.pid, fd));
+            let known = self.proc(hdr.pid).stream(fd).and_then(|s| s.conn.clone());
+            let conn = known.or_else(|| self.resolve(hdr.pid, fd).as_deref().cloned());
             event.open = Some(conn.is_some());
             event.conn_info = conn;
         }
-        (event, notes)
+        (Some(event), notes)
     }
 
     /// Keeps the state in step with the fd table the record describes,
@@ -170,21 +182,22 @@ impl Enricher {
     }
 
     /// The connection of the record's fd (for accept: of the new fd).
-    fn conn(&mut self, rec: &SyscallRecord) -> Option<ConnInfo> {
+    fn conn(&mut self, rec: &SyscallRecord) -> Option<Arc<ConnInfo>> {
         let pid = rec.hdr.pid;
         if rec.flags & flag::CONN_KNOWN != 0 {
             let accepted = rec.new_fd >= 0;
             let fd = if accepted { rec.new_fd } else { rec.fd };
             if let Some((conn, info)) = self.proc(pid).fd(fd).and_then(|s| s.kernel_conn.as_ref()) {
                 if *conn == rec.conn && !accepted {
-                    return Some(info.clone());
+                    return Some(Arc::clone(info));
                 }
             }
             let mut info = kernel_conn(&rec.conn);
             if info.local.is_none() && info.family.starts_with("inet") {
                 info.local = self.local_of(rec);
             }
-            self.proc(pid).fd_mut(fd).kernel_conn = Some((rec.conn, info.clone()));
+            let info = Arc::new(info);
+            self.proc(pid).fd_mut(fd).kernel_conn = Some((rec.conn, Arc::clone(&info)));
             return Some(info);
         }
         self.resolve(pid, rec.fd)
@@ -207,26 +220,26 @@ impl Enricher {
         if let Some(local) = self.proc(pid).fd(conn_fd).and_then(|s| s.local.clone()) {
             return local;
         }
-        let local = self.resolve(pid, rec.fd).and_then(|info| info.local);
+        let local = self.resolve(pid, rec.fd).and_then(|info| info.local.clone());
         self.proc(pid).fd_mut(conn_fd).local = Some(local.clone());
         local
     }
 
     /// `/proc` resolution, cached per fd unless the process or fd was
     /// already gone. `None`: not a socket, or gone.
-    fn resolve(&mut self, pid: u32, fd: i32) -> Option<ConnInfo> {
+    fn resolve(&mut self, pid: u32, fd: i32) -> Option<Arc<ConnInfo>> {
         if let Some(known) = self.proc(pid).fd(fd).and_then(|s| s.resolved.clone()) {
             return known;
         }
         let value = match procfs::fd_target(pid, fd) {
-            FdTarget::Socket(info) => Some(info),
-            FdTarget::UnknownSocket => Some(ConnInfo {
+            FdTarget::Socket(info) => Some(Arc::new(info)),
+            FdTarget::UnknownSocket => Some(Arc::new(ConnInfo {
                 family: "unknown".into(),
                 r#type: "unknown".into(),
                 role: "unknown".into(),
                 local: None,
                 remote: None,
-            }),
+            })),
             FdTarget::Other => None,
             FdTarget::Gone => return None,
         };
@@ -288,16 +301,38 @@ fn created_fd(rec: &SyscallRecord) -> Option<i32> {
     }
 }
 
+/// What an event shows of its fd's stream, copied out of the state.
+#[derive(Clone, Copy)]
+struct StreamFields {
+    ssl: bool,
+    bound: bool,
+    protocol: &'static str,
+    tls_version: Option<&'static str>,
+    app_protocol: Option<&'static str>,
+}
+
+impl StreamFields {
+    fn of(stream: &Stream) -> StreamFields {
+        StreamFields {
+            ssl: stream.ssl,
+            bound: stream.bound,
+            protocol: stream.protocol_name(),
+            tls_version: stream.tls_version,
+            app_protocol: stream.app_protocol,
+        }
+    }
+}
+
 /// The fd's stream state as event fields (a fd nothing is known of yet:
 /// no TLS, protocol unknown).
-fn stream_fields(event: &mut Event, stream: Option<&Stream>) {
+fn stream_fields(event: &mut Event, stream: Option<StreamFields>) {
     let Some(stream) = stream else {
         event.ssl = Some(false);
         event.protocol = Some("unknown".into());
         return;
     };
     event.ssl = Some(stream.ssl);
-    event.protocol = Some(stream.protocol_name().into());
+    event.protocol = Some(stream.protocol.into());
     event.tls_version = stream.tls_version.map(Into::into);
     event.app_protocol = stream.app_protocol.map(Into::into);
 }
@@ -371,18 +406,24 @@ mod tests {
         let local = listener.local_addr().unwrap().to_string();
         let gone_fd = 99_999;
         let mut enricher = Enricher::new();
-        let (accept, _) = enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd));
+        let (Some(accept), _) = enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd), true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(
             accept.conn_info.unwrap().local.as_deref(),
             Some(local.as_str())
         );
-        let (write, _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
+        let (Some(write), _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1), true) else {
+            panic!("an event is made when asked for")
+        };
         let conn = write.conn_info.unwrap();
         assert_eq!(conn.local.as_deref(), Some(local.as_str()));
         assert_eq!(conn.remote.as_deref(), Some("127.0.0.1:40000"));
         // After close, the fd number carries nothing over.
-        enricher.syscall(&record(call::CLOSE, gone_fd, -1));
-        let (reused, _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1));
+        enricher.syscall(&record(call::CLOSE, gone_fd, -1), true);
+        let (Some(reused), _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1), true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(reused.conn_info.unwrap().local, None);
     }
 
@@ -411,28 +452,36 @@ mod tests {
         let mut enricher = Enricher::new();
         let mut other = record(call::ACCEPT4, 3, 9);
         other.conn.remote.port = 50_000;
-        enricher.syscall(&other);
-        enricher.syscall(&record(call::ACCEPT4, 3, 5));
-        let (dup, _) = enricher.syscall(&record(call::DUP2, 5, 9));
+        enricher.syscall(&other, true);
+        enricher.syscall(&record(call::ACCEPT4, 3, 5), true);
+        let (Some(dup), _) = enricher.syscall(&record(call::DUP2, 5, 9), true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(dup.new_fd, Some(9));
-        let (on_nine, _) = enricher.syscall(&record(call::WRITEV, 9, -1));
+        let (Some(on_nine), _) = enricher.syscall(&record(call::WRITEV, 9, -1), true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(
             on_nine.conn_info.unwrap().remote.as_deref(),
             Some("127.0.0.1:40000"),
             "9 is 5's connection now, not its old one"
         );
-        enricher.syscall(&record(call::CLOSE, 9, -1));
-        let (on_five, _) = enricher.syscall(&record(call::WRITEV, 5, -1));
+        enricher.syscall(&record(call::CLOSE, 9, -1), true);
+        let (Some(on_five), _) = enricher.syscall(&record(call::WRITEV, 5, -1), true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(
             on_five.conn_info.unwrap().remote.as_deref(),
             Some("127.0.0.1:40000")
         );
         let mut file_dup = record(call::DUP2, 1, 5);
         file_dup.flags = 0;
-        enricher.syscall(&file_dup);
+        enricher.syscall(&file_dup, true);
         let mut plain = record(call::WRITEV, 5, -1);
         plain.flags = 0;
-        let (after, _) = enricher.syscall(&plain);
+        let (Some(after), _) = enricher.syscall(&plain, true) else {
+            panic!("an event is made when asked for")
+        };
         let procs = &enricher.procs[&std::process::id()];
         assert!(
             !procs.fd(5).is_some_and(|s| s.in_kernel),
@@ -447,18 +496,22 @@ mod tests {
     fn exec_starts_afresh_and_exit_purges_the_kept_fds() {
         let pid = std::process::id();
         let mut enricher = Enricher::new();
-        enricher.syscall(&record(call::ACCEPT4, 3, 7));
+        enricher.syscall(&record(call::ACCEPT4, 3, 7), true);
         let mut tls = record(call::WRITEV, 7, -1);
         tls.head_len = 5;
         tls.head[..5].copy_from_slice(&[0x16, 3, 1, 0, 5]);
-        let (hello, _) = enricher.syscall(&tls);
+        let (Some(hello), _) = enricher.syscall(&tls, true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(hello.protocol.as_deref(), Some("tls"));
         let exec = enricher.exec(&exec_record(pid, b"/usr/bin/next"));
         assert_eq!(exec.filename.as_deref(), Some("/usr/bin/next"));
         let mut plain = record(call::WRITEV, 7, -1);
         plain.head_len = 4;
         plain.head[..4].copy_from_slice(b"GET ");
-        let (after, _) = enricher.syscall(&plain);
+        let (Some(after), _) = enricher.syscall(&plain, true) else {
+            panic!("an event is made when asked for")
+        };
         assert_eq!(
             after.protocol.as_deref(),
             Some("http1"),

@@ -5,7 +5,7 @@
 //! nothing about an old fd can outlive it: there is no second cache to
 //! forget.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use qtap_common::Conn;
 use qtap_proto::v1::ConnInfo;
@@ -19,14 +19,14 @@ pub struct FdState {
     /// call or TLS binding says something.
     pub stream: Option<Stream>,
     /// Its connection as `/proc` showed it (`Some(None)`: not a socket).
-    pub resolved: Option<Option<ConnInfo>>,
+    pub resolved: Option<Option<Arc<ConnInfo>>>,
     /// The local address found in user space for a connection the kernel
     /// knows without one (`Some(None)`: looked for, not found).
     pub local: Option<Option<String>>,
     /// `conn_info` made from the kernel's `Conn`, reused while the kernel
     /// reports the same `Conn` (formatting addresses per event was a large
     /// part of qtapd's cost).
-    pub kernel_conn: Option<(Conn, ConnInfo)>,
+    pub kernel_conn: Option<(Conn, Arc<ConnInfo>)>,
     /// The kernel has a `CONNS` entry for it, to purge at exit.
     pub in_kernel: bool,
 }

@@ -572,13 +572,45 @@ impl Hub {
             .any(|s| mask & (1 << s.slot) != 0 && s.spec.filter.wants(module))
     }
 
-    pub fn deliver(&mut self, mask: u64, event: &Event, wants: impl Fn(&Session) -> bool) {
-        for session in self.sessions.values_mut() {
-            if mask & (1 << session.slot) != 0 && wants(session) {
-                let lost_before = session.lost;
-                session.deliver(event.clone(), &mut self.memory);
-                self.queue_losses += session.lost - lost_before;
-            }
+    /// Whether a session in `mask` has a follower: when none has, an event
+    /// for `mask` need not be made at all.
+    #[must_use]
+    pub fn listened(&self, mask: u64) -> bool {
+        mask != 0
+            && self
+                .sessions
+                .values()
+                .any(|s| mask & (1 << s.slot) != 0 && !s.followers.is_empty())
+    }
+
+    /// Hands `event` to the followed sessions of `mask` that want it: a
+    /// copy to each but the last, which gets the event itself. Sessions
+    /// without a follower get nothing (their sequence numbers count what
+    /// was handed to followers).
+    pub fn deliver(
+        &mut self,
+        mask: u64,
+        event: Event,
+        wants: impl Fn(&Session, &Event) -> bool,
+    ) {
+        let mut targets = self
+            .sessions
+            .values_mut()
+            .filter(|s| mask & (1 << s.slot) != 0 && !s.followers.is_empty() && wants(s, &event))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .peekable();
+        let mut event = Some(event);
+        while let Some(session) = targets.next() {
+            let copy = if targets.peek().is_some() {
+                event.clone()
+            } else {
+                event.take()
+            };
+            let Some(copy) = copy else { return };
+            let lost_before = session.lost;
+            session.deliver(copy, &mut self.memory);
+            self.queue_losses += session.lost - lost_before;
         }
     }
 
@@ -712,8 +744,8 @@ mod tests {
         let mut ra = hub.follow(&a, 16).unwrap();
         let mut rb = hub.follow(&b, 16).unwrap();
         let (sa, sb) = (hub.get(&a).unwrap().slot, hub.get(&b).unwrap().slot);
-        hub.deliver(1 << sa | 1 << sb, &event(1), |_| true);
-        hub.deliver(1 << sb, &event(2), |_| true);
+        hub.deliver(1 << sa | 1 << sb, event(1), |_, _| true);
+        hub.deliver(1 << sb, event(2), |_, _| true);
         let got_a = drain(&mut ra);
         let got_b = drain(&mut rb);
         assert_eq!(got_a.len(), 1);
@@ -722,6 +754,23 @@ mod tests {
         assert_eq!((e.session.as_str(), e.seq, e.pid), (b.as_str(), 2, 2));
         let Item::Event(e) = &got_a[0] else { panic!() };
         assert_eq!((e.session.as_str(), e.seq), (a.as_str(), 1));
+    }
+
+    #[test]
+    fn only_sessions_with_a_follower_are_listened_to() {
+        let mut hub = Hub::default();
+        let a = hub.create(spec("pid:1")).unwrap().id.clone();
+        let b = hub.create(spec("pid:2")).unwrap().id.clone();
+        let (sa, sb) = (hub.get(&a).unwrap().slot, hub.get(&b).unwrap().slot);
+        assert!(!hub.listened(1 << sa | 1 << sb), "no follower yet");
+        let mut rb = hub.follow(&b, 16).unwrap();
+        assert!(!hub.listened(1 << sa));
+        assert!(hub.listened(1 << sa | 1 << sb));
+        assert!(!hub.listened(0));
+        hub.deliver(1 << sa | 1 << sb, event(1), |_, _| true);
+        let got = drain(&mut rb);
+        assert!(matches!(&got[..], [Item::Event(e)] if e.seq == 1 && e.session == b));
+        assert_eq!(hub.get(&a).unwrap().delivered, 0);
     }
 
     #[test]
@@ -743,7 +792,7 @@ mod tests {
             payload: b"GET /index.html".to_vec(),
             ..event(1)
         };
-        hub.deliver(0b11, &e, |_| true);
+        hub.deliver(0b11, e.clone(), |_, _| true);
         let payload = |items: Vec<Item>| match &items[..] {
             [Item::Event(e)] => e.payload.clone(),
             other => panic!("{other:?}"),
@@ -760,7 +809,7 @@ mod tests {
         let mut lagging = hub.follow(&id, 4).unwrap();
         let mut fast = hub.follow(&id, 1024).unwrap();
         for n in 0..10 {
-            hub.deliver(1 << slot, &event(n), |_| true);
+            hub.deliver(1 << slot, event(n), |_, _| true);
         }
         // The fast follower got everything; the slow one 4, then lost 6.
         assert_eq!(drain(&mut fast).len(), 10);
@@ -769,7 +818,7 @@ mod tests {
         assert_eq!((s.delivered, s.lost), (14, 6));
         assert_eq!(hub.queue_losses, 6);
         // With room again, the next delivery is preceded by the loss count.
-        hub.deliver(1 << slot, &event(99), |_| true);
+        hub.deliver(1 << slot, event(99), |_, _| true);
         let items = drain(&mut lagging);
         assert!(
             matches!(&items[0], Item::Lost(l) if l.count == 6 && l.stage == LossStage::DaemonQueue as i32)
@@ -794,7 +843,7 @@ mod tests {
         let slot = hub.get(&id).unwrap().slot;
         let mut rx = hub.follow(&id, 4).unwrap();
         for n in 0..10 {
-            hub.deliver(1 << slot, &event(n), |_| true);
+            hub.deliver(1 << slot, event(n), |_, _| true);
         }
         let session = hub.remove(&id, &stopped()).unwrap();
         drop(session);
@@ -918,7 +967,7 @@ mod tests {
                         match step {
                             Step::Deliver(n) => {
                                 for _ in 0..n {
-                                    hub.deliver(1 << slot, &event(1), |_| true);
+                                    hub.deliver(1 << slot, event(1), |_, _| true);
                                     offered += 1;
                                 }
                             }
@@ -969,13 +1018,13 @@ mod tests {
             )
             .unwrap();
         for _ in 0..10 {
-            hub.deliver(1 << slot, &big, |_| true);
+            hub.deliver(1 << slot, big.clone(), |_, _| true);
         }
         assert_eq!(hub.queued_bytes(), budget);
         assert_eq!(hub.get(&id).unwrap().lost, 7);
         assert_eq!(drain(&mut rx).len(), 3);
         // Taken: the next event fits again, after the loss notice.
-        hub.deliver(1 << slot, &big, |_| true);
+        hub.deliver(1 << slot, big.clone(), |_, _| true);
         let items = drain(&mut rx);
         assert!(
             matches!(items[0], Item::Lost(Lost { count: 7, .. })),
@@ -986,7 +1035,7 @@ mod tests {
         // is stopped by it.
         let mut other = hub.follow(&id, 100).unwrap();
         for _ in 0..20 {
-            hub.deliver(1 << slot, &big, |_| true);
+            hub.deliver(1 << slot, big.clone(), |_, _| true);
         }
         assert!(hub.queued_bytes() <= 10_000, "{}", hub.queued_bytes());
         let taken = drain(&mut other).len() as u64;

@@ -549,7 +549,7 @@ impl<K: Selector> Engine<K> {
                     self.tls.watch(hdr.pid);
                 }
                 self.hub
-                    .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
+                    .deliver(mask, event, |s, _| s.spec.filter.wants(Module::Process));
             }
             Record::Creds(_) => {
                 self.access.deny(hdr.pid);
@@ -563,7 +563,7 @@ impl<K: Selector> Engine<K> {
                 let event = self.enricher.fork(&rec);
                 let mask = self.admit(&hdr);
                 self.hub
-                    .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
+                    .deliver(mask, event, |s, _| s.spec.filter.wants(Module::Process));
             }
             Record::Exit(_) => {
                 let mask = self.admit(&hdr);
@@ -571,21 +571,26 @@ impl<K: Selector> Engine<K> {
                 self.kernel.forget_conns(hdr.pid, fds);
                 self.access.forget(hdr.pid);
                 self.hub
-                    .deliver(mask, &event, |s| s.spec.filter.wants(Module::Process));
+                    .deliver(mask, event, |s, _| s.spec.filter.wants(Module::Process));
             }
             Record::Syscall(rec, payload) => {
                 // Enriched even when delivered to no one: the fd state
-                // must follow the process.
+                // must follow the process. The event is made only for a
+                // session with a follower.
                 let mask = self.admit(&hdr);
-                let (mut event, notes) = self.enricher.syscall(&rec);
-                event.payload = payload.to_vec();
-                self.deliver_fd_event(mask, &event, notes, Module::Socket);
+                let build = self.hub.listened(mask);
+                if let (Some(mut event), notes) = self.enricher.syscall(&rec, build) {
+                    event.payload = payload.to_vec();
+                    self.deliver_fd_event(mask, event, notes, Module::Socket);
+                }
             }
             Record::Tls(rec, payload) => {
                 let mask = self.admit(&hdr);
-                let (mut event, notes) = self.enricher.tls(&rec);
-                event.payload = payload.to_vec();
-                self.deliver_fd_event(mask, &event, notes, Module::Openssl);
+                let build = self.hub.listened(mask);
+                if let (Some(mut event), notes) = self.enricher.tls(&rec, build) {
+                    event.payload = payload.to_vec();
+                    self.deliver_fd_event(mask, event, notes, Module::Openssl);
+                }
             }
         }
     }
@@ -609,17 +614,21 @@ impl<K: Selector> Engine<K> {
 
     /// Delivers an event about an fd to the sessions of `module`, and the
     /// events derived from it to the sessions of `protocol` and `data`.
-    fn deliver_fd_event(&mut self, mask: u64, event: &Event, notes: Notes, module: Module) {
-        let wants = |m: Module| move |s: &Session| s.spec.filter.wants(m) && passes_ports(s, event);
+    fn deliver_fd_event(&mut self, mask: u64, event: Event, notes: Notes, module: Module) {
+        let wants = |m: Module| move |s: &Session, e: &Event| s.spec.filter.wants(m) && passes_ports(s, e);
+        let detected = (notes.detected && self.hub.wanted(mask, Module::Protocol))
+            .then(|| derived::protocol_event(&event));
+        let data = if self.hub.wanted(mask, Module::Data) {
+            derived::data_event(&event, notes)
+        } else {
+            None
+        };
         self.hub.deliver(mask, event, wants(module));
-        if notes.detected && self.hub.wanted(mask, Module::Protocol) {
-            let detected = derived::protocol_event(event);
-            self.hub.deliver(mask, &detected, wants(Module::Protocol));
+        if let Some(detected) = detected {
+            self.hub.deliver(mask, detected, wants(Module::Protocol));
         }
-        if self.hub.wanted(mask, Module::Data) {
-            if let Some(data) = derived::data_event(event, notes) {
-                self.hub.deliver(mask, &data, wants(Module::Data));
-            }
+        if let Some(data) = data {
+            self.hub.deliver(mask, data, wants(Module::Data));
         }
     }
 
