@@ -16,6 +16,7 @@ loadgen=$(realpath "$3")
 rounds=${ROUNDS:-5}
 duration=${DURATION:-5}
 connections=${CONNECTIONS:-32}
+threads=${THREADS:-1}
 port=18181
 work=$(mktemp -d /tmp/qtap-bench.XXXXXX)
 chmod 755 "$work"
@@ -44,7 +45,8 @@ events { worker_connections 1024; }
 http {
   access_log off; keepalive_requests 1000000;
   client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$port; root $work/html; location / { } }
+  server { listen 127.0.0.1:$port; root $work/html; location / { }
+           location = /ok { return 200 "ok\\n"; } }
   server { listen 127.0.0.1:$tls_port ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
            root $work/html; location / { } }
 }
@@ -63,6 +65,9 @@ start_qtapd() {
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+status_field() { # status_field 'records decoded' N: the N-th word of that status line
+	"${ctl[@]}" status | awk -v k="$1" -v n="$2" 'index($0, k) == 1 {print $n}'
+}
 
 # One wrk run: prints "req_per_s p50_ms p99_ms". With a rate: as many
 # connections as that needs at a 10 ms pause between a response and the
@@ -73,7 +78,7 @@ load() {
 	if ((rate > 0)); then
 		args=(-c"$((rate / 100))" -s "$work/pace.lua")
 	fi
-	wrk -t2 "${args[@]}" -d"${duration}s" --latency "${url:-http://127.0.0.1:$port/}" >"$work/wrk.out"
+	wrk -t"$threads" "${args[@]}" -d"${duration}s" --latency "${url:-http://127.0.0.1:$port/}" >"$work/wrk.out"
 	local rps p50 p99
 	rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
 	p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.out")
@@ -87,24 +92,63 @@ to_ms() { # wrk prints 1.23ms / 456.00us / 1.10s
 echo 'function delay() return 10 end' >"$work/pace.lua"
 
 # A session selecting nginx (with more modules given as $1), and a JSON
-# follower: sets follower_pid.
+# follower writing to a file: sets id and follower_pid.
 follow_nginx() {
 	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:nginx")
-	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >/dev/null 2>"$work/follow.err" &
+	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
 	follower_pid=$!
 	sleep 0.5
 }
 
-scenarios=(baseline idle other nginx https_base https strace)
-command -v bpftrace >/dev/null && scenarios+=(bpftrace)
+# After a follower scenario's load: stops the session, waits for the
+# follower to finish its stream, and checks that it received every event
+# the session offered it. Appends "offered received lost kernel_lost ok"
+# to accounting[$1]; ok is 0 when the follower received fewer events than
+# were offered without being told of the difference (a ratio bought by
+# losing events), then the run fails at the end.
+account() {
+	local s=$1 records stopped offered lost received told kernel
+	sleep 0.3 # the last records out of the ring (drained every 5 ms)
+	records=$(status_field 'records decoded' 3)
+	kernel=$("${ctl[@]}" status | awk '/^lost/ {print $4} /^table overflows/ {print $4 + $6 + $8 + $10}' | awk '{n += $1} END {print n + 0}')
+	# "stopped ID: D events delivered, L lost"
+	stopped=$("${ctl[@]}" trace stop "$id")
+	offered=$(echo "$stopped" | awk '{print $3 + $6}')
+	lost=$(echo "$stopped" | awk '{print $6}')
+	wait "$follower_pid" 2>/dev/null || true
+	# The follower's last line: "qtapctl: N events, M lost (...)".
+	local queue_told
+	read -r received told queue_told < <(grep -h 'events,' "$work/follow.err" | tail -1 | tr -d '(),' | awk '{print $2, $4, $6}')
+	local ok=1
+	# A mod:socket/openssl session selecting nginx alone turns each kernel
+	# record into one event: what the kernel produced is what is offered.
+	((records == offered && received + queue_told == offered && queue_told == lost)) || ok=0
+	echo "bench: $s: kernel records $records, offered $offered, received $received, told lost $told, kernel lost $kernel" >&2
+	accounting[$s]+="$records $offered $received $lost $kernel $ok;"
+}
+
+url_static="http://127.0.0.1:$port/"
+url_ok="http://127.0.0.1:$port/ok"
+scenarios=(baseline idle other quiet nginx ok_base ok_quiet ok_nginx https_base https strace)
+command -v bpftrace >/dev/null && scenarios+=(bpftrace bpfcount)
 fixed_rates=(1000 10000)
 for r in "${fixed_rates[@]}"; do scenarios+=("base@$r" "qtap@$r"); done
-declare -A rps p50 p99 extra
+declare -A rps p50 p99 extra accounting
+
+# nginx's syscalls as bpftrace probes (enter and exit of each).
+nginx_calls="read write writev recvfrom"
+bpftrace_probes() {
+	local c out=()
+	for c in $nginx_calls; do out+=("tracepoint:syscalls:sys_$1_$c"); done
+	local IFS=,
+	echo "${out[*]}"
+}
 
 run_scenario() {
-	local s=$1 aux=() result
+	local s=$1 aux=() result url=$url_static
+	[[ $s == ok_* ]] && url=$url_ok
 	case $s in
-	baseline) result=$(load) ;;
+	baseline | ok_base) result=$(load) ;;
 	idle)
 		start_qtapd
 		result=$(load)
@@ -116,12 +160,19 @@ run_scenario() {
 		result=$(load)
 		stop_pid "$qtapd_pid"
 		;;
+	quiet | ok_quiet)
+		start_qtapd
+		"${ctl[@]}" trace start --filter 'mod:socket,exe.contains:nginx' >/dev/null
+		sleep 0.5
+		result=$(load)
+		stop_pid "$qtapd_pid"
+		;;
 	https_base) result=$(url="https://127.0.0.1:$tls_port/" load) ;;
 	https)
 		start_qtapd
 		follow_nginx "mod:openssl,"
 		result=$(url="https://127.0.0.1:$tls_port/" load)
-		stop_pid "$follower_pid"
+		account "$s"
 		stop_pid "$qtapd_pid"
 		;;
 	base@*) result=$(load "${s#*@}") ;;
@@ -132,24 +183,22 @@ run_scenario() {
 		t0=$(($(cpu_ticks "$qtapd_pid") + $(cpu_ticks "$follower_pid")))
 		result=$(load "${s#*@}")
 		extra[$s]+="$(($(cpu_ticks "$qtapd_pid") + $(cpu_ticks "$follower_pid") - t0)) "
-		stop_pid "$follower_pid"
+		account "$s"
 		stop_pid "$qtapd_pid"
 		;;
-	nginx)
+	nginx | ok_nginx)
 		start_qtapd
 		follow_nginx
-		aux+=("$follower_pid")
 		local before after
 		before=$(cpu_ticks "$qtapd_pid")
 		result=$(load)
 		after=$(cpu_ticks "$qtapd_pid")
-		local records rss
-		records=$("${ctl[@]}" status | awk '/records decoded/ {print $3}')
+		local rss
 		rss=$(awk '/VmHWM/ {print $2}' "/proc/$qtapd_pid/status")
-		local lost
-		lost=$("${ctl[@]}" trace list | awk -v id="$id" '$1 == id {print $(NF-3)}')
-		extra[nginx]+="records=$records cpu_ticks=$((after - before)) peak_rss_kib=$rss lost=$lost;"
-		stop_pid "${aux[0]}"
+		account "$s"
+		local records
+		records=$(status_field 'records decoded' 3)
+		extra[$s]+="records=$records cpu_ticks=$((after - before)) peak_rss_kib=$rss;"
 		stop_pid "$qtapd_pid"
 		;;
 	strace)
@@ -160,7 +209,14 @@ run_scenario() {
 		stop_pid "${aux[0]}"
 		;;
 	bpftrace)
-		bpftrace -e "tracepoint:syscalls:sys_exit_read,tracepoint:syscalls:sys_exit_write,tracepoint:syscalls:sys_exit_writev,tracepoint:syscalls:sys_exit_recvfrom /pid == $worker/ { printf(\"%s %d\\n\", probe, args->ret); }" >"$work/bpftrace.out" 2>&1 &
+		bpftrace -e "$(bpftrace_probes exit) /pid == $worker/ { printf(\"%s %d\\n\", probe, args->ret); }" >"$work/bpftrace.out" 2>&1 &
+		aux+=($!)
+		sleep 3
+		result=$(load)
+		stop_pid "${aux[0]}"
+		;;
+	bpfcount)
+		bpftrace -e "$(bpftrace_probes enter),$(bpftrace_probes exit) /pid == $worker/ { @[probe] = count(); }" >"$work/bpftrace.out" 2>&1 &
 		aux+=($!)
 		sleep 3
 		result=$(load)
@@ -187,15 +243,34 @@ declare -A label=(
 	[baseline]="1. baseline (no qtapd)"
 	[idle]="2. qtapd running, no session"
 	[other]="3. session selecting another program"
+	[quiet]="4q. session selecting nginx, no follower"
 	[nginx]="4. session selecting nginx, one json follower"
+	[ok_base]="7a. \`return 200\` baseline (no qtapd); the × columns of 7a–7 are against it"
+	[ok_quiet]="7q. \`return 200\`, session selecting nginx, no follower"
+	[ok_nginx]="7. \`return 200\`, session selecting nginx, one json follower"
 	[https_base]="5a. HTTPS baseline (no qtapd); the × columns of 5a and 5 are against it"
 	[https]="5. HTTPS, session with mod:socket,mod:openssl selecting nginx, one json follower"
 	[strace]="6a. strace -f -p <worker> to a file"
-	[bpftrace]="6b. bpftrace printing nginx's read/write/writev/recvfrom"
+	[bpftrace]="6b. bpftrace printing each exit of nginx's $nginx_calls"
+	[bpfcount]="6c. bpftrace counting enter and exit of nginx's $nginx_calls in a map (the cost of probes alone)"
 )
+# Per follower scenario, summed over rounds: the kernel's records for
+# nginx, the events the session offered its follower, what the follower
+# received, queue and kernel losses, and whether every round accounted
+# for every event.
+events_of() {
+	echo "${accounting[$1]:-}" | tr ';' '\n' | grep -v '^$' | awk '
+		{ rec += $1; o += $2; r += $3; l += $4; k += $5; if (!$6) bad++ }
+		END { if (NR) printf "%d | %d | %d | %d | %d | %s", rec, o, r, l, k, bad ? "**NO**" : (l + k ? "yes, losses told" : "yes, none lost"); else printf "| | | | |" }'
+}
+failed=0
+for s in "${!accounting[@]}"; do
+	[[ ${accounting[$s]} == *" 0;"* ]] && failed=1
+	true
+done
 table=$(
-	echo "| scenario | req/s (median) | min–max | × baseline | p50 ms (× base) | p99 ms (× base) |"
-	echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+	echo "| scenario | req/s (median) | min–max | × baseline | p50 ms (× base) | p99 ms (× base) | kernel records | events offered | received | lost in queue | lost in kernel | every event accounted |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 	for s in "${scenarios[@]}"; do
 		[[ $s == *@* ]] && continue
 		r=$(echo "${rps[$s]}" | median)
@@ -203,10 +278,12 @@ table=$(
 		b=$(echo "${p99[$s]}" | median)
 		against=baseline
 		[[ $s == https* ]] && against=https_base
+		[[ $s == ok_* ]] && against=ok_base
 		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" \
 			-v base="$(echo "${rps[$against]}" | median)" -v a="$a" -v b="$b" \
 			-v ba="$(echo "${p50[$against]}" | median)" -v bb="$(echo "${p99[$against]}" | median)" \
-			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.3f (%.2f) | %.3f (%.2f) |\n", l, r, mm, r / base, a, a / ba, b, b / bb }'
+			-v ev="$(events_of "$s")" \
+			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.3f (%.2f) | %.3f (%.2f) | %s |\n", l, r, mm, r / base, a, a / ba, b, b / bb, ev }'
 	done
 )
 
@@ -227,9 +304,12 @@ fixed=$(
 )
 
 # qtapd's own cost in scenario 4, per 1k events: CPU ticks are 10 ms.
-cost=$(echo "${extra[nginx]}" | tr ';' '\n' | grep -v '^$' | awk '
+cost_of() {
+	echo "${extra[$1]}" | tr ';' '\n' | grep -v '^$' | awk -v name="$2" '
 	{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
-	END { printf "qtapd in scenario 4 (sum over %d rounds): %d kernel records decoded, %.2f ms CPU (user+sys) per 1k records, peak RSS %d KiB (last round), follower lost %d", n, v["records"], v["cpu_ticks"] * 10 / (v["records"] / 1000), v["peak_rss_kib"] / n, v["lost"] }')
+	END { printf "qtapd in scenario %s (sum over %d rounds): %d kernel records decoded, %.2f ms CPU (user+sys) per 1k records, peak RSS %d KiB (mean)", name, n, v["records"], v["cpu_ticks"] * 10 / (v["records"] / 1000), v["peak_rss_kib"] / n }'
+}
+cost="$(cost_of nginx 4); $(cost_of ok_nginx 7)"
 
 # Criterion micro-benchmarks of the per-event hot path (qtapd/benches,
 # qtapctl/benches): one row per benchmark, the median estimate.
@@ -251,7 +331,7 @@ report=$(
 # qtap benchmarks
 
 Machine: $machine. Measured $(date -u +%Y-%m-%d).
-Reproduce: \`sudo make bench\` (ROUNDS=$rounds, DURATION=${duration}s, wrk -t2 -c$connections, keep-alive, one nginx worker, a 17-byte static file).
+Reproduce: \`sudo make bench\` (ROUNDS=$rounds, DURATION=${duration}s, wrk -t$threads -c$connections, keep-alive, one nginx worker, a 17-byte static file; scenarios 7 a \`return 200\` location, no file I/O).
 Scenarios run in alternation, $rounds rounds; figures are medians, min–max is the spread of req/s.
 
 $table
@@ -286,3 +366,7 @@ MD
 )
 echo "$report"
 echo "$report" >"$(dirname "$0")/../docs/benchmarks.md"
+if ((failed)); then
+	echo "bench: a follower received fewer events than were offered to it without being told (see the table)" >&2
+	exit 1
+fi

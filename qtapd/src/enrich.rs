@@ -220,7 +220,9 @@ impl Enricher {
         if let Some(local) = self.proc(pid).fd(conn_fd).and_then(|s| s.local.clone()) {
             return local;
         }
-        let local = self.resolve(pid, rec.fd).and_then(|info| info.local.clone());
+        let local = self
+            .resolve(pid, rec.fd)
+            .and_then(|info| info.local.clone());
         self.proc(pid).fd_mut(conn_fd).local = Some(local.clone());
         local
     }
@@ -406,7 +408,9 @@ mod tests {
         let local = listener.local_addr().unwrap().to_string();
         let gone_fd = 99_999;
         let mut enricher = Enricher::new();
-        let (Some(accept), _) = enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd), true) else {
+        let (Some(accept), _) =
+            enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd), true)
+        else {
             panic!("an event is made when asked for")
         };
         assert_eq!(

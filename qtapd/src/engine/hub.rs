@@ -587,12 +587,7 @@ impl Hub {
     /// copy to each but the last, which gets the event itself. Sessions
     /// without a follower get nothing (their sequence numbers count what
     /// was handed to followers).
-    pub fn deliver(
-        &mut self,
-        mask: u64,
-        event: Event,
-        wants: impl Fn(&Session, &Event) -> bool,
-    ) {
+    pub fn deliver(&mut self, mask: u64, event: Event, wants: impl Fn(&Session, &Event) -> bool) {
         let mut targets = self
             .sessions
             .values_mut()

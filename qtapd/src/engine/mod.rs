@@ -615,7 +615,8 @@ impl<K: Selector> Engine<K> {
     /// Delivers an event about an fd to the sessions of `module`, and the
     /// events derived from it to the sessions of `protocol` and `data`.
     fn deliver_fd_event(&mut self, mask: u64, event: Event, notes: Notes, module: Module) {
-        let wants = |m: Module| move |s: &Session, e: &Event| s.spec.filter.wants(m) && passes_ports(s, e);
+        let wants =
+            |m: Module| move |s: &Session, e: &Event| s.spec.filter.wants(m) && passes_ports(s, e);
         let detected = (notes.detected && self.hub.wanted(mask, Module::Protocol))
             .then(|| derived::protocol_event(&event));
         let data = if self.hub.wanted(mask, Module::Data) {
