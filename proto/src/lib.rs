@@ -10,7 +10,9 @@ pub mod v1 {
     tonic::include_proto!("qtap.v1");
 }
 
+pub mod compact;
 pub mod json;
+pub mod time;
 
 impl v1::LossStage {
     /// Where the loss happened, for a person.

@@ -55,7 +55,12 @@ enum Command {
     #[command(subcommand)]
     Trace(TraceCommand),
     /// The daemon's version, kernel, programs and counters.
-    Status,
+    Status {
+        /// console: aligned lines; json: one object (the counters under
+        /// "counters", named as in qtap.v1.Counters)
+        #[arg(long, value_enum, default_value_t = Output::Console)]
+        output: Output,
+    },
     /// Asks qtapd's standard gRPC health service (grpc.health.v1); exits 0
     /// only when it answers SERVING. For liveness and readiness probes.
     Health {
@@ -246,7 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let command = command.clone();
                 async move {
                     match command {
-                        Command::Status => cmd::status::run(&conn).await,
+                        Command::Status { output } => cmd::status::run(&conn, output).await,
                         Command::Health { service } => cmd::health::run(&conn, service).await,
                         Command::Trace(TraceCommand::Stop { id }) => {
                             cmd::trace::stop(&conn, id).await

@@ -6,11 +6,16 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use prost::Message;
 use qtap_common::{
     call, conn_flag, direction, family, flag, kind, role, Addr, Conn, Header, SyscallRecord,
     ABI_VERSION,
 };
-use qtapd::{enrich::Enricher, events::decode::decode, filter::Filter, protocol};
+use qtap_proto::time::Rfc3339;
+use qtapd::{
+    engine::item::Delivered, enrich::Enricher, events::decode::decode, filter::Filter,
+    grpc::compact::Encoder, protocol,
+};
 
 fn record() -> SyscallRecord {
     let ip = |last| Addr {
@@ -78,11 +83,38 @@ fn hot_path(c: &mut Criterion) {
     let (Some(event), _) = Enricher::new().syscall(&rec, true) else {
         return;
     };
+    let delivered = Delivered {
+        event: std::sync::Arc::new(event),
+        session: "s1".into(),
+        seq: 1,
+        capture: 0,
+    };
+    let mut time = Rfc3339::new();
+    let mut wire = Vec::with_capacity(1024);
+    group.bench_function("plain message of an event (Event, encoded)", |b| {
+        b.iter(|| {
+            wire.clear();
+            black_box(&delivered)
+                .to_wire(&mut time)
+                .encode(&mut wire)
+                .unwrap();
+        });
+    });
+    let mut encoder = Encoder::new();
+    group.bench_function("compact record of an event", |b| {
+        b.iter(|| {
+            encoder.push(black_box(&delivered));
+            if encoder.len() >= 512 {
+                black_box(encoder.take());
+            }
+        });
+    });
+    let message = delivered.to_wire(&mut time);
     let mut line = Vec::with_capacity(1024);
     group.bench_function("JSON line of an event", |b| {
         b.iter(|| {
             line.clear();
-            qtap_proto::json::write_line(&mut line, black_box(&event)).unwrap();
+            qtap_proto::json::write_line(&mut line, black_box(&message)).unwrap();
         });
     });
     group.bench_function("detect the protocol of first bytes", |b| {

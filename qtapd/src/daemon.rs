@@ -5,7 +5,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use qtap_proto::v1::{follow_item::Item, qtap_server::QtapServer, LossStage};
+use qtap_proto::{
+    time::Rfc3339,
+    v1::{qtap_server::QtapServer, LossStage},
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +19,7 @@ use crate::{
     ebpf::{Kernel, Selector},
     engine::{
         hub::{Owner, Spec},
+        item::Item,
         Caller, Engine, Target,
     },
     filter::Filter,
@@ -79,24 +83,24 @@ pub async fn bpf_trace(
     let printer_stop = shutdown.clone();
     let printer = tokio::spawn(async move {
         let mut log = log;
+        let mut time = Rfc3339::new();
         while let Some(item) = follower.recv().await {
-            match item.item {
-                Some(Item::Event(event)) => {
+            match item {
+                Item::Event(delivered) => {
                     if let Some(log) = log.as_mut() {
-                        if let Err(error) = log.emit(&event) {
+                        if let Err(error) = log.emit(&delivered.to_wire(&mut time)) {
                             info!(%error, "stdout closed; stopping");
                             printer_stop.cancel();
                             return;
                         }
                     }
                 }
-                Some(Item::Lost(lost)) => {
+                Item::Lost(lost) => {
                     let stage = LossStage::try_from(lost.stage).unwrap_or_default();
                     warn!(stage = stage.meaning(), lost = lost.count, "events lost");
                 }
-                // Batches are made by the gRPC stream, never queued; the
-                // end is qtapd's own shutdown, logged by `run`.
-                Some(Item::Heartbeat(_) | Item::Batch(_) | Item::End(_)) | None => {}
+                // The end is qtapd's own shutdown, logged by `run`.
+                Item::Heartbeat(_) | Item::End(_) => {}
             }
         }
     });

@@ -15,7 +15,7 @@ use qtap_common::{
 use crate::{
     events::{
         addr_text, base, call_labels, derived::Notes, errno_name, family_name, is_data_call,
-        role_name, tls_call_labels, type_name, Clock, ConnInfo, Event,
+        role_name, tls_call_labels, type_name, ConnInfo, Event, Text,
     },
     procfs::{self, FdTarget},
     state::ProcState,
@@ -25,7 +25,6 @@ use crate::{
 /// Per-process and per-fd knowledge.
 #[derive(Default)]
 pub struct Enricher {
-    clock: Clock,
     procs: HashMap<u32, ProcState>,
 }
 
@@ -41,11 +40,12 @@ impl Enricher {
     }
 
     /// The exe of `pid`: from its exec if seen, else `/proc`, once.
-    pub fn exe(&mut self, pid: u32) -> String {
-        self.proc(pid)
+    pub fn exe(&mut self, pid: u32) -> Text {
+        let exe = self
+            .proc(pid)
             .exe
-            .get_or_insert_with(|| procfs::exe(pid).unwrap_or_default())
-            .clone()
+            .get_or_insert_with(|| procfs::exe(pid).unwrap_or_default().into());
+        Text::Shared(Arc::clone(exe))
     }
 
     /// A syscall record: the fd's state follows it; its event is made
@@ -63,7 +63,7 @@ impl Enricher {
         let stream = if is_data_call(rec.call) {
             let tls = (rec.flags & flag::IN_TLS != 0).then_some(rec.tls);
             let len = (rec.head_len as usize).min(rec.head.len());
-            let (stream, seen) = state.data_syscall(rec.fd, conn.as_deref(), tls, &rec.head[..len]);
+            let (stream, seen) = state.data_syscall(rec.fd, conn.as_ref(), tls, &rec.head[..len]);
             notes.detected = seen.detected;
             Some(StreamFields::of(stream))
         } else {
@@ -73,13 +73,7 @@ impl Enricher {
         let event = build.then(|| {
             let labels = call_labels(rec.call);
             let exe = self.exe(pid);
-            let mut event = base(
-                &self.clock,
-                hdr,
-                labels.msg.into(),
-                labels.caller.into(),
-                exe,
-            );
+            let mut event = base(hdr, labels.msg, labels.caller, exe);
             event.fd = Some(rec.fd);
             event.ret = Some(rec.ret);
             event.error = errno_name(rec.ret);
@@ -93,7 +87,7 @@ impl Enricher {
             }
             stream_fields(&mut event, stream);
             event.open = Some(conn.is_some());
-            event.conn_info = conn.as_deref().cloned();
+            event.conn_info = conn;
             event
         });
         self.track(rec);
@@ -136,13 +130,7 @@ impl Enricher {
         }
         let labels = tls_call_labels(rec.call);
         let exe = self.exe(hdr.pid);
-        let mut event = base(
-            &self.clock,
-            hdr,
-            labels.msg.into(),
-            labels.caller.into(),
-            exe,
-        );
+        let mut event = base(hdr, labels.msg, labels.caller, exe);
         if data {
             event.direction = Some(u32::from(rec.direction));
             event.bytes = Some(rec.bytes);
@@ -153,7 +141,7 @@ impl Enricher {
         if let Some(fd) = fd {
             stream_fields(&mut event, stream);
             let known = self.proc(hdr.pid).stream(fd).and_then(|s| s.conn.clone());
-            let conn = known.or_else(|| self.resolve(hdr.pid, fd).as_deref().cloned());
+            let conn = known.or_else(|| self.resolve(hdr.pid, fd));
             event.open = Some(conn.is_some());
             event.conn_info = conn;
         }
@@ -251,19 +239,31 @@ impl Enricher {
 
     pub fn exec(&mut self, rec: &ExecRecord) -> Event {
         let len = (rec.filename_len as usize).min(rec.filename.len());
-        let filename = String::from_utf8_lossy(&rec.filename[..len]).into_owned();
+        let filename: Arc<str> = String::from_utf8_lossy(&rec.filename[..len]).into();
         let pid = rec.hdr.pid;
-        let after = self.proc(pid).after_exec(filename.clone());
+        let after = self.proc(pid).after_exec(Arc::clone(&filename));
         self.procs.insert(pid, after);
-        let mut event = self.process(&rec.hdr, "exec", filename.clone());
-        event.filename = Some(filename);
+        let mut event = base(
+            &rec.hdr,
+            "process/exec",
+            "tracepoint/sched/sched_process_exec",
+            Text::Shared(Arc::clone(&filename)),
+        );
+        event.filename = Some(Text::Shared(filename));
         event
     }
 
     pub fn fork(&mut self, rec: &ForkRecord) -> Event {
         let exe = self.exe(rec.hdr.pid);
-        self.proc(rec.child_pid).exe = Some(exe.clone());
-        let mut event = self.process(&rec.hdr, "fork", exe);
+        if let Text::Shared(shared) = &exe {
+            self.proc(rec.child_pid).exe = Some(Arc::clone(shared));
+        }
+        let mut event = base(
+            &rec.hdr,
+            "process/fork",
+            "tracepoint/sched/sched_process_fork",
+            exe,
+        );
         event.child_pid = Some(rec.child_pid);
         event
     }
@@ -271,23 +271,18 @@ impl Enricher {
     /// The process is gone: returns the fds whose kernel entries to purge.
     pub fn exit(&mut self, hdr: &Header) -> (Event, Vec<u32>) {
         let exe = self.exe(hdr.pid);
-        let event = self.process(hdr, "exit", exe);
+        let event = base(
+            hdr,
+            "process/exit",
+            "tracepoint/sched/sched_process_exit",
+            exe,
+        );
         let fds = self
             .procs
             .remove(&hdr.pid)
             .map(|p| p.kernel_fds())
             .unwrap_or_default();
         (event, fds)
-    }
-
-    fn process(&self, hdr: &Header, what: &str, exe: String) -> Event {
-        base(
-            &self.clock,
-            hdr,
-            format!("process/{what}"),
-            format!("tracepoint/sched/sched_process_{what}"),
-            exe,
-        )
     }
 }
 
@@ -330,13 +325,13 @@ impl StreamFields {
 fn stream_fields(event: &mut Event, stream: Option<StreamFields>) {
     let Some(stream) = stream else {
         event.ssl = Some(false);
-        event.protocol = Some("unknown".into());
+        event.protocol = Some("unknown");
         return;
     };
     event.ssl = Some(stream.ssl);
-    event.protocol = Some(stream.protocol.into());
-    event.tls_version = stream.tls_version.map(Into::into);
-    event.app_protocol = stream.app_protocol.map(Into::into);
+    event.protocol = Some(stream.protocol);
+    event.tls_version = stream.tls_version;
+    event.app_protocol = stream.app_protocol;
 }
 
 /// `conn_info` from the kernel's `Conn`.
@@ -507,21 +502,20 @@ mod tests {
         let (Some(hello), _) = enricher.syscall(&tls, true) else {
             panic!("an event is made when asked for")
         };
-        assert_eq!(hello.protocol.as_deref(), Some("tls"));
+        assert_eq!(hello.protocol, Some("tls"));
         let exec = enricher.exec(&exec_record(pid, b"/usr/bin/next"));
-        assert_eq!(exec.filename.as_deref(), Some("/usr/bin/next"));
+        assert_eq!(
+            exec.filename.as_ref().map(Text::as_str),
+            Some("/usr/bin/next")
+        );
         let mut plain = record(call::WRITEV, 7, -1);
         plain.head_len = 4;
         plain.head[..4].copy_from_slice(b"GET ");
         let (Some(after), _) = enricher.syscall(&plain, true) else {
             panic!("an event is made when asked for")
         };
-        assert_eq!(
-            after.protocol.as_deref(),
-            Some("http1"),
-            "no TLS carried over"
-        );
-        assert_eq!(after.exe, "/usr/bin/next");
+        assert_eq!(after.protocol, Some("http1"), "no TLS carried over");
+        assert_eq!(after.exe.as_str(), "/usr/bin/next");
         let (_, purge) = enricher.exit(&Header {
             pid,
             ..Header::default()

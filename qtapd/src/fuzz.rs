@@ -5,13 +5,11 @@
 
 use prost::Message;
 use qtap_common::{kind, limit, Header, ABI_VERSION};
-use qtap_proto::v1::{
-    follow_item::Item, FollowItem, FollowTraceRequest, StartTraceRequest, TraceOptions,
-};
+use qtap_proto::v1::{FollowTraceRequest, StartTraceRequest, TraceOptions};
 
 use crate::{
     ebpf::memory::MemoryKernel,
-    engine::{hub::Spec, Caller, Engine, Target as Follow},
+    engine::{hub::Spec, item::Item, Caller, Engine, Target as Follow},
     filter::{compile::compile, Filter},
     grpc::validate,
     limits::Limits,
@@ -114,11 +112,11 @@ fn records_through(
         .expect("a follower attaches");
 
     let (mut received, mut reported_lost, mut ended) = (0u64, 0u64, 0);
-    let mut count = |item: FollowItem| match item.item {
-        Some(Item::Event(_)) => received += 1,
-        Some(Item::Lost(lost)) => reported_lost += lost.count,
-        Some(Item::End(_)) => ended += 1,
-        other => panic!("unexpected item {other:?}"),
+    let mut count = |item: Item| match item {
+        Item::Event(_) => received += 1,
+        Item::Lost(lost) => reported_lost += lost.count,
+        Item::End(_) => ended += 1,
+        other @ Item::Heartbeat(_) => panic!("unexpected item {other:?}"),
     };
     let mut rest = data.get(1..).unwrap_or_default();
     let mut handled = 0u64;

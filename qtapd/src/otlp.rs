@@ -19,10 +19,15 @@ use opentelemetry_proto::tonic::{
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
     resource::v1::Resource,
 };
-use qtap_proto::v1::{follow_item::Item, ConnInfo, Event, FollowItem, LossStage};
+use qtap_proto::{
+    time::Rfc3339,
+    v1::{ConnInfo, Event, LossStage},
+};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
+
+use crate::engine::item::Item;
 
 /// Items the hub may queue for the exporter.
 pub const QUEUE_LEN: usize = 8192;
@@ -65,11 +70,7 @@ pub struct Totals {
 
 /// Exports session `session`'s events from `rx` to `endpoint` until the
 /// session ends (the hub drops the queue's sender).
-pub async fn export(
-    endpoint: String,
-    session: String,
-    mut rx: mpsc::Receiver<FollowItem>,
-) -> Totals {
+pub async fn export(endpoint: String, session: String, mut rx: mpsc::Receiver<Item>) -> Totals {
     let channel = match Endpoint::from_shared(endpoint.clone()) {
         Ok(endpoint) => endpoint.timeout(TIMEOUT).connect_lazy(),
         Err(error) => {
@@ -81,22 +82,22 @@ pub async fn export(
     let resource = resource();
     let mut totals = Totals::default();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut time = Rfc3339::new();
     let mut open = true;
     while open {
         let flush_at = tokio::time::sleep(FLUSH);
         tokio::pin!(flush_at);
         while open && batch.len() < BATCH {
             tokio::select! {
-                item = rx.recv() => match item.map(|i| i.item) {
-                    Some(Some(Item::Event(event))) => batch.push(record(&event)),
-                    Some(Some(Item::Batch(events))) => batch.extend(events.events.iter().map(record)),
-                    Some(Some(Item::Lost(lost)))
+                item = rx.recv() => match item {
+                    Some(Item::Event(delivered)) => batch.push(record(&delivered.to_wire(&mut time))),
+                    Some(Item::Lost(lost))
                         if LossStage::try_from(lost.stage).is_ok_and(LossStage::in_kernel) =>
                     {
                         totals.kernel_lost += lost.count;
                     }
-                    Some(Some(Item::Lost(lost))) => totals.queue_lost += lost.count,
-                    Some(Some(Item::Heartbeat(_) | Item::End(_)) | None) => {}
+                    Some(Item::Lost(lost)) => totals.queue_lost += lost.count,
+                    Some(Item::Heartbeat(_) | Item::End(_)) => {}
                     None => open = false,
                 },
                 () = &mut flush_at => break,

@@ -35,7 +35,7 @@ pub struct FdState {
 #[derive(Clone, Debug, Default)]
 pub struct ProcState {
     /// Its executable, from its exec or `/proc`.
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     pub(crate) fds: HashMap<i32, FdState>,
     /// `SSL*` objects and the fds they are bound to (`streams`).
     pub(crate) bindings: HashMap<u64, Binding>,
@@ -83,7 +83,7 @@ impl ProcState {
     /// the old one's streams, but the fds it kept are still the kernel's
     /// to purge at its exit.
     #[must_use]
-    pub fn after_exec(&self, exe: String) -> ProcState {
+    pub fn after_exec(&self, exe: Arc<str>) -> ProcState {
         let fds = self
             .fds
             .iter()

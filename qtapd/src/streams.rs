@@ -11,6 +11,8 @@
 //! binding never re-points an existing one, so a syscall on another fd
 //! during an `SSL_*` call cannot mark that fd as TLS.
 
+use std::sync::Arc;
+
 use qtap_proto::v1::ConnInfo;
 
 use crate::{
@@ -36,7 +38,7 @@ pub struct Stream {
     /// Inside TLS: the protocol of the first plaintext.
     pub app_protocol: Option<&'static str>,
     /// The connection last seen on this fd (TLS calls carry none).
-    pub conn: Option<ConnInfo>,
+    pub conn: Option<Arc<ConnInfo>>,
     classified: bool,
     app_classified: bool,
 }
@@ -100,7 +102,7 @@ impl ProcState {
     pub fn data_syscall(
         &mut self,
         fd: i32,
-        conn: Option<&ConnInfo>,
+        conn: Option<&Arc<ConnInfo>>,
         tls: Option<u64>,
         head: &[u8],
     ) -> (&Stream, Seen) {
@@ -122,7 +124,10 @@ impl ProcState {
         let mut seen = Seen::default();
         if !stream.classified && !head.is_empty() {
             stream.classified = true;
-            let ports = [conn.and_then(local_port), conn.and_then(remote_port)];
+            let ports = [
+                conn.and_then(|c| local_port(c)),
+                conn.and_then(|c| remote_port(c)),
+            ];
             let datagram = conn.is_some_and(|c| c.r#type == "udp" || c.r#type == "dgram");
             if let Some(Detected {
                 protocol,
@@ -192,14 +197,14 @@ mod tests {
 
     const SSL: u64 = 0x5555_0000;
 
-    fn socket() -> ConnInfo {
-        ConnInfo {
+    fn socket() -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
             family: "inet".into(),
             r#type: "tcp".into(),
             role: "client".into(),
             local: None,
             remote: Some("127.0.0.1:443".into()),
-        }
+        })
     }
 
     /// The reverse-proxy case: fd 11 speaks TLS through an SSL* bound by

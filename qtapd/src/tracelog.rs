@@ -5,9 +5,9 @@
 use std::io::{self, Write};
 
 use clap::ValueEnum;
-use qtap_proto::json;
+use qtap_proto::{json, v1::Event};
 
-use crate::events::{direction_name, Event};
+use crate::events::direction_name;
 
 /// `--log-encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,9 +67,13 @@ pub fn render(encoding: Encoding, event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::events::{base, Clock, ConnInfo};
+    use std::sync::Arc;
+
     use qtap_common::Header;
+    use qtap_proto::time::Rfc3339;
+
+    use super::*;
+    use crate::events::{base, ConnInfo, Text};
 
     fn event() -> Event {
         let hdr = Header {
@@ -79,27 +83,26 @@ mod tests {
             ..Header::default()
         };
         let mut e = base(
-            &Clock::new(),
             &hdr,
-            "syscall/writev".into(),
-            "tracepoint/syscalls/sys_exit_writev".into(),
-            "/usr/sbin/nginx".into(),
+            "syscall/writev",
+            "tracepoint/syscalls/sys_exit_writev",
+            Text::Static("/usr/sbin/nginx"),
         );
         e.fd = Some(3);
         e.direction = Some(1);
         e.bytes = Some(238);
         e.ret = Some(238);
         e.ssl = Some(false);
-        e.protocol = Some("unknown".into());
+        e.protocol = Some("unknown");
         e.open = Some(true);
-        e.conn_info = Some(ConnInfo {
+        e.conn_info = Some(Arc::new(ConnInfo {
             family: "inet".into(),
             r#type: "tcp".into(),
             role: "server".into(),
             local: Some("127.0.0.1:8080".into()),
             remote: Some("127.0.0.1:40000".into()),
-        });
-        e
+        }));
+        e.to_wire("", 0, 0, &mut Rfc3339::new())
     }
 
     #[test]

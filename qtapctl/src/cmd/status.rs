@@ -1,12 +1,17 @@
 //! `qtapctl status`.
 
-use qtap_proto::v1::GetStatusRequest;
+use qtap_proto::v1::{Counters, GetStatusRequest, Status};
+use qtapctl::render::Output;
 
 use crate::client;
 
-pub async fn run(conn: &client::Connection) -> anyhow::Result<()> {
+pub async fn run(conn: &client::Connection, output: Output) -> anyhow::Result<()> {
     let mut client = client::connect(conn).await?;
     let s = client.get_status(GetStatusRequest {}).await?.into_inner();
+    if output == Output::Json {
+        println!("{}", status_json(&s));
+        return Ok(());
+    }
     let c = s.counters.unwrap_or_default();
     println!(
         "qtapd {}  kernel {}  up {}s",
@@ -34,4 +39,62 @@ pub async fn run(conn: &client::Connection) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The status as one JSON object, for scripts (`make bench`, monitoring).
+fn status_json(s: &Status) -> serde_json::Value {
+    let c = s.counters.unwrap_or_default();
+    let Counters {
+        records,
+        kernel_ring_full,
+        pending_full,
+        conns_full,
+        procs_full,
+        malformed,
+        follower_queue_full,
+        tls_full,
+    } = c;
+    serde_json::json!({
+        "version": s.version,
+        "kernel": s.kernel,
+        "programs_attached": s.programs_attached,
+        "ring_bytes": s.ring_bytes,
+        "uptime_secs": s.uptime_secs,
+        "sessions": s.sessions,
+        "selected_processes": s.selected_processes,
+        "features_off": s.features_off,
+        "counters": {
+            "records": records,
+            "kernel_ring_full": kernel_ring_full,
+            "pending_full": pending_full,
+            "conns_full": conns_full,
+            "procs_full": procs_full,
+            "malformed": malformed,
+            "follower_queue_full": follower_queue_full,
+            "tls_full": tls_full,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_in_the_json() {
+        let s = Status {
+            version: "0.1.0".into(),
+            counters: Some(Counters {
+                records: 7,
+                tls_full: 2,
+                ..Counters::default()
+            }),
+            ..Status::default()
+        };
+        let v = status_json(&s);
+        assert_eq!(v["version"], "0.1.0");
+        assert_eq!(v["counters"]["records"], 7);
+        assert_eq!(v["counters"]["tls_full"], 2);
+        assert_eq!(v["counters"].as_object().map(serde_json::Map::len), Some(8));
+    }
 }

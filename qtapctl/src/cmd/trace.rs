@@ -2,9 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use qtap_proto::v1::{
-    follow_item::Item, follow_trace_request::Target, Event, FollowItem, FollowTraceRequest,
-    ListTracesRequest, LossStage, Session, StartTraceRequest, StopTraceRequest, TraceOptions,
+use qtap_proto::{
+    compact::Decoder,
+    v1::{
+        follow_item::Item, follow_trace_request::Target, Event, EventBatch, FollowItem,
+        FollowTraceRequest, ListTracesRequest, LossStage, Session, StartTraceRequest,
+        StopTraceRequest, TraceOptions,
+    },
 };
 use tokio::sync::mpsc;
 
@@ -225,6 +229,7 @@ pub async fn follow(
             queue_len: view.queue_len,
             options: options.clone(),
             batch: true,
+            compact: true,
         };
         tokio::spawn(follow_daemon(conn, request, tx.clone(), index));
     }
@@ -324,8 +329,17 @@ async fn follow_once(
         .map_err(FollowError::Transport)?;
     let response = client.follow_trace(request).await.map_err(classify)?;
     let mut stream = response.into_inner();
+    // The ids of a compact stream are this stream's: a reconnection
+    // starts with none.
+    let mut compact = Decoder::new();
     let mut why = None;
-    while let Some(item) = stream.message().await.map_err(classify)? {
+    while let Some(mut item) = stream.message().await.map_err(classify)? {
+        if let Some(Item::Compact(batch)) = &item.item {
+            let events = compact
+                .events(batch)
+                .map_err(|e| FollowError::Fatal(anyhow::Error::new(e)))?;
+            item.item = Some(Item::Batch(EventBatch { events }));
+        }
         if let Some(Item::End(end)) = item.item {
             why = Some(end.detail);
         } else if tx.send((index, Note::Item(Box::new(item)))).await.is_err() {
@@ -359,7 +373,8 @@ fn show_item(
             );
             return Ok(());
         }
-        Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),
+        // Compact batches are decoded by the stream's task.
+        Some(Item::Heartbeat(_) | Item::End(_) | Item::Compact(_)) | None => return Ok(()),
     };
     for event in &mut events {
         host.clone_into(&mut event.host);
@@ -390,11 +405,54 @@ fn show<'a>(
     renderer.flush().map_err(super::stdout_error)
 }
 
+/// A stream that failed in transport (qtapd restarted, the connection
+/// dropped) is reconnected; a status qtapd itself sent is final, whatever
+/// its code — an `Internal` kernel error would fail again on every retry.
+/// tonic reports a broken connection as `Unavailable`, or as `Unknown` /
+/// `Internal` carrying the transport error as its source; a status read
+/// from qtapd's response has no source.
 fn classify(status: tonic::Status) -> FollowError {
-    match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
-            FollowError::Transport(anyhow::Error::new(status))
+    let transport = match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown | tonic::Code::Internal => {
+            std::error::Error::source(&status).is_some()
         }
-        _ => FollowError::Fatal(anyhow::Error::new(status)),
+        _ => false,
+    };
+    if transport {
+        FollowError::Transport(anyhow::Error::new(status))
+    } else {
+        FollowError::Fatal(anyhow::Error::new(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_transport(status: tonic::Status) -> bool {
+        matches!(classify(status), FollowError::Transport(_))
+    }
+
+    #[test]
+    fn only_transport_failures_are_retried() {
+        // Sent by qtapd: final, whatever the code.
+        assert!(!is_transport(tonic::Status::internal(
+            "update the kernel's selection: map full"
+        )));
+        assert!(!is_transport(tonic::Status::unknown("no such thing")));
+        assert!(!is_transport(tonic::Status::not_found("no session x")));
+        assert!(!is_transport(tonic::Status::permission_denied("uid 1000")));
+        // The connection went away.
+        assert!(is_transport(tonic::Status::unavailable(
+            "connection refused"
+        )));
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let status = tonic::Status::from_error(Box::new(broken));
+        assert!(matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable
+        ));
+        assert!(is_transport(status));
     }
 }

@@ -8,17 +8,19 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use qtap_common::MAX_SESSIONS;
-use qtap_proto::v1::{
-    follow_item::Item, Event, FollowItem, Heartbeat, LossStage, Lost, Session as SessionInfo,
-    SessionEnd,
-};
+use qtap_proto::v1::{Heartbeat, LossStage, Lost, Session as SessionInfo, SessionEnd};
 use tokio::sync::mpsc;
 
-use crate::filter::{Filter, Module};
+pub use super::item::{Delivered, Item};
+use crate::{
+    events::Event,
+    filter::{Filter, Module},
+};
 
 /// Who started a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +63,7 @@ impl From<usize> for Queue {
 }
 
 struct Follower {
-    tx: mpsc::Sender<FollowItem>,
+    tx: mpsc::Sender<Item>,
     /// Who follows (quotas count per uid).
     uid: u32,
     /// Bytes of events this follower's queue may hold.
@@ -101,14 +103,10 @@ impl Follower {
     fn finish(&mut self, end: &SessionEnd) {
         let mut last = Vec::with_capacity(2);
         if self.unreported > 0 {
-            last.push(FollowItem {
-                item: Some(self.lost_notice()),
-            });
+            last.push(self.lost_notice());
             self.unreported = 0;
         }
-        last.push(FollowItem {
-            item: Some(Item::End(end.clone())),
-        });
+        last.push(Item::End(end.clone()));
         let mut last = last.into_iter();
         while let Some(item) = last.next() {
             match self.tx.try_send(item) {
@@ -142,7 +140,7 @@ impl Follower {
     }
 
     fn send(&mut self, item: Item, size: u64, memory: &mut Memory) -> Offer {
-        match self.tx.try_send(FollowItem { item: Some(item) }) {
+        match self.tx.try_send(item) {
             Ok(()) => {
                 self.sizes.push_back(size);
                 self.bytes += size;
@@ -199,6 +197,8 @@ pub struct Session {
     pub since_ns: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// `id`, shared by the events delivered to it.
+    label: Arc<str>,
     seq: u64,
     followers: Vec<Follower>,
     idle_since: Option<Instant>,
@@ -223,28 +223,19 @@ impl Session {
     }
 
     /// Hands one event to every follower; never waits.
-    fn deliver(&mut self, mut event: Event, memory: &mut Memory) {
+    fn deliver(&mut self, event: Arc<Event>, memory: &mut Memory) {
         self.seq += 1;
-        event.session.clone_from(&self.id);
-        event.seq = self.seq;
-        // The kernel captured what the most demanding session asked for.
-        event.payload.truncate(self.spec.capture_bytes as usize);
-        let (mut delivered, mut lost) = (0, 0);
-        // Every follower but the last gets a copy; the last gets the event.
-        let final_index = self.followers.len().saturating_sub(1);
-        let mut event = Some(event);
-        let mut index = 0;
-        self.followers.retain_mut(|f| {
-            let copy = if index == final_index {
-                event.take()
-            } else {
-                event.clone()
-            };
-            index += 1;
-            let Some(copy) = copy else { return true };
-            match f.offer(Item::Event(copy), memory) {
+        let delivered = Delivered {
+            event,
+            session: Arc::clone(&self.label),
+            seq: self.seq,
+            capture: self.spec.capture_bytes,
+        };
+        let (mut delivered_to, mut lost) = (0, 0);
+        self.followers
+            .retain_mut(|f| match f.offer(Item::Event(delivered.clone()), memory) {
                 Offer::Sent => {
-                    delivered += 1;
+                    delivered_to += 1;
                     true
                 }
                 Offer::Full => {
@@ -256,9 +247,8 @@ impl Session {
                     f.release(memory);
                     false
                 }
-            }
-        });
-        self.delivered += delivered;
+            });
+        self.delivered += delivered_to;
         self.lost += lost;
         self.note_idle();
     }
@@ -325,10 +315,7 @@ const CONTROL_BYTES: u64 = 64;
 /// and a fixed part for the rest.
 fn item_bytes(item: &Item) -> u64 {
     match item {
-        Item::Event(e) => {
-            let strings = e.msg.len() + e.caller.len() + e.exe.len() + e.comm.len() + e.ts.len();
-            (256 + strings + e.payload.len() + e.filename.as_ref().map_or(0, String::len)) as u64
-        }
+        Item::Event(d) => d.event.weight(),
         _ => CONTROL_BYTES,
     }
 }
@@ -409,6 +396,7 @@ impl Hub {
             self.restricted |= 1 << slot;
         }
         let session = Session {
+            label: id.as_str().into(),
             id: id.clone(),
             slot,
             spec,
@@ -473,7 +461,7 @@ impl Hub {
         &mut self,
         id: &str,
         queue: impl Into<Queue>,
-    ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
+    ) -> Result<mpsc::Receiver<Item>, HubError> {
         self.attach(id, queue.into(), false)
     }
 
@@ -483,7 +471,7 @@ impl Hub {
         &mut self,
         id: &str,
         queue: impl Into<Queue>,
-    ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
+    ) -> Result<mpsc::Receiver<Item>, HubError> {
         let ephemeral = self.sessions.get(id).is_some_and(|s| s.spec.ephemeral);
         self.attach(id, queue.into(), ephemeral)
     }
@@ -493,7 +481,7 @@ impl Hub {
         id: &str,
         queue: Queue,
         passive: bool,
-    ) -> Result<mpsc::Receiver<FollowItem>, HubError> {
+    ) -> Result<mpsc::Receiver<Item>, HubError> {
         let session = self
             .sessions
             .get_mut(id)
@@ -583,28 +571,26 @@ impl Hub {
                 .any(|s| mask & (1 << s.slot) != 0 && !s.followers.is_empty())
     }
 
-    /// Hands `event` to the followed sessions of `mask` that want it: a
-    /// copy to each but the last, which gets the event itself. Sessions
-    /// without a follower get nothing (their sequence numbers count what
-    /// was handed to followers).
+    /// Hands `event` to the followed sessions of `mask` that want it, one
+    /// shared copy for all. Sessions without a follower get nothing
+    /// (their sequence numbers count what was handed to followers).
     pub fn deliver(&mut self, mask: u64, event: Event, wants: impl Fn(&Session, &Event) -> bool) {
-        let mut targets = self
-            .sessions
-            .values_mut()
-            .filter(|s| mask & (1 << s.slot) != 0 && !s.followers.is_empty() && wants(s, &event))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .peekable();
         let mut event = Some(event);
-        while let Some(session) = targets.next() {
-            let copy = if targets.peek().is_some() {
-                event.clone()
-            } else {
-                event.take()
+        let mut shared: Option<Arc<Event>> = None;
+        for session in self.sessions.values_mut() {
+            if mask & (1 << session.slot) == 0 || session.followers.is_empty() {
+                continue;
+            }
+            let shared = match (&mut shared, event.take()) {
+                (Some(shared), _) => Arc::clone(shared),
+                (slot, Some(event)) => Arc::clone(slot.insert(Arc::new(event))),
+                (None, None) => return,
             };
-            let Some(copy) = copy else { return };
+            if !wants(session, &shared) {
+                continue;
+            }
             let lost_before = session.lost;
-            session.deliver(copy, &mut self.memory);
+            session.deliver(shared, &mut self.memory);
             self.queue_losses += session.lost - lost_before;
         }
     }
@@ -708,10 +694,10 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::Receiver<FollowItem>) -> Vec<Item> {
+    fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<Item> {
         let mut items = Vec::new();
         while let Ok(item) = rx.try_recv() {
-            items.push(item.item.unwrap());
+            items.push(item);
         }
         items
     }
@@ -746,9 +732,9 @@ mod tests {
         assert_eq!(got_a.len(), 1);
         assert_eq!(got_b.len(), 2);
         let Item::Event(e) = &got_b[1] else { panic!() };
-        assert_eq!((e.session.as_str(), e.seq, e.pid), (b.as_str(), 2, 2));
+        assert_eq!((&*e.session, e.seq, e.event.pid), (b.as_str(), 2, 2));
         let Item::Event(e) = &got_a[0] else { panic!() };
-        assert_eq!((e.session.as_str(), e.seq), (a.as_str(), 1));
+        assert_eq!((&*e.session, e.seq), (a.as_str(), 1));
     }
 
     #[test]
@@ -764,7 +750,7 @@ mod tests {
         assert!(!hub.listened(0));
         hub.deliver(1 << sa | 1 << sb, event(1), |_, _| true);
         let got = drain(&mut rb);
-        assert!(matches!(&got[..], [Item::Event(e)] if e.seq == 1 && e.session == b));
+        assert!(matches!(&got[..], [Item::Event(e)] if e.seq == 1 && *e.session == *b));
         assert_eq!(hub.get(&a).unwrap().delivered, 0);
     }
 
@@ -789,7 +775,7 @@ mod tests {
         };
         hub.deliver(0b11, e.clone(), |_, _| true);
         let payload = |items: Vec<Item>| match &items[..] {
-            [Item::Event(e)] => e.payload.clone(),
+            [Item::Event(e)] => e.payload().to_vec(),
             other => panic!("{other:?}"),
         };
         assert_eq!(payload(drain(&mut ra)), b"GET ");
@@ -818,7 +804,7 @@ mod tests {
         assert!(
             matches!(&items[0], Item::Lost(l) if l.count == 6 && l.stage == LossStage::DaemonQueue as i32)
         );
-        assert!(matches!(&items[1], Item::Event(e) if e.pid == 99 && e.seq == 11));
+        assert!(matches!(&items[1], Item::Event(e) if e.event.pid == 99 && e.seq == 11));
         // What the lagging follower received plus what it was told it lost
         // accounts for every event offered to it.
         let received = 4 + items.iter().filter(|i| matches!(i, Item::Event(_))).count() as u64;
@@ -846,10 +832,10 @@ mod tests {
         let mut lost = 0;
         let mut end = None;
         while let Some(item) = rx.recv().await {
-            match item.item.unwrap() {
+            match item {
                 Item::Event(_) => events += 1,
                 Item::Lost(l) => lost += l.count,
-                Item::Heartbeat(_) | Item::Batch(_) => {}
+                Item::Heartbeat(_) => {}
                 Item::End(why) => end = Some(why),
             }
         }
@@ -938,7 +924,7 @@ mod tests {
             match item {
                 Item::Event(_) => *received += 1,
                 Item::Lost(l) => *lost += l.count,
-                Item::Heartbeat(_) | Item::Batch(_) | Item::End(_) => {}
+                Item::Heartbeat(_) | Item::End(_) => {}
             }
         }
 
@@ -969,7 +955,7 @@ mod tests {
                             Step::Read(n) => {
                                 for _ in 0..n {
                                     let Ok(item) = rx.try_recv() else { break };
-                                    count(&item.item.unwrap(), &mut received, &mut lost);
+                                    count(&item, &mut received, &mut lost);
                                 }
                             }
                             Step::Heartbeat => hub.heartbeat(),
@@ -977,7 +963,7 @@ mod tests {
                     }
                     drop(hub.remove(&id, &stopped()).unwrap());
                     while let Some(item) = rx.recv().await {
-                        count(&item.item.unwrap(), &mut received, &mut lost);
+                        count(&item, &mut received, &mut lost);
                     }
                     (received, lost, offered)
                 });
@@ -1000,7 +986,7 @@ mod tests {
         let slot = hub.get(&id).unwrap().slot;
         let mut big = event(1);
         big.payload = vec![0; 700];
-        let size = item_bytes(&Item::Event(big.clone()));
+        let size = big.weight();
         let budget = 3 * size;
         let mut rx = hub
             .follow(

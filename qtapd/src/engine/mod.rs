@@ -5,6 +5,7 @@
 //! with the records they affect and nothing needs a lock.
 
 pub mod hub;
+pub mod item;
 mod libssl;
 
 use std::{
@@ -14,9 +15,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use qtap_common::{limit, MAX_SESSIONS};
-use qtap_proto::v1::{
-    Counters, EndReason, FollowItem, LossStage, Session as SessionInfo, SessionEnd, Status,
-};
+use qtap_proto::v1::{Counters, EndReason, LossStage, Session as SessionInfo, SessionEnd, Status};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, oneshot},
@@ -26,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use self::{
     hub::{Hub, HubError, Queue, Session, Spec},
+    item::Item,
     libssl::TlsTargets,
 };
 use crate::{
@@ -35,7 +35,7 @@ use crate::{
     events::{
         decode::{decode, Record},
         derived::{self, Notes},
-        local_port, remote_port, Event,
+        local_port, remote_port, Event, Text,
     },
     filter::{compile::compile, Module},
     limits::{self, LimitError, Limits},
@@ -130,7 +130,7 @@ pub enum Command {
         target: Target,
         caller: Caller,
         queue_len: usize,
-        reply: oneshot::Sender<Result<(SessionInfo, mpsc::Receiver<FollowItem>), EngineError>>,
+        reply: oneshot::Sender<Result<(SessionInfo, mpsc::Receiver<Item>), EngineError>>,
     },
 }
 
@@ -417,7 +417,7 @@ impl<K: Selector> Engine<K> {
         target: Target,
         caller: Caller,
         queue_len: usize,
-    ) -> Result<(SessionInfo, mpsc::Receiver<FollowItem>), EngineError> {
+    ) -> Result<(SessionInfo, mpsc::Receiver<Item>), EngineError> {
         let id = match target {
             Target::Id(id) => {
                 let session = self
@@ -640,8 +640,8 @@ impl<K: Selector> Engine<K> {
     /// stamped, see [`Engine::admit`]).
     fn confirm_exec(&mut self, rec: &qtap_common::ExecRecord, event: &Event) -> u64 {
         let claimed = rec.hdr.sessions;
-        let name = event.filename.as_deref().unwrap_or_default().as_bytes();
-        let comm = event.comm.as_bytes();
+        let name = event.filename.as_ref().map_or("", Text::as_str).as_bytes();
+        let comm = &event.comm[..event.comm.iter().position(|&b| b == 0).unwrap_or(16)];
         let restricted = claimed & self.hub.restricted();
         let visible = if restricted == 0 {
             0
@@ -833,7 +833,7 @@ fn passes_ports(session: &Session, event: &Event) -> bool {
     if !filter.has_ports() {
         return true;
     }
-    let conn = event.conn_info.as_ref();
+    let conn = event.conn_info.as_deref();
     filter.matches_ports(conn.and_then(local_port), conn.and_then(remote_port))
 }
 

@@ -3,7 +3,7 @@
 //! `process_data` messages), which says what was done with an event's
 //! bytes and why, so that no bytes go unaccounted.
 
-use super::Event;
+use super::{Event, Text};
 
 /// What enrichment learned beside the event itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Notes {
 #[must_use]
 pub fn protocol_event(event: &Event) -> Event {
     Event {
-        msg: "protocol/detected".into(),
+        msg: Text::Static("protocol/detected"),
         new_fd: None,
         direction: None,
         bytes: None,
@@ -36,15 +36,16 @@ pub fn protocol_event(event: &Event) -> Event {
 pub fn data_event(event: &Event, notes: Notes) -> Option<Event> {
     let reason = reason(event, notes)?;
     Some(Event {
-        msg: format!("process_data ({reason})"),
+        msg: Text::from(format!("process_data ({reason})")),
         ..event.clone()
     })
 }
 
 fn reason(event: &Event, notes: Notes) -> Option<String> {
     let bytes = event.bytes?;
-    let call = event.msg.rsplit('/').next().unwrap_or_default();
-    if event.msg.starts_with("openssl/") {
+    let msg = event.msg.as_str();
+    let call = msg.rsplit('/').next().unwrap_or_default();
+    if msg.starts_with("openssl/") {
         return Some(if bytes <= 0 {
             format!(
                 "no bytes: {call} returned {}",
@@ -59,7 +60,10 @@ fn reason(event: &Event, notes: Notes) -> Option<String> {
     Some(if event.peek {
         "peek; the bytes count at the read that consumes them".into()
     } else if bytes < 0 {
-        format!("no bytes: {}", event.error.as_deref().unwrap_or("error"))
+        format!(
+            "no bytes: {}",
+            event.error.as_ref().map_or("error", Text::as_str)
+        )
     } else if bytes == 0 {
         "no bytes".into()
     } else if event.conn_info.is_none() {
@@ -75,23 +79,27 @@ fn reason(event: &Event, notes: Notes) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::events::ConnInfo;
 
-    fn data(msg: &str, bytes: i64) -> Event {
+    fn data(msg: &'static str, bytes: i64) -> Event {
         Event {
             msg: msg.into(),
             fd: Some(3),
             bytes: Some(bytes),
             ret: Some(bytes),
             ssl: Some(false),
-            conn_info: Some(ConnInfo::default()),
+            conn_info: Some(Arc::new(ConnInfo::default())),
             ..Event::default()
         }
     }
 
     fn msg(event: &Event, notes: Notes) -> String {
-        data_event(event, notes).map(|e| e.msg).unwrap_or_default()
+        data_event(event, notes)
+            .map(|e| e.msg.as_str().to_owned())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -113,7 +121,7 @@ mod tests {
         e.ssl = Some(false);
         assert_eq!(msg(&e, none), "process_data (conn_info = NULL)");
         let mut failed = data("syscall/read", -11);
-        failed.error = Some("EAGAIN".into());
+        failed.error = Some(Text::Static("EAGAIN"));
         assert_eq!(msg(&failed, none), "process_data (no bytes: EAGAIN)");
         let mut peek = data("syscall/recvfrom", 5);
         peek.peek = true;
@@ -138,10 +146,10 @@ mod tests {
     #[test]
     fn protocol_event_keeps_the_fd_and_drops_the_call() {
         let mut e = data("syscall/write", 40);
-        e.protocol = Some("http1".into());
+        e.protocol = Some("http1");
         let p = protocol_event(&e);
-        assert_eq!(p.msg, "protocol/detected");
+        assert_eq!(p.msg.as_str(), "protocol/detected");
         assert_eq!((p.fd, p.bytes), (Some(3), None));
-        assert_eq!(p.protocol.as_deref(), Some("http1"));
+        assert_eq!(p.protocol, Some("http1"));
     }
 }

@@ -1,18 +1,22 @@
-//! The event as users see it (DESIGN.md §3, the `qtap.v1.Event` message):
-//! helpers that build it from a decoded kernel record. Enrichment adds the
-//! exe and the connection; `qtap_proto::json` gives its JSON form.
+//! The event qtapd delivers: [`Event`], made once per kernel record by
+//! enrichment and shared (`Arc`) by every session and follower it goes
+//! to. Its strings are labels made at compile time or shared with the
+//! state they come from, so making one allocates once; each follower's
+//! stream turns it into its wire form (`Event::to_wire`, or a compact
+//! record in `grpc::compact`).
 
 pub mod decode;
 pub mod derived;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
 use qtap_common::{call, direction, family, role, tls_call, Addr, Header};
-
-pub use qtap_proto::v1::{ConnInfo, Event};
+pub use qtap_proto::v1::ConnInfo;
+use qtap_proto::{time::Rfc3339, v1};
 
 /// The local port of a connection, when its address has one.
 #[must_use]
@@ -30,19 +34,134 @@ fn port_of(addr: Option<&str>) -> Option<u16> {
     addr?.rsplit_once(':')?.1.parse().ok()
 }
 
-/// Converts kernel monotonic timestamps to wall-clock time.
-#[derive(Clone, Debug)]
-pub struct Clock {
-    boot: SystemTime,
-    /// The last second formatted, `2026-11-27T06:42:40.`: events come in
-    /// time order, so most reuse it.
-    second: std::cell::RefCell<(u64, String)>,
+/// A string an event carries: a label made at compile time, or text
+/// shared with the state it came from (an exe, a filename).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
 }
 
-impl Clock {
-    /// Reads `CLOCK_REALTIME - CLOCK_MONOTONIC` once.
+impl Text {
     #[must_use]
-    pub fn new() -> Clock {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text::Static("")
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Shared(s.into())
+    }
+}
+
+/// One event, as every session that selects it receives it; the fields
+/// of `qtap.v1.Event` but the per-session ones (`session`, `seq`) and
+/// those a follower's stream derives (`ts` is kept as the kernel's time).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Event {
+    /// `CLOCK_MONOTONIC` nanoseconds, the kernel's stamp.
+    pub ts_ns: u64,
+    pub msg: Text,
+    pub caller: Text,
+    pub pid: u32,
+    pub tid: u32,
+    pub exe: Text,
+    /// The task name as the kernel gave it (NUL-padded).
+    pub comm: [u8; 16],
+    pub fd: Option<i32>,
+    pub new_fd: Option<i32>,
+    pub direction: Option<u32>,
+    pub bytes: Option<i64>,
+    pub ret: Option<i64>,
+    pub error: Option<Text>,
+    pub peek: bool,
+    pub ssl: Option<bool>,
+    pub protocol: Option<&'static str>,
+    pub open: Option<bool>,
+    pub conn_info: Option<Arc<ConnInfo>>,
+    pub filename: Option<Text>,
+    pub child_pid: Option<u32>,
+    pub tls_version: Option<&'static str>,
+    pub app_protocol: Option<&'static str>,
+    /// What the kernel captured: as much as the most demanding session
+    /// asked for (each session's stream keeps its own share).
+    pub payload: Vec<u8>,
+}
+
+impl Event {
+    /// The `qtap.v1.Event` message of this event as delivered for
+    /// `session` with sequence number `seq`, keeping `capture` payload
+    /// bytes.
+    #[must_use]
+    pub fn to_wire(&self, session: &str, seq: u64, capture: u32, time: &mut Rfc3339) -> v1::Event {
+        v1::Event {
+            ts: time.format(unix_ns(self.ts_ns)),
+            msg: self.msg.as_str().into(),
+            caller: self.caller.as_str().into(),
+            pid: self.pid,
+            tid: self.tid,
+            exe: self.exe.as_str().into(),
+            comm: c_str(&self.comm),
+            fd: self.fd,
+            new_fd: self.new_fd,
+            direction: self.direction,
+            bytes: self.bytes,
+            ret: self.ret,
+            error: self.error.as_ref().map(|t| t.as_str().into()),
+            peek: self.peek,
+            ssl: self.ssl,
+            protocol: self.protocol.map(Into::into),
+            open: self.open,
+            conn_info: self.conn_info.as_deref().cloned(),
+            filename: self.filename.as_ref().map(|t| t.as_str().into()),
+            child_pid: self.child_pid,
+            session: session.into(),
+            seq,
+            tls_version: self.tls_version.map(Into::into),
+            app_protocol: self.app_protocol.map(Into::into),
+            payload: self.payload(capture).to_vec(),
+            host: String::new(),
+        }
+    }
+
+    /// The first `capture` bytes of the payload.
+    #[must_use]
+    pub fn payload(&self, capture: u32) -> &[u8] {
+        &self.payload[..self.payload.len().min(capture as usize)]
+    }
+
+    /// Estimated bytes this event holds, for queue budgets.
+    #[must_use]
+    pub fn weight(&self) -> u64 {
+        let text = |t: &Text| t.as_str().len();
+        (256 + text(&self.msg)
+            + text(&self.exe)
+            + self.payload.len()
+            + self.filename.as_ref().map_or(0, text)) as u64
+    }
+}
+
+/// `CLOCK_REALTIME - CLOCK_MONOTONIC`, read once for the whole daemon so
+/// that every stream shows a kernel stamp as the same instant.
+fn boot() -> SystemTime {
+    static BOOT: OnceLock<SystemTime> = OnceLock::new();
+    *BOOT.get_or_init(|| {
         let mut mono = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -50,44 +169,22 @@ impl Clock {
         // SAFETY: `mono` is a valid, writable timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut mono) };
         let since_boot = Duration::new(mono.tv_sec as u64, mono.tv_nsec as u32);
-        Clock {
-            boot: SystemTime::now() - since_boot,
-            second: std::cell::RefCell::new((u64::MAX, String::new())),
-        }
-    }
-
-    #[must_use]
-    pub fn at(&self, ts_ns: u64) -> SystemTime {
-        self.boot + Duration::from_nanos(ts_ns)
-    }
-
-    /// RFC 3339 with nanoseconds, UTC.
-    #[must_use]
-    pub fn rfc3339(&self, ts_ns: u64) -> String {
-        use std::fmt::Write;
-        let since_epoch = self
-            .at(ts_ns)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let (secs, nanos) = (since_epoch.as_secs(), since_epoch.subsec_nanos());
-        let mut second = self.second.borrow_mut();
-        if second.0 != secs {
-            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-            let text = humantime::format_rfc3339_seconds(whole).to_string();
-            second.1 = format!("{}.", text.trim_end_matches('Z'));
-            second.0 = secs;
-        }
-        let mut out = String::with_capacity(second.1.len() + 10);
-        out.push_str(&second.1);
-        let _ = write!(out, "{nanos:09}Z");
-        out
-    }
+        SystemTime::now() - since_boot
+    })
 }
 
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
+/// A kernel stamp (`CLOCK_MONOTONIC` ns) as wall-clock time.
+#[must_use]
+pub fn wall_clock(ts_ns: u64) -> SystemTime {
+    boot() + Duration::from_nanos(ts_ns)
+}
+
+/// A kernel stamp as nanoseconds since the Unix epoch.
+#[must_use]
+pub fn unix_ns(ts_ns: u64) -> u64 {
+    wall_clock(ts_ns)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// How a syscall's events are labelled: `msg` and `caller`, made once at
@@ -190,17 +287,38 @@ pub fn is_data_call(c: u16) -> bool {
     )
 }
 
-/// `"EAGAIN"` for `-11`.
+/// `"EAGAIN"` for `-11`: names of every errno (1..=4095, the range a
+/// syscall returns errors in) made once; other negative values are named
+/// as they come.
 #[must_use]
-pub fn errno_name(ret: i64) -> Option<String> {
-    (ret < 0).then(|| {
-        let errno = nix::errno::Errno::from_raw((-ret) as i32);
-        if errno == nix::errno::Errno::UnknownErrno {
-            format!("errno {}", -ret)
-        } else {
-            format!("{errno:?}")
-        }
-    })
+pub fn errno_name(ret: i64) -> Option<Text> {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    if ret >= 0 {
+        return None;
+    }
+    let names = NAMES.get_or_init(|| {
+        (0..4096)
+            .map(|n| &*Box::leak(errno_text(n).into_boxed_str()))
+            .collect()
+    });
+    let errno = ret.unsigned_abs();
+    Some(
+        match usize::try_from(errno).ok().and_then(|n| names.get(n)) {
+            Some(name) => Text::Static(name),
+            None => Text::from(errno_text(errno)),
+        },
+    )
+}
+
+fn errno_text(errno: u64) -> String {
+    let known = i32::try_from(errno)
+        .ok()
+        .map(nix::errno::Errno::from_raw)
+        .filter(|e| *e != nix::errno::Errno::UnknownErrno);
+    match known {
+        Some(e) => format!("{e:?}"),
+        None => format!("errno {errno}"),
+    }
 }
 
 /// The text of a NUL-padded kernel string.
@@ -212,15 +330,15 @@ pub fn c_str(bytes: &[u8]) -> String {
 
 /// The common fields of every event.
 #[must_use]
-pub fn base(clock: &Clock, hdr: &Header, msg: String, caller: String, exe: String) -> Event {
+pub fn base(hdr: &Header, msg: &'static str, caller: &'static str, exe: Text) -> Event {
     Event {
-        ts: clock.rfc3339(hdr.ts_ns),
-        msg,
-        caller,
+        ts_ns: hdr.ts_ns,
+        msg: msg.into(),
+        caller: caller.into(),
         pid: hdr.pid,
         tid: hdr.tid,
         exe,
-        comm: c_str(&hdr.comm),
+        comm: hdr.comm,
         ..Event::default()
     }
 }
@@ -290,7 +408,6 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(errno_name(-11).as_deref(), Some("EAGAIN"));
         assert_eq!(errno_name(5), None);
         let writev = call_labels(call::WRITEV);
         assert_eq!(writev.name, "writev");
@@ -330,20 +447,30 @@ mod tests {
     }
 
     #[test]
-    fn clock_is_monotonic_offset() {
-        let clock = Clock::new();
-        let a = clock.at(1_000);
+    fn kernel_stamps_are_one_offset_from_wall_clock() {
+        let a = wall_clock(1_000);
         assert_eq!(
-            clock.at(2_000).duration_since(a).unwrap(),
+            wall_clock(2_000).duration_since(a).unwrap(),
             Duration::from_micros(1)
         );
-        assert!(clock.rfc3339(0).ends_with('Z'));
-        // The cached second and humantime agree, across a second boundary.
-        for ts in [999_999_999, 1_000_000_000, 1_000_000_001, 5_123_456_789] {
-            assert_eq!(
-                clock.rfc3339(ts),
-                humantime::format_rfc3339_nanos(clock.at(ts)).to_string()
-            );
-        }
+        assert_eq!(unix_ns(2_000) - unix_ns(1_000), 1_000);
+        let mut time = Rfc3339::new();
+        assert_eq!(
+            time.format(unix_ns(5_123_456_789)),
+            humantime::format_rfc3339_nanos(wall_clock(5_123_456_789)).to_string()
+        );
+    }
+
+    #[test]
+    fn errno_names_are_made_once() {
+        assert_eq!(
+            errno_name(-11).map(|t| t.as_str().to_owned()).as_deref(),
+            Some("EAGAIN")
+        );
+        assert!(matches!(errno_name(-11), Some(Text::Static(_))));
+        assert_eq!(errno_name(-4000).unwrap().as_str(), "errno 4000");
+        assert_eq!(errno_name(-5000).unwrap().as_str(), "errno 5000");
+        assert!(errno_name(i64::MIN).is_some());
+        assert!(errno_name(0).is_none());
     }
 }

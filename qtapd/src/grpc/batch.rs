@@ -1,8 +1,9 @@
-//! The follow stream for clients that accept `EventBatch`: whatever is
-//! queued for the follower when the stream is polled goes out as few
-//! messages as order allows — runs of events as one batch, loss notices
-//! and heartbeats on their own. Nothing waits to fill a batch, so a quiet
-//! session sees each event as soon as it happens.
+//! A follower's stream: what is queued for it when the stream is polled
+//! goes out in the form it asked for. Plain: one message per item.
+//! Batched: runs of events as one `EventBatch`, loss notices and
+//! heartbeats on their own. Compact: runs of events as one `CompactBatch`
+//! (`compact`). Nothing waits to fill a batch, so a quiet session sees
+//! each event as soon as it happens.
 
 use std::{
     collections::VecDeque,
@@ -10,53 +11,90 @@ use std::{
     task::{Context, Poll},
 };
 
-use qtap_proto::v1::{follow_item::Item, EventBatch, FollowItem};
+use qtap_proto::{
+    time::Rfc3339,
+    v1::{follow_item, EventBatch, FollowItem},
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
+
+use super::compact::Encoder;
+use crate::engine::item::Item;
 
 /// Most items taken from the queue per message.
 const MAX_BATCH: usize = 512;
 
+/// The form a follower asked for (`FollowTraceRequest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    Plain,
+    Batched,
+    Compact,
+}
+
 pub struct Batches {
-    rx: mpsc::Receiver<FollowItem>,
+    rx: mpsc::Receiver<Item>,
+    form: Form,
     /// Messages made from one take, not sent yet.
     ready: VecDeque<FollowItem>,
-    taken: Vec<FollowItem>,
+    taken: Vec<Item>,
+    time: Rfc3339,
+    compact: Encoder,
 }
 
 impl Batches {
-    pub fn new(rx: mpsc::Receiver<FollowItem>) -> Batches {
+    pub fn new(rx: mpsc::Receiver<Item>, form: Form) -> Batches {
         Batches {
             rx,
+            form,
             ready: VecDeque::new(),
             taken: Vec::with_capacity(MAX_BATCH),
+            time: Rfc3339::new(),
+            compact: Encoder::new(),
         }
     }
 
-    /// Groups `taken` into messages, in order.
+    /// Turns `taken` into messages, in order.
     fn group(&mut self) {
+        let Batches {
+            form,
+            ready,
+            taken,
+            time,
+            compact,
+            ..
+        } = self;
         let mut events = Vec::new();
-        for item in self.taken.drain(..) {
-            match item.item {
-                Some(Item::Event(event)) => events.push(event),
-                other => {
-                    if !events.is_empty() {
-                        self.ready.push_back(batch(std::mem::take(&mut events)));
-                    }
-                    self.ready.push_back(FollowItem { item: other });
+        for item in taken.drain(..) {
+            match (item, *form) {
+                (Item::Event(d), Form::Compact) => compact.push(&d),
+                (Item::Event(d), Form::Batched) => events.push(d.to_wire(time)),
+                (other, _) => {
+                    flush(ready, &mut events, compact);
+                    ready.push_back(other.to_wire(time));
                 }
             }
         }
-        if !events.is_empty() {
-            self.ready.push_back(batch(events));
-        }
+        flush(ready, &mut events, compact);
     }
 }
 
-fn batch(events: Vec<qtap_proto::v1::Event>) -> FollowItem {
-    FollowItem {
-        item: Some(Item::Batch(EventBatch { events })),
-    }
+/// The run of events gathered so far, as one message.
+fn flush(
+    ready: &mut VecDeque<FollowItem>,
+    events: &mut Vec<qtap_proto::v1::Event>,
+    compact: &mut Encoder,
+) {
+    let item = if !compact.is_empty() {
+        follow_item::Item::Compact(compact.take())
+    } else if !events.is_empty() {
+        follow_item::Item::Batch(EventBatch {
+            events: std::mem::take(events),
+        })
+    } else {
+        return;
+    };
+    ready.push_back(FollowItem { item: Some(item) });
 }
 
 impl Stream for Batches {
@@ -80,41 +118,67 @@ impl Stream for Batches {
 
 #[cfg(test)]
 mod tests {
-    use qtap_proto::v1::{Event, Heartbeat};
+    use std::sync::Arc;
+
+    use qtap_proto::v1::{follow_item::Item as Wire, Heartbeat};
     use tokio_stream::StreamExt;
 
     use super::*;
+    use crate::{engine::item::Delivered, events::Event};
 
-    fn event(seq: u64) -> FollowItem {
-        FollowItem {
-            item: Some(Item::Event(Event {
-                seq,
-                ..Event::default()
-            })),
-        }
+    fn event(seq: u64) -> Item {
+        Item::Event(Delivered {
+            event: Arc::new(Event::default()),
+            session: "s1".into(),
+            seq,
+            capture: 0,
+        })
     }
 
-    #[tokio::test]
-    async fn runs_of_events_become_batches_in_order() {
+    async fn items(form: Form) -> Vec<Wire> {
         let (tx, rx) = mpsc::channel(16);
         for seq in 1..=3 {
             tx.send(event(seq)).await.unwrap();
         }
-        tx.send(FollowItem {
-            item: Some(Item::Heartbeat(Heartbeat::default())),
-        })
-        .await
-        .unwrap();
+        tx.send(Item::Heartbeat(Heartbeat::default()))
+            .await
+            .unwrap();
         tx.send(event(4)).await.unwrap();
         drop(tx);
-        let items: Vec<Item> = Batches::new(rx).map(|i| i.item.unwrap()).collect().await;
-        let seqs = |i: &Item| match i {
-            Item::Batch(b) => b.events.iter().map(|e| e.seq).collect(),
+        Batches::new(rx, form)
+            .map(|i| i.item.unwrap())
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn runs_of_events_become_batches_in_order() {
+        let items = items(Form::Batched).await;
+        let seqs = |i: &Wire| match i {
+            Wire::Batch(b) => b.events.iter().map(|e| e.seq).collect(),
             _ => vec![],
         };
         assert_eq!(items.len(), 3);
         assert_eq!(seqs(&items[0]), vec![1, 2, 3]);
-        assert!(matches!(items[1], Item::Heartbeat(_)));
+        assert!(matches!(items[1], Wire::Heartbeat(_)));
         assert_eq!(seqs(&items[2]), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn compact_runs_and_plain_items_keep_the_order() {
+        let compact = items(Form::Compact).await;
+        let mut decoder = qtap_proto::compact::Decoder::new();
+        let mut seqs = |i: &Wire| match i {
+            Wire::Compact(b) => decoder.events(b).unwrap().iter().map(|e| e.seq).collect(),
+            _ => vec![],
+        };
+        assert_eq!(compact.len(), 3);
+        assert_eq!(seqs(&compact[0]), vec![1, 2, 3]);
+        assert!(matches!(compact[1], Wire::Heartbeat(_)));
+        assert_eq!(seqs(&compact[2]), vec![4]);
+        let plain = items(Form::Plain).await;
+        assert_eq!(plain.len(), 5);
+        assert!(matches!(&plain[3], Wire::Heartbeat(_)));
+        assert!(matches!(&plain[4], Wire::Event(e) if e.seq == 4 && e.session == "s1"));
     }
 }

@@ -3,6 +3,7 @@
 //! map errors to precise status codes.
 
 mod batch;
+pub mod compact;
 pub mod socket;
 #[cfg(test)]
 mod tests;
@@ -15,7 +16,7 @@ use qtap_proto::v1::{
     ListTracesResponse, Session, StartTraceRequest, Status, StopTraceRequest,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{transport::server::UdsConnectInfo, Request, Response};
 use tracing::error;
 
@@ -155,7 +156,13 @@ impl Qtap for Service {
     ) -> Result<Response<FollowStream>, tonic::Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let batch = req.batch;
+        let form = if req.compact {
+            batch::Form::Compact
+        } else if req.batch {
+            batch::Form::Batched
+        } else {
+            batch::Form::Plain
+        };
         let (target, queue_len) = validate::follow(req, caller, &self.limits)?;
         let (_, rx) = self
             .ask(|reply| Command::Follow {
@@ -165,11 +172,7 @@ impl Qtap for Service {
                 reply,
             })
             .await??;
-        let stream: FollowStream = if batch {
-            Box::pin(batch::Batches::new(rx).map(Ok))
-        } else {
-            Box::pin(ReceiverStream::new(rx).map(Ok))
-        };
+        let stream: FollowStream = Box::pin(batch::Batches::new(rx, form).map(Ok));
         Ok(Response::new(stream))
     }
 }

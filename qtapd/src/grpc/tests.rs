@@ -137,6 +137,7 @@ async fn follow(
         queue_len,
         options: None,
         batch: false,
+        compact: false,
     };
     Ok(client.follow_trace(request).await?.into_inner())
 }
@@ -364,7 +365,7 @@ async fn a_slow_follower_loses_is_told_how_many_and_slows_no_one() {
                 lost += l.count;
             }
             Item::Heartbeat(_) => unreachable!("next() skips heartbeats"),
-            Item::Batch(_) => unreachable!("batches were not asked for"),
+            Item::Batch(_) | Item::Compact(_) => unreachable!("batches were not asked for"),
             Item::End(end) => panic!("the session ended early: {end:?}"),
         }
     }
@@ -413,6 +414,7 @@ async fn batched_follow_keeps_every_event_in_order() {
         queue_len: 0,
         options: None,
         batch: true,
+        compact: false,
     };
     let mut stream = root.follow_trace(request).await.unwrap().into_inner();
     for n in 1..=200 {
@@ -430,6 +432,44 @@ async fn batched_follow_keeps_every_event_in_order() {
     }
     assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
     assert!(messages < 200, "{messages} messages for 200 events");
+}
+
+/// A compact follower and a plain one of the same session get the same
+/// events: the compact records decode to the plain messages.
+#[tokio::test]
+async fn compact_follow_carries_what_plain_follow_does() {
+    let harness = Harness::start();
+    let mut root = harness.client(0).await;
+    let id = start(&mut root, "pid:4000003", 0).await.unwrap();
+    let mut plain = follow(&mut root, &id, 0).await.unwrap();
+    let request = FollowTraceRequest {
+        target: Some(Target::Id(id)),
+        queue_len: 0,
+        options: None,
+        batch: false,
+        compact: true,
+    };
+    let mut compact = root.follow_trace(request).await.unwrap().into_inner();
+    for n in 1..=50 {
+        harness.write_record(4_000_003, 1, n).await;
+    }
+    let mut decoder = qtap_proto::compact::Decoder::new();
+    let mut from_compact = Vec::new();
+    while from_compact.len() < 50 {
+        match next(&mut compact).await {
+            Item::Compact(b) => from_compact.extend(decoder.events(&b).unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut from_plain = Vec::new();
+    while from_plain.len() < 50 {
+        match next(&mut plain).await {
+            Item::Event(e) => from_plain.push(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(from_compact, from_plain);
+    assert_eq!(from_plain[49].seq, 50);
 }
 
 async fn start_with(

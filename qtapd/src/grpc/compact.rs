@@ -1,0 +1,286 @@
+//! The sending end of the compact form (`qtap_proto::compact`): delivered
+//! events become fixed-layout records, and each string or connection is
+//! sent once per stream as a definition. Strings are recognised by where
+//! they live — a label made at compile time, an exe or connection shared
+//! with qtapd's state — so an event costs a few table lookups and one
+//! record, never a string copy. The tables hold what they name (so an
+//! address is never reused for something else while it is known), and
+//! start over, telling the client to do the same, past `MAX_IDS`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use qtap_proto::{
+    compact::{flag, present, Record, RECORD_BYTES},
+    v1::{definition::Value, CompactBatch, ConnInfo, Definition},
+};
+
+use crate::{
+    engine::item::Delivered,
+    events::{c_str, unix_ns, Text},
+};
+
+/// Ids a stream keeps before its tables start over.
+const MAX_IDS: u32 = 1 << 16;
+
+#[derive(Default)]
+pub struct Encoder {
+    /// Texts by address and length.
+    texts: HashMap<(usize, usize), u32>,
+    /// The shared texts among them, kept alive.
+    held: Vec<Arc<str>>,
+    comms: HashMap<[u8; 16], u32>,
+    /// Connections by address, kept alive.
+    conns: HashMap<usize, (u32, Arc<ConnInfo>)>,
+    /// The last id given.
+    last: u32,
+    batch: CompactBatch,
+}
+
+impl Encoder {
+    #[must_use]
+    pub fn new() -> Encoder {
+        Encoder::default()
+    }
+
+    /// Whether no record waits to be taken.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.batch.records.is_empty()
+    }
+
+    /// Records in the batch being made.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.batch.records.len() / RECORD_BYTES
+    }
+
+    /// Adds a delivered event to the batch being made.
+    pub fn push(&mut self, d: &Delivered) {
+        if self.is_empty() && self.last >= MAX_IDS {
+            self.texts.clear();
+            self.held.clear();
+            self.comms.clear();
+            self.conns.clear();
+            self.last = 0;
+            self.batch.reset = true;
+        }
+        if self.is_empty() {
+            d.session.as_ref().clone_into(&mut self.batch.session);
+        }
+        let e = &*d.event;
+        let payload = d.payload();
+        let mut present = 0;
+        let mut number = |bit: u16, value: Option<i64>| {
+            if value.is_some() {
+                present |= bit;
+            }
+            value.unwrap_or(0)
+        };
+        let fd = number(present::FD, e.fd.map(i64::from)) as i32;
+        let new_fd = number(present::NEW_FD, e.new_fd.map(i64::from)) as i32;
+        let direction = number(present::DIRECTION, e.direction.map(i64::from)) as u32;
+        let bytes = number(present::BYTES, e.bytes);
+        let ret = number(present::RET, e.ret);
+        let child_pid = number(present::CHILD_PID, e.child_pid.map(i64::from)) as u32;
+        let ssl = number(present::SSL, e.ssl.map(i64::from)) != 0;
+        let open = number(present::OPEN, e.open.map(i64::from)) != 0;
+        let mut flags = 0;
+        for (on, bit) in [(e.peek, flag::PEEK), (ssl, flag::SSL), (open, flag::OPEN)] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let record = Record {
+            unix_ns: unix_ns(e.ts_ns),
+            seq: d.seq,
+            bytes,
+            ret,
+            pid: e.pid,
+            tid: e.tid,
+            fd,
+            new_fd,
+            child_pid,
+            direction,
+            conn: e.conn_info.as_ref().map_or(0, |c| self.conn(c)),
+            payload_len: payload.len() as u32,
+            msg: self.text(&e.msg),
+            caller: self.text(&e.caller),
+            exe: self.text(&e.exe),
+            comm: self.comm(&e.comm),
+            error: e.error.as_ref().map_or(0, |t| self.text(t)),
+            protocol: e.protocol.map_or(0, |s| self.text(&Text::Static(s))),
+            tls_version: e.tls_version.map_or(0, |s| self.text(&Text::Static(s))),
+            app_protocol: e.app_protocol.map_or(0, |s| self.text(&Text::Static(s))),
+            filename: e.filename.as_ref().map_or(0, |t| self.text(t)),
+            present,
+            flags,
+        };
+        record.write(&mut self.batch.records);
+        self.batch.payloads.extend_from_slice(payload);
+    }
+
+    /// The batch made since the last take.
+    pub fn take(&mut self) -> CompactBatch {
+        std::mem::take(&mut self.batch)
+    }
+
+    fn define(&mut self, value: Value) -> u32 {
+        self.last += 1;
+        self.batch.definitions.push(Definition {
+            id: self.last,
+            value: Some(value),
+        });
+        self.last
+    }
+
+    /// The id of a text (0 for the empty one).
+    fn text(&mut self, text: &Text) -> u32 {
+        let s = text.as_str();
+        if s.is_empty() {
+            return 0;
+        }
+        let key = (s.as_ptr() as usize, s.len());
+        if let Some(&id) = self.texts.get(&key) {
+            return id;
+        }
+        let id = self.define(Value::Text(s.to_owned()));
+        if let Text::Shared(shared) = text {
+            self.held.push(Arc::clone(shared));
+        }
+        self.texts.insert(key, id);
+        id
+    }
+
+    fn comm(&mut self, comm: &[u8; 16]) -> u32 {
+        if let Some(&id) = self.comms.get(comm) {
+            return id;
+        }
+        let text = c_str(comm);
+        let id = if text.is_empty() {
+            0
+        } else {
+            self.define(Value::Text(text))
+        };
+        self.comms.insert(*comm, id);
+        id
+    }
+
+    fn conn(&mut self, conn: &Arc<ConnInfo>) -> u32 {
+        let key = Arc::as_ptr(conn) as usize;
+        if let Some((id, _)) = self.conns.get(&key) {
+            return *id;
+        }
+        let id = self.define(Value::Conn(ConnInfo::clone(conn)));
+        self.conns.insert(key, (id, Arc::clone(conn)));
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qtap_proto::{compact::Decoder, time::Rfc3339};
+
+    use super::*;
+    use crate::events::Event;
+
+    fn delivered(event: Event, seq: u64) -> Delivered {
+        Delivered {
+            event: Arc::new(event),
+            session: "s1".into(),
+            seq,
+            capture: 3,
+        }
+    }
+
+    /// Events of every shape: what the compact form decodes to is the
+    /// plain form's message, field for field.
+    #[test]
+    fn compact_and_plain_forms_carry_the_same_events() {
+        let conn = Arc::new(ConnInfo {
+            family: "inet".into(),
+            r#type: "tcp".into(),
+            role: "client".into(),
+            local: Some("127.0.0.1:5000".into()),
+            remote: None,
+        });
+        let exe: Arc<str> = "/usr/bin/curl".into();
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let write = Event {
+            ts_ns: 1_000_000_123,
+            msg: "syscall/write".into(),
+            caller: "tracepoint/syscalls/sys_exit_write".into(),
+            pid: 7,
+            tid: 8,
+            exe: Text::Shared(Arc::clone(&exe)),
+            comm,
+            fd: Some(3),
+            direction: Some(1),
+            bytes: Some(-11),
+            ret: Some(-11),
+            error: crate::events::errno_name(-11),
+            ssl: Some(false),
+            protocol: Some("unknown"),
+            open: Some(true),
+            conn_info: Some(Arc::clone(&conn)),
+            payload: b"GET /".to_vec(),
+            ..Event::default()
+        };
+        let exec = Event {
+            ts_ns: 2_000_000_000,
+            msg: "process/exec".into(),
+            exe: Text::Shared(Arc::clone(&exe)),
+            filename: Some(Text::Shared(exe)),
+            child_pid: Some(0),
+            peek: true,
+            new_fd: Some(-1),
+            tls_version: Some("TLS1.3"),
+            app_protocol: Some("http1"),
+            ssl: Some(true),
+            open: Some(false),
+            ..Event::default()
+        };
+        let events = [write.clone(), exec, Event::default(), write];
+        let mut encoder = Encoder::new();
+        let mut decoder = Decoder::new();
+        let mut time = Rfc3339::new();
+        for (round, chunk) in events.chunks(2).enumerate() {
+            let delivered: Vec<Delivered> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, e)| delivered(e.clone(), (round * 2 + i) as u64 + 1))
+                .collect();
+            for d in &delivered {
+                encoder.push(d);
+            }
+            let batch = encoder.take();
+            let plain: Vec<_> = delivered.iter().map(|d| d.to_wire(&mut time)).collect();
+            assert_eq!(decoder.events(&batch).unwrap(), plain);
+            if round == 1 {
+                // The second batch defines only what the first did not.
+                assert!(batch.definitions.is_empty(), "{:?}", batch.definitions);
+            }
+        }
+    }
+
+    #[test]
+    fn tables_start_over_and_say_so() {
+        let mut encoder = Encoder::new();
+        let mut decoder = Decoder::new();
+        let mut time = Rfc3339::new();
+        let mut saw_reset = false;
+        for n in 0..(MAX_IDS + 10) {
+            let event = Event {
+                msg: Text::from(format!("process_data (no bytes: SSL_read returned {n})")),
+                ..Event::default()
+            };
+            let d = delivered(event, u64::from(n) + 1);
+            encoder.push(&d);
+            let batch = encoder.take();
+            saw_reset |= batch.reset;
+            assert_eq!(decoder.events(&batch).unwrap(), vec![d.to_wire(&mut time)]);
+        }
+        assert!(saw_reset);
+        assert!(encoder.held.len() < MAX_IDS as usize + 1);
+    }
+}
