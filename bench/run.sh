@@ -5,7 +5,9 @@
 # event pipeline throughput of one session with one follower.
 #
 # Usage: bench/run.sh QTAPD QTAPCTL LOADGEN   (root; make bench builds them)
-# Knobs: ROUNDS (5), DURATION (5 s per wrk run), CONNECTIONS (32); the
+# Knobs: ROUNDS (5), DURATION (5 s per wrk run), CONNECTIONS (32),
+# THREADS (wrk's, 1), MICRO (0: skip the criterion benchmarks, which
+# measure this tree's code, when timing other binaries); the
 # pipeline part's knobs are in bench/pipeline.sh (PIPELINE_DURATION sets
 # its DURATION).
 set -euo pipefail
@@ -313,8 +315,8 @@ cost="$(cost_of nginx 4); $(cost_of ok_nginx 7)"
 
 # Criterion micro-benchmarks of the per-event hot path (qtapd/benches,
 # qtapctl/benches): one row per benchmark, the median estimate.
-echo "bench: criterion micro-benchmarks" >&2
-micro=$(
+micro="(not run: MICRO=0)"
+((${MICRO:-1})) && echo "bench: criterion micro-benchmarks" >&2 && micro=$(
 	echo "| per event | median time | events/s on one core |"
 	echo "| --- | ---: | ---: |"
 	(cd "$(dirname "$0")/.." && cargo bench --locked -p qtapd -p qtapctl \
