@@ -8,11 +8,12 @@
 //! Id 0 is no string (an absent optional field, or an empty one) and no
 //! connection.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::{
     time::Rfc3339,
     v1::{definition::Value, CompactBatch, ConnInfo, Event},
+    view::EventView,
 };
 
 /// Bytes of one [`Record`] in `CompactBatch.records`.
@@ -142,14 +143,35 @@ pub struct Decoder {
     time: Rfc3339,
 }
 
+/// The records of a batch, each with its payload.
+pub struct Records<'a> {
+    chunks: std::slice::Iter<'a, [u8; RECORD_BYTES]>,
+    payloads: &'a [u8],
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<(Record, &'a [u8]), CompactError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let record = Record::read(self.chunks.next()?);
+        let Some((payload, rest)) = self.payloads.split_at_checked(record.payload_len as usize)
+        else {
+            return Some(Err(CompactError::Payload));
+        };
+        self.payloads = rest;
+        Some(Ok((record, payload)))
+    }
+}
+
 impl Decoder {
     #[must_use]
     pub fn new() -> Decoder {
         Decoder::default()
     }
 
-    /// The events of `batch`, in order.
-    pub fn events(&mut self, batch: &CompactBatch) -> Result<Vec<Event>, CompactError> {
+    /// Takes in `batch`'s definitions (after forgetting every id, when it
+    /// says so) and returns its records.
+    pub fn define<'a>(&mut self, batch: &'a CompactBatch) -> Result<Records<'a>, CompactError> {
         if batch.reset {
             self.texts.clear();
             self.conns.clear();
@@ -169,46 +191,55 @@ impl Decoder {
         if !rest.is_empty() {
             return Err(CompactError::Length(batch.records.len()));
         }
-        let mut payloads = batch.payloads.as_slice();
-        let mut events = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let r = Record::read(chunk);
-            let (payload, after) = payloads
-                .split_at_checked(r.payload_len as usize)
-                .ok_or(CompactError::Payload)?;
-            payloads = after;
-            let mut event = self.event(&r)?;
-            event.payload = payload.to_vec();
-            batch.session.clone_into(&mut event.session);
-            events.push(event);
+        Ok(Records {
+            chunks: chunks.iter(),
+            payloads: &batch.payloads,
+        })
+    }
+
+    /// Writes the `ts` of record `r` into `out`.
+    pub fn ts(&mut self, r: &Record, out: &mut String) {
+        self.time.write(r.unix_ns, out);
+    }
+
+    /// The events of `batch`, in order, as owned messages.
+    pub fn events(&mut self, batch: &CompactBatch) -> Result<Vec<Event>, CompactError> {
+        let records: Vec<_> = self.define(batch)?.collect::<Result<_, _>>()?;
+        let mut ts = String::new();
+        let mut events = Vec::with_capacity(records.len());
+        for (r, payload) in records {
+            self.ts(&r, &mut ts);
+            events.push(self.view(&r, payload, &batch.session, &ts)?.to_event());
         }
         Ok(events)
     }
 
-    fn text(&self, id: u32) -> Result<Option<String>, CompactError> {
+    fn text(&self, id: u32) -> Result<Option<&str>, CompactError> {
         if id == 0 {
             return Ok(None);
         }
         self.texts
             .get(&id)
-            .cloned()
-            .map(Some)
+            .map(|s| Some(s.as_str()))
             .ok_or(CompactError::UnknownId(id))
     }
 
-    fn event(&mut self, r: &Record) -> Result<Event, CompactError> {
+    /// Record `r` as an event of `session`, read in place; `ts` is its
+    /// time ([`Decoder::ts`]).
+    pub fn view<'a>(
+        &'a self,
+        r: &Record,
+        payload: &'a [u8],
+        session: &'a str,
+        ts: &'a str,
+    ) -> Result<EventView<'a>, CompactError> {
         let has = |bit: u16| r.present & bit != 0;
         let conn_info = match r.conn {
             0 => None,
-            id => Some(
-                self.conns
-                    .get(&id)
-                    .cloned()
-                    .ok_or(CompactError::UnknownId(id))?,
-            ),
+            id => Some(self.conns.get(&id).ok_or(CompactError::UnknownId(id))?),
         };
-        Ok(Event {
-            ts: self.time.format(r.unix_ns),
+        Ok(EventView {
+            ts,
             msg: self.text(r.msg)?.unwrap_or_default(),
             caller: self.text(r.caller)?.unwrap_or_default(),
             pid: r.pid,
@@ -228,12 +259,12 @@ impl Decoder {
             conn_info,
             filename: self.text(r.filename)?,
             child_pid: has(present::CHILD_PID).then_some(r.child_pid),
-            session: String::new(),
+            session,
             seq: r.seq,
             tls_version: self.text(r.tls_version)?,
             app_protocol: self.text(r.app_protocol)?,
-            payload: Vec::new(),
-            host: String::new(),
+            payload,
+            host: "",
         })
     }
 }

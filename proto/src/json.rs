@@ -6,15 +6,22 @@ use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::v1::{ConnInfo, Event};
+use crate::{
+    v1::{ConnInfo, Event},
+    view::EventView,
+};
 
 /// Whether the event is about an fd (and so always has `conn_info`):
 /// syscalls, TLS library calls, protocol detections and data decisions.
 #[must_use]
 pub fn is_socket_event(event: &Event) -> bool {
+    is_socket_msg(&event.msg)
+}
+
+fn is_socket_msg(msg: &str) -> bool {
     ["syscall/", "openssl/", "protocol/", "process_data"]
         .iter()
-        .any(|prefix| event.msg.starts_with(prefix))
+        .any(|prefix| msg.starts_with(prefix))
 }
 
 /// The JSON object of an event, borrowed from it. Fields are in
@@ -110,39 +117,39 @@ fn base64<S: Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl<'a> Fields<'a> {
-    fn of(e: &'a Event) -> Fields<'a> {
-        let session = (!e.session.is_empty()).then_some(e.session.as_str());
+    fn of(e: &EventView<'a>) -> Fields<'a> {
+        let session = (!e.session.is_empty()).then_some(e.session);
         Fields {
-            app_protocol: e.app_protocol.as_deref(),
+            app_protocol: e.app_protocol,
             bytes: e.bytes,
-            caller: &e.caller,
+            caller: e.caller,
             child_pid: e.child_pid,
-            comm: &e.comm,
-            conn_info: match (is_socket_event(e), &e.conn_info) {
+            comm: e.comm,
+            conn_info: match (is_socket_msg(e.msg), e.conn_info) {
                 (false, _) => ConnField::Absent,
                 (true, None) => ConnField::Null,
                 (true, Some(c)) => ConnField::Conn(Conn::of(c)),
             },
             direction: e.direction,
-            error: e.error.as_deref(),
-            exe: &e.exe,
+            error: e.error,
+            exe: e.exe,
             fd: e.fd,
-            filename: e.filename.as_deref(),
-            host: &e.host,
-            msg: &e.msg,
+            filename: e.filename,
+            host: e.host,
+            msg: e.msg,
             new_fd: e.new_fd,
             open: e.open,
-            payload: &e.payload,
+            payload: e.payload,
             peek: e.peek.then_some(true),
             pid: e.pid,
-            protocol: e.protocol.as_deref(),
+            protocol: e.protocol,
             ret: e.ret,
             seq: session.map(|_| e.seq),
             session,
             ssl: e.ssl,
             tid: e.tid,
-            tls_version: e.tls_version.as_deref(),
-            ts: &e.ts,
+            tls_version: e.tls_version,
+            ts: e.ts,
         }
     }
 }
@@ -168,12 +175,17 @@ pub fn conn_info(conn: &ConnInfo) -> Value {
 /// The event as one JSON object.
 #[must_use]
 pub fn event(e: &Event) -> Value {
-    serde_json::to_value(Fields::of(e)).unwrap_or(Value::Null)
+    serde_json::to_value(Fields::of(&e.view())).unwrap_or(Value::Null)
 }
 
 /// Writes the event as one line of JSON (the object of [`event`]), without
 /// building it first.
 pub fn write_line(out: &mut impl std::io::Write, e: &Event) -> std::io::Result<()> {
+    write_view_line(out, &e.view())
+}
+
+/// [`write_line`] of a borrowed event.
+pub fn write_view_line(out: &mut impl std::io::Write, e: &EventView<'_>) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, &Fields::of(e))?;
     out.write_all(b"\n")
 }

@@ -13,6 +13,7 @@ pub mod v1 {
 pub mod compact;
 pub mod json;
 pub mod time;
+pub mod view;
 
 impl v1::LossStage {
     /// Where the loss happened, for a person.

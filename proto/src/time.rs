@@ -21,6 +21,13 @@ impl Rfc3339 {
     /// `unix_ns` (nanoseconds since the Unix epoch) as
     /// `2026-11-27T06:42:40.123456789Z`.
     pub fn format(&mut self, unix_ns: u64) -> String {
+        let mut out = String::with_capacity(30);
+        self.write(unix_ns, &mut out);
+        out
+    }
+
+    /// [`Rfc3339::format`] into `out`, replacing what it held.
+    pub fn write(&mut self, unix_ns: u64, out: &mut String) {
         use std::fmt::Write;
         let (secs, nanos) = (unix_ns / 1_000_000_000, unix_ns % 1_000_000_000);
         let second = match &mut self.second {
@@ -32,10 +39,9 @@ impl Rfc3339 {
                 &mut slot.insert((secs, text)).1
             }
         };
-        let mut out = String::with_capacity(second.len() + 10);
+        out.clear();
         out.push_str(second);
         let _ = write!(out, "{nanos:09}Z");
-        out
     }
 }
 

@@ -5,7 +5,9 @@
 //! process (one `FdState` per fd), replaced when the fd is closed or its
 //! number reused, and dropped when the process execs or exits.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use qtap_common::{
     call, conn_flag, direction, flag, tls_call, Conn, ExecRecord, ForkRecord, Header,

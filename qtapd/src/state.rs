@@ -5,7 +5,9 @@
 //! nothing about an old fd can outlive it: there is no second cache to
 //! forget.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use qtap_common::Conn;
 use qtap_proto::v1::ConnInfo;
@@ -101,7 +103,7 @@ impl ProcState {
         ProcState {
             exe: Some(exe),
             fds,
-            bindings: HashMap::new(),
+            bindings: HashMap::default(),
         }
     }
 }

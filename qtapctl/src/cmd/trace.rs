@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use qtap_proto::{
     compact::Decoder,
     v1::{
-        follow_item::Item, follow_trace_request::Target, Event, EventBatch, FollowItem,
+        follow_item::Item, follow_trace_request::Target, CompactBatch, Event, FollowItem,
         FollowTraceRequest, ListTracesRequest, LossStage, Session, StartTraceRequest,
         StopTraceRequest, TraceOptions,
     },
@@ -236,6 +236,9 @@ pub async fn follow(
     drop(tx);
     let mut renderer = render::new(view.output, view.group_by);
     let mut summaries: Vec<Summary> = hosts.iter().map(|_| Summary::default()).collect();
+    // The ids of a compact stream are that stream's: a reconnection starts
+    // with none.
+    let mut decoders: Vec<Decoder> = hosts.iter().map(|_| Decoder::new()).collect();
     let mut failures = Vec::new();
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
@@ -249,11 +252,19 @@ pub async fn follow(
         };
         match note {
             Note::Item(item) => {
-                if let Err(e) = show_item(renderer.as_mut(), &mut summaries[i], *item, &hosts[i]) {
+                let stream = Stream {
+                    summary: &mut summaries[i],
+                    decoder: &mut decoders[i],
+                    host: &hosts[i],
+                };
+                if let Err(e) = show_item(renderer.as_mut(), stream, *item) {
                     break Err(e);
                 }
             }
-            Note::Reconnecting(why) => eprintln!("{}{why}", says(&hosts[i])),
+            Note::Reconnecting(why) => {
+                decoders[i] = Decoder::new();
+                eprintln!("{}{why}", says(&hosts[i]));
+            }
             Note::Ended(why) => {
                 let why = why.unwrap_or_else(|| "stopped, or qtapd shut down".into());
                 eprintln!("{}the session ended: {why}", says(&hosts[i]));
@@ -329,17 +340,8 @@ async fn follow_once(
         .map_err(FollowError::Transport)?;
     let response = client.follow_trace(request).await.map_err(classify)?;
     let mut stream = response.into_inner();
-    // The ids of a compact stream are this stream's: a reconnection
-    // starts with none.
-    let mut compact = Decoder::new();
     let mut why = None;
-    while let Some(mut item) = stream.message().await.map_err(classify)? {
-        if let Some(Item::Compact(batch)) = &item.item {
-            let events = compact
-                .events(batch)
-                .map_err(|e| FollowError::Fatal(anyhow::Error::new(e)))?;
-            item.item = Some(Item::Batch(EventBatch { events }));
-        }
+    while let Some(item) = stream.message().await.map_err(classify)? {
         if let Some(Item::End(end)) = item.item {
             why = Some(end.detail);
         } else if tx.send((index, Note::Item(Box::new(item)))).await.is_err() {
@@ -349,16 +351,31 @@ async fn follow_once(
     Ok(End::SessionEnded(why))
 }
 
-/// Renders one item of a daemon's stream; `host` labels its events.
+/// What the main loop keeps of one daemon's stream.
+struct Stream<'a> {
+    summary: &'a mut Summary,
+    decoder: &'a mut Decoder,
+    /// Labels its events (empty with one daemon).
+    host: &'a str,
+}
+
+/// Renders one item of a daemon's stream.
 fn show_item(
     renderer: &mut dyn render::Render,
-    summary: &mut Summary,
+    stream: Stream<'_>,
     item: FollowItem,
-    host: &str,
 ) -> anyhow::Result<()> {
+    let Stream {
+        summary,
+        decoder,
+        host,
+    } = stream;
     let mut events = match item.item {
         Some(Item::Event(event)) => vec![event],
         Some(Item::Batch(batch)) => batch.events,
+        Some(Item::Compact(batch)) => {
+            return show_compact(renderer, summary, decoder, &batch, host)
+        }
         Some(Item::Lost(lost)) => {
             summary.lost += lost.count;
             let stage = LossStage::try_from(lost.stage).unwrap_or_default();
@@ -373,13 +390,35 @@ fn show_item(
             );
             return Ok(());
         }
-        // Compact batches are decoded by the stream's task.
-        Some(Item::Heartbeat(_) | Item::End(_) | Item::Compact(_)) | None => return Ok(()),
+        Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),
     };
     for event in &mut events {
         host.clone_into(&mut event.host);
     }
     show(renderer, summary, &events)
+}
+
+/// Renders the events of a compact batch, read in place.
+fn show_compact(
+    renderer: &mut dyn render::Render,
+    summary: &mut Summary,
+    decoder: &mut Decoder,
+    batch: &CompactBatch,
+    host: &str,
+) -> anyhow::Result<()> {
+    let malformed = |e| anyhow::anyhow!("{}qtapd sent a malformed batch: {e}", says(host));
+    let mut ts = String::new();
+    for record in decoder.define(batch).map_err(malformed)? {
+        let (record, payload) = record.map_err(malformed)?;
+        decoder.ts(&record, &mut ts);
+        let mut event = decoder
+            .view(&record, payload, &batch.session, &ts)
+            .map_err(malformed)?;
+        event.host = host;
+        summary.event(event.seq);
+        renderer.view(&event).map_err(super::stdout_error)?;
+    }
+    renderer.flush().map_err(super::stdout_error)
 }
 
 /// How a line about one daemon starts: `qtapctl: ` and, when there are

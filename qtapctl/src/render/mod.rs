@@ -6,7 +6,7 @@ pub mod json;
 
 use std::io;
 
-use qtap_proto::v1::Event;
+use qtap_proto::{v1::Event, view::EventView};
 
 use clap::ValueEnum;
 
@@ -29,6 +29,12 @@ pub enum GroupBy {
 pub trait Render {
     /// Shows one event. An error means stdout is gone.
     fn event(&mut self, event: &Event) -> io::Result<()>;
+
+    /// Shows one event read in place (from a compact batch); a renderer
+    /// that can print it without owning it says so by overriding this.
+    fn view(&mut self, event: &EventView<'_>) -> io::Result<()> {
+        self.event(&event.to_event())
+    }
 
     /// Writes out what is buffered.
     fn flush(&mut self) -> io::Result<()>;

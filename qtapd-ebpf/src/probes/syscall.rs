@@ -23,7 +23,7 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::{copy_head, count, header, now, selected_for, still_selected, submit};
+use super::{copy_head, count, header, module_sessions, now, selected_for, still_selected, submit};
 use crate::{CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
@@ -117,8 +117,13 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     record.tls = 0;
     // Never carry another call's bytes.
     record.head = [0; limit::HEAD_BYTES];
+    // Only a session of the openssl module has uprobes attached that
+    // fill TLS_ACTIVE: without one, the lookup is skipped.
     // SAFETY: the value is copied out at once.
-    if let Some(active) = unsafe { TLS_ACTIVE.get(&id) } {
+    if let Some(active) = (module_sessions(module::OPENSSL) != 0)
+        .then(|| unsafe { TLS_ACTIVE.get(&id) })
+        .flatten()
+    {
         record.flags |= flag::IN_TLS;
         record.tls = active.ssl;
     }

@@ -7,7 +7,9 @@
 //! address is never reused for something else while it is known), and
 //! start over, telling the client to do the same, past `MAX_IDS`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use qtap_proto::{
     compact::{flag, present, Record, RECORD_BYTES},
@@ -178,7 +180,7 @@ impl Encoder {
 
 #[cfg(test)]
 mod tests {
-    use qtap_proto::{compact::Decoder, time::Rfc3339};
+    use qtap_proto::{compact::Decoder, json, time::Rfc3339};
 
     use super::*;
     use crate::events::Event;
@@ -243,6 +245,7 @@ mod tests {
         let events = [write.clone(), exec, Event::default(), write];
         let mut encoder = Encoder::new();
         let mut decoder = Decoder::new();
+        let mut in_place = Decoder::new();
         let mut time = Rfc3339::new();
         for (round, chunk) in events.chunks(2).enumerate() {
             let delivered: Vec<Delivered> = chunk
@@ -255,6 +258,22 @@ mod tests {
             }
             let batch = encoder.take();
             let plain: Vec<_> = delivered.iter().map(|d| d.to_wire(&mut time)).collect();
+            // Read in place, each record prints the plain message's JSON
+            // line, byte for byte.
+            let mut ts = String::new();
+            let records: Vec<_> = in_place
+                .define(&batch)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            for ((record, payload), message) in records.iter().zip(&plain) {
+                in_place.ts(record, &mut ts);
+                let view = in_place.view(record, payload, &batch.session, &ts).unwrap();
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                json::write_view_line(&mut a, &view).unwrap();
+                json::write_line(&mut b, message).unwrap();
+                assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+            }
             assert_eq!(decoder.events(&batch).unwrap(), plain);
             if round == 1 {
                 // The second batch defines only what the first did not.
