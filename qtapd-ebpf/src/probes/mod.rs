@@ -110,10 +110,22 @@ pub fn copy_head(src: u64, len: u64, head: &mut [u8; limit::HEAD_BYTES]) -> u32 
     }
 }
 
+/// How soon qtapd must read a record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// Collected on qtapd's clock (or past `WAKE_BYTES`).
+    Batched,
+    /// Wakes qtapd when it has caught up: it must look at `/proc` for
+    /// this record while what it describes is still there (an fd the
+    /// kernel has no connection for: qtapd resolves it by number, and a
+    /// late look could find the number reused).
+    Prompt,
+}
+
 /// Sends `buf.record` to the ring, followed by up to the configured capture
 /// of the `len` bytes at user address `src` (a data call's payload).
 #[inline(always)]
-pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64) {
+pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency) {
     let capture = u64::from(CONFIG.get(0).map_or(0, |c| c.capture_bytes));
     let mut n = if len < capture { len } else { capture };
     if n > limit::CAPTURE_MAX as u64 {
@@ -135,7 +147,11 @@ pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64) {
     // SAFETY: `size` is at most the size of `*buf` (`n <= CAPTURE_MAX`),
     // and the record comes first (`repr(C)`).
     let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, data_wakeup()).is_err() {
+    let flags = match urgency {
+        Urgency::Batched => data_wakeup(),
+        Urgency::Prompt => 0,
+    };
+    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(stat::RING_FULL);
     }
 }

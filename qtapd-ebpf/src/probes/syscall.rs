@@ -23,7 +23,9 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::{copy_head, count, header, module_sessions, now, selected_for, still_selected, submit};
+use super::{
+    copy_head, count, header, module_sessions, now, selected_for, still_selected, submit, Urgency,
+};
 use crate::{CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
@@ -161,12 +163,17 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
             known(key)
         }
     };
+    let urgency = if conn.is_some() {
+        Urgency::Batched
+    } else {
+        Urgency::Prompt
+    };
     if let Some(conn) = conn {
         record.conn = conn;
         record.flags |= flag::CONN_KNOWN;
     }
     if sessions != 0 {
-        submit(buf, payload.0, payload.1);
+        submit(buf, payload.0, payload.1, urgency);
     }
 }
 

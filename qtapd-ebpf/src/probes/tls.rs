@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use qtap_common::{direction, kind, limit, module, stat, tls_call, TlsPending, TlsRecord};
 
-use super::{copy_head, count, header, now, selected_for, still_selected, submit};
+use super::{copy_head, count, header, now, selected_for, still_selected, submit, Urgency};
 use crate::{TLS_ACTIVE, TLS_BUF};
 
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
@@ -106,7 +106,7 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     if plaintext > 0 {
         buf.record.head_len = copy_head(pending.buf, plaintext, &mut buf.record.head);
     }
-    submit(buf, pending.buf, plaintext);
+    submit(buf, pending.buf, plaintext, Urgency::Batched);
 }
 
 /// Entry of `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd`/`SSL_free`.
@@ -134,5 +134,5 @@ pub fn bind(ctx: &ProbeContext, call: u16) {
         },
         ..TlsRecord::default()
     };
-    submit(buf, 0, 0);
+    submit(buf, 0, 0, Urgency::Prompt);
 }
