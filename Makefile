@@ -10,7 +10,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-FILTER ?= mod:socket,mod:process,mod:openssl,exe.contains:curl
+FILTER ?= mod:socket,mod:process,mod:openssl,exe.contains:curl,fd:socket
 ENCODING ?= console
 DEMO ?= 1
 BPF_LINKER_VERSION := 0.10.1

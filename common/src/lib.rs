@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 3;
+pub const ABI_VERSION: u16 = 4;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -208,6 +208,11 @@ pub mod flag {
     /// The call ran inside a TLS library call on the same thread
     /// (`SyscallRecord::tls` names the `SSL*`).
     pub const IN_TLS: u8 = 4;
+    /// The kernel looked at the fd's file when the call began (it had no
+    /// connection for it); [`SOCKET`] says what it found.
+    pub const KIND_KNOWN: u8 = 8;
+    /// With [`KIND_KNOWN`]: the fd was a socket.
+    pub const SOCKET: u8 = 16;
 }
 
 /// `Conn::flags` bits.
@@ -473,6 +478,9 @@ pub struct Config {
     /// Sessions of callers other than root: they select a process only
     /// while its credentials are plain (see [`CredOffsets`]).
     pub restricted: u64,
+    /// Sessions that want socket fds only (`fd:socket`): a call on an fd
+    /// that is not a socket is not recorded for them (see [`FileOffsets`]).
+    pub sockets_only: u64,
     /// qtapd itself, never selected.
     pub self_tgid: u32,
     /// Payload bytes to copy after each data record (the most any session
@@ -532,11 +540,31 @@ pub struct CredOffsets {
     pub _pad: u32,
 }
 
+/// Where the kernel keeps a task's open files, for telling a socket fd
+/// from a file or pipe: `task_struct.files` → `files_struct.fdt` →
+/// `fdtable.fd[fd]` (below `fdtable.max_fds`) → `file.f_inode` →
+/// `inode.i_mode`. From the kernel's BTF, like [`CredOffsets`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub inode_mode: u32,
+    /// 1 once qtapd set the offsets; while 0 the kernel does not look.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
 /// Offsets of tracepoint fields that differ between kernels, read by
 /// qtapd from tracefs `format` files and set as globals at load.
 pub mod offsets {
     /// Global name: the [`super::CredOffsets`] of this kernel.
     pub const CRED: &str = "CRED_OFFSETS";
+    /// Global name: the [`super::FileOffsets`] of this kernel.
+    pub const FILE: &str = "FILE_OFFSETS";
     /// Global name: offset of `child_pid` in `sched_process_fork`.
     pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
     /// Global name: offset of `filename` (`__data_loc`) in `sched_process_exec`.
@@ -558,8 +586,9 @@ const _: () = {
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
     assert!(core::mem::size_of::<PatternKey>() == 16);
-    assert!(core::mem::size_of::<Config>() == 8 + 56 + 16 + 32 + 32 + 32 + 64 + 8 + 8);
+    assert!(core::mem::size_of::<Config>() == 8 + 56 + 16 + 32 + 32 + 32 + 64 + 8 + 8 + 8);
     assert!(core::mem::size_of::<CredOffsets>() == 48);
+    assert!(core::mem::size_of::<FileOffsets>() == 32);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
     // Offsets user space relies on when it reads a record's fields.
     assert!(core::mem::offset_of!(Header, ts_ns) == 16);
@@ -584,7 +613,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TlsRecord>(), 120);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 256);
+        assert_eq!(core::mem::size_of::<Config>(), 264);
     }
 
     #[test]

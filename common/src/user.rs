@@ -1,7 +1,9 @@
 //! User-space side of the contract: `aya::Pod` for the types qtapd reads
 //! from or writes to maps. Only built with the `user` feature.
 
-use crate::{Config, Conn, ConnKey, CredOffsets, PatternKey, Pending, ProcSel, TlsPending};
+use crate::{
+    Config, Conn, ConnKey, CredOffsets, FileOffsets, PatternKey, Pending, ProcSel, TlsPending,
+};
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte
 // arrays with explicit padding fields, so every bit pattern is valid.
@@ -10,6 +12,8 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Conn {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CredOffsets {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FileOffsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ConnKey {}
 // SAFETY: as above.

@@ -90,7 +90,9 @@ enum TraceCommand {
     Start {
         /// What to trace: `key:value` terms, comma-separated. Keys: mod
         /// (socket, process, openssl, protocol, data), exe, exe.contains,
-        /// exe.startsWith, exe.endsWith, comm, pid, uid, port.
+        /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd. `fd:socket`
+        /// keeps calls on sockets only, not on the process's files and
+        /// pipes (decided in the kernel); without it, every fd's calls.
         #[arg(long)]
         filter: String,
         /// A name shown by `trace list`.

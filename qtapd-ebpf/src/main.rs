@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use qtap_common::{
-    call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, PatternKey,
-    Pending, ProcSel, SyscallRecord, TlsPending, TlsRecord, WithPayload,
+    call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, FileOffsets,
+    PatternKey, Pending, ProcSel, SyscallRecord, TlsPending, TlsRecord, WithPayload,
 };
 
 #[map]
@@ -69,6 +69,21 @@ static CRED_OFFSETS: CredOffsets = CredOffsets {
     task_real_cred: 0,
     cap_permitted: 0,
     ids: [0; 8],
+    valid: 0,
+    _pad: 0,
+};
+
+/// Where `files_struct`, `fdtable`, `file` and `inode` keep what tells a
+/// socket fd from another; set by qtapd from the kernel's BTF (all zero,
+/// `valid: 0`, until then: the kernel does not look).
+#[no_mangle]
+static FILE_OFFSETS: FileOffsets = FileOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_mode: 0,
     valid: 0,
     _pad: 0,
 };

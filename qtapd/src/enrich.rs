@@ -190,6 +190,26 @@ impl Enricher {
             self.proc(pid).fd_mut(fd).kernel_conn = Some((rec.conn, Arc::clone(&info)));
             return Some(info);
         }
+        // A closed fd is gone from /proc (or its number reused) by the
+        // time its record is read: only what was known of it stands.
+        if rec.call == call::CLOSE {
+            return self
+                .proc(pid)
+                .fd(rec.fd)
+                .and_then(|s| s.resolved.clone().flatten());
+        }
+        // The kernel looked at the fd's file when the call began: /proc,
+        // read later, could show whatever took the number since.
+        if rec.flags & flag::KIND_KNOWN != 0 {
+            let state = self.proc(pid).fd_mut(rec.fd);
+            if rec.flags & flag::SOCKET == 0 {
+                state.resolved = Some(None);
+                return None;
+            }
+            if matches!(state.resolved, Some(None)) {
+                state.resolved = None;
+            }
+        }
         self.resolve(pid, rec.fd)
     }
 

@@ -218,7 +218,28 @@ impl Daemon {
 
     /// Lets in-flight events drain, stops qtapd with SIGTERM, and returns
     /// every event it printed.
-    pub fn stop(mut self) -> Result<Vec<Value>> {
+    pub fn stop(self) -> Result<Vec<Value>> {
+        self.stop_with_log().map(|(events, _)| events)
+    }
+
+    /// As [`Daemon::stop`], with the kernel records qtapd decoded (from
+    /// the totals it logs as it stops).
+    pub fn stop_counting(self) -> Result<(Vec<Value>, u64)> {
+        let (events, log) = self.stop_with_log()?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("engine stopped"))
+            .context("qtapd logged no totals")?;
+        let at = line.find("records").context("no records total")? + "records".len();
+        let digits: String = line[at..]
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        Ok((events, digits.parse()?))
+    }
+
+    fn stop_with_log(mut self) -> Result<(Vec<Value>, String)> {
         thread::sleep(Duration::from_millis(700));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -227,7 +248,7 @@ impl Daemon {
         if !status.success() {
             bail!("qtapd exited with {status}:\n{}", self.stderr());
         }
-        Ok(self.events.lock().unwrap().clone())
+        Ok((self.events.lock().unwrap().clone(), self.stderr()))
     }
 }
 

@@ -239,3 +239,77 @@ fn bad_filters_exit_non_zero_naming_the_term() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `fd:socket` keeps a process's calls on sockets and drops those on its
+/// files and pipes in the kernel: they are not even recorded. Without it
+/// the same program's file reads show, with `conn_info: null`.
+#[test]
+fn fd_socket_keeps_socket_calls_and_records_nothing_else() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("qtap-fdkinds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("qtap-fdkinds");
+    std::fs::copy("/usr/bin/python3", &program).unwrap();
+    let script = r"
+import os, socket, sys
+for _ in range(30):
+    with open('/etc/os-release', 'rb') as f:
+        f.read()
+r, w = os.pipe()
+os.write(w, b'through a pipe')
+os.read(r, 100)
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+while s.recv(4096):
+    pass
+";
+    let run = |filter: &str| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || serve_once(&listener));
+        let daemon = Daemon::start(filter).unwrap();
+        let child = Command::new(&program)
+            .args(["-c", script, &port.to_string()])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(child.wait_with_output().unwrap().status.success());
+        server.join().unwrap();
+        let (events, records) = daemon.stop_counting().unwrap();
+        (of_pid(&events, pid), events.len() as u64, records)
+    };
+
+    let (events, printed, sockets_only) = run("fd:socket,exe.contains:qtap-fdkinds");
+    assert!(find(&events, "connect").len() == 1, "{events:#?}");
+    assert!(
+        bytes_on(
+            &events,
+            find(&events, "connect")[0]["fd"].as_i64().unwrap(),
+            WRITES
+        ) > 0
+    );
+    for e in &events {
+        assert!(e["conn_info"].is_object(), "a call on a file or pipe: {e}");
+    }
+    // The kernel recorded the socket calls and the process's exec and
+    // exit, and none of the ~30 file reads, their closes or the pipe.
+    assert!(
+        sockets_only <= printed + 3,
+        "{sockets_only} records for {printed} events printed"
+    );
+
+    let (events, _, every_fd) = run("exe.contains:qtap-fdkinds");
+    let files = events
+        .iter()
+        .filter(|e| syscall(e) == Some("read") && e["conn_info"].is_null())
+        .count();
+    assert!(
+        files >= 30,
+        "without fd:socket the file reads show ({files})"
+    );
+    assert!(
+        every_fd > sockets_only + 30,
+        "{every_fd} records, {sockets_only} with fd:socket"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,7 @@
 //! Probe logic, one file per family. Entry points in `main.rs` call in here.
 
 pub mod creds;
+pub mod files;
 pub mod process;
 pub mod syscall;
 pub mod tls;

@@ -23,10 +23,11 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
+use super::files;
 use super::{
     copy_head, count, header, module_sessions, now, selected_for, still_selected, submit, Urgency,
 };
-use crate::{CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
+use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u16 = 1;
@@ -74,6 +75,21 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
     if call != call::SOCKET {
         pending.arg2 = arg(ctx, 1);
     }
+    // When every selecting session wants sockets only, a file or pipe is
+    // told here and costs nothing more. A close must be told here in any
+    // case: at its exit the fd is gone.
+    let only = sockets_only();
+    if sessions & !only == 0 || (call == call::CLOSE && sessions & only != 0) {
+        let key = ConnKey {
+            tgid: (id >> 32) as u32,
+            fd: pending.fd as u32,
+        };
+        pending.flags |= fd_kind(call, key);
+        pending.sessions = keep_for_kind(pending.flags, sessions);
+        if pending.sessions == 0 {
+            return;
+        }
+    }
     if PENDING.insert(&id, &pending, 0).is_err() {
         count(stat::PENDING_FULL);
     }
@@ -96,7 +112,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // Sessions that stopped selecting the process while the call ran (a
     // session ended, or the process left a restricted session) get
     // nothing of it; the connection table is kept up to date regardless.
-    let sessions = still_selected(tgid, pending.sessions);
+    let mut sessions = still_selected(tgid, pending.sessions);
     // SAFETY: offset of `ret` in the syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
 
@@ -155,15 +171,29 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
             } else {
                 ret
             };
-            if record.bytes > 0 {
+            let conn = known(key);
+            // An fd the kernel has no connection for: a file, a pipe, or
+            // a socket from before tracing; told now, while it is the one
+            // the call used (qtapd's look at /proc would come later).
+            if conn.is_none() && record.flags & flag::KIND_KNOWN == 0 {
+                record.flags |= file_kind(pending.fd);
+                sessions = keep_for_kind(record.flags, sessions);
+            }
+            if record.bytes > 0 && sessions != 0 {
                 let (src, len) = first_buffer(call, pending.arg2);
                 payload = (src, len.min(record.bytes as u64));
                 record.head_len = copy_head(src, payload.1, &mut record.head);
             }
-            known(key)
+            conn
         }
     };
-    let urgency = if conn.is_some() {
+    // qtapd looks at /proc for an fd it cannot place otherwise: it must
+    // read such a record before the fd number names something else. A
+    // close it never looks up (the fd is gone).
+    let placed = conn.is_some()
+        || call == call::CLOSE
+        || (record.flags & flag::KIND_KNOWN != 0 && record.flags & flag::SOCKET == 0);
+    let urgency = if placed {
         Urgency::Batched
     } else {
         Urgency::Prompt
@@ -174,6 +204,50 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     }
     if sessions != 0 {
         submit(buf, payload.0, payload.1, urgency);
+    }
+}
+
+/// The sessions that want sockets only (`fd:socket`).
+#[inline(always)]
+fn sockets_only() -> u64 {
+    CONFIG.get(0).map_or(0, |c| c.sockets_only)
+}
+
+/// `flag::KIND_KNOWN` (with `flag::SOCKET` for a socket) for the fd of
+/// `key`, or 0 when it is not worth telling or cannot be told: the calls
+/// that make or name a socket, and fds the kernel has a connection for.
+#[inline(always)]
+fn fd_kind(call: u16, key: ConnKey) -> u8 {
+    if matches!(
+        call,
+        call::SOCKET | call::ACCEPT | call::ACCEPT4 | call::CONNECT | call::BIND
+    ) || known(key).is_some()
+    {
+        return 0;
+    }
+    file_kind(key.fd as i32)
+}
+
+/// `flag::KIND_KNOWN` (with `flag::SOCKET`) for `fd`, 0 when it cannot be
+/// told.
+#[inline(always)]
+fn file_kind(fd: i32) -> u8 {
+    match files::is_socket(fd) {
+        Some(true) => flag::KIND_KNOWN | flag::SOCKET,
+        Some(false) => flag::KIND_KNOWN,
+        None => 0,
+    }
+}
+
+/// Of `sessions`, those that keep a call whose record flags are `flags`:
+/// all of them, but for an fd known not to be a socket, those that did
+/// not ask for sockets only.
+#[inline(always)]
+fn keep_for_kind(flags: u8, sessions: u64) -> u64 {
+    if flags & flag::KIND_KNOWN != 0 && flags & flag::SOCKET == 0 {
+        sessions & !sockets_only()
+    } else {
+        sessions
     }
 }
 

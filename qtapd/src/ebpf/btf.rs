@@ -1,6 +1,6 @@
 //! Struct member offsets from the running kernel's BTF
 //! (`/sys/kernel/btf/vmlinux`), for the few kernel structs the programs
-//! read (`qtap_common::CredOffsets`). A reader of just what that needs:
+//! read (`qtap_common::CredOffsets`, `qtap_common::FileOffsets`). A reader of just what that needs:
 //! the header, the type records (skipped by kind), and the string table.
 //! Written here rather than taken from a crate: `aya-obj` keeps its member
 //! accessors private, and the BTF crates on crates.io are LGPL, which qtap
@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use qtap_common::CredOffsets;
+use qtap_common::{CredOffsets, FileOffsets};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -155,6 +155,23 @@ impl Structs {
             _pad: 0,
         })
     }
+
+    /// Where a task's fd table leads to each file's inode mode.
+    ///
+    /// # Errors
+    /// A member the programs read is missing.
+    pub fn file_offsets(&self) -> Result<FileOffsets, BtfError> {
+        Ok(FileOffsets {
+            task_files: self.offset("task_struct", "files")?,
+            files_fdt: self.offset("files_struct", "fdt")?,
+            fdt_max_fds: self.offset("fdtable", "max_fds")?,
+            fdt_fd: self.offset("fdtable", "fd")?,
+            file_inode: self.offset("file", "f_inode")?,
+            inode_mode: self.offset("inode", "i_mode")?,
+            valid: 1,
+            _pad: 0,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +245,10 @@ mod tests {
         assert!(offsets.task_real_cred > 0);
         // uid comes first in struct cred after the usage count.
         assert!(offsets.ids.iter().all(|&o| o > 0 && o < 256), "{offsets:?}");
+        let files = Structs::from_kernel().unwrap().file_offsets().unwrap();
+        assert_eq!(files.valid, 1);
+        assert!(files.task_files > 0 && files.file_inode > 0, "{files:?}");
+        // i_mode is the first member of struct inode.
+        assert_eq!(files.inode_mode, 0, "{files:?}");
     }
 }

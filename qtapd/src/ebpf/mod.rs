@@ -21,8 +21,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use qtap_common::{
-    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, PatternKey, Pending, ProcSel,
-    TlsPending,
+    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, FileOffsets, PatternKey, Pending,
+    ProcSel, TlsPending,
 };
 
 use tracing::warn;
@@ -131,13 +131,12 @@ impl Kernel {
         let exit_group_dead =
             tracefs::field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
 
-        let creds = (if features.btf {
+        let structs = if features.btf {
             btf::Structs::from_kernel()
         } else {
             Err(btf::BtfError::Read(std::io::ErrorKind::NotFound.into()))
-        })
-        .and_then(|structs| structs.cred_offsets())
-        .unwrap_or_else(|error| {
+        };
+        let creds = from_btf(&structs, btf::Structs::cred_offsets).unwrap_or_else(|error| {
             warn!(
                 %error,
                 "cannot read credentials in the kernel: sessions of callers other than root \
@@ -145,8 +144,17 @@ impl Kernel {
             );
             CredOffsets::default()
         });
+        let files = from_btf(&structs, btf::Structs::file_offsets).unwrap_or_else(|error| {
+            warn!(
+                %error,
+                "cannot tell sockets from other fds in the kernel: qtapd tells them apart \
+                 from /proc instead, later, and `fd:socket` sessions get every record"
+            );
+            FileOffsets::default()
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global(offsets::CRED, &creds, true)
+            .override_global(offsets::FILE, &files, true)
             .override_global(offsets::FORK_CHILD_PID, &fork_child, true)
             .override_global(offsets::EXEC_FILENAME, &exec_filename, true)
             .override_global(offsets::EXIT_GROUP_DEAD, &exit_group_dead, true)
@@ -466,5 +474,16 @@ impl Kernel {
                 let _ = program.detach(link);
             }
         }
+    }
+}
+
+/// What `read` finds in the kernel's BTF (`structs`, read once), or why not.
+fn from_btf<T>(
+    structs: &Result<btf::Structs, btf::BtfError>,
+    read: fn(&btf::Structs) -> Result<T, btf::BtfError>,
+) -> Result<T, String> {
+    match structs {
+        Ok(s) => read(s).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -615,8 +615,15 @@ impl<K: Selector> Engine<K> {
     /// Delivers an event about an fd to the sessions of `module`, and the
     /// events derived from it to the sessions of `protocol` and `data`.
     fn deliver_fd_event(&mut self, mask: u64, event: Event, notes: Notes, module: Module) {
-        let wants =
-            |m: Module| move |s: &Session, e: &Event| s.spec.filter.wants(m) && passes_ports(s, e);
+        // A syscall on an fd that is not a network socket, for `fd:socket`
+        // sessions where the kernel could not tell (no BTF).
+        let not_socket = module == Module::Socket && event.conn_info.is_none();
+        let wants = |m: Module| {
+            move |s: &Session, e: &Event| {
+                let filter = &s.spec.filter;
+                filter.wants(m) && passes_ports(s, e) && !(not_socket && filter.sockets_only())
+            }
+        };
         let detected = (notes.detected && self.hub.wanted(mask, Module::Protocol))
             .then(|| derived::protocol_event(&event));
         let data = if self.hub.wanted(mask, Module::Data) {

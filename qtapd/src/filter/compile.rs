@@ -78,6 +78,9 @@ pub fn compile<'a>(
         }
         let bit = 1u64 << slot;
         let cfg = &mut out.config;
+        if filter.sockets_only() {
+            cfg.sockets_only |= bit;
+        }
         cfg.active |= bit;
         for module in filter.modules() {
             for &family in module.kernel_families() {
@@ -173,6 +176,14 @@ mod tests {
             hash: hash(b"curl"),
         };
         assert_eq!(c.patterns.get(&key), Some(&(1 << 3)));
+    }
+
+    #[test]
+    fn sockets_only_sessions_are_told_to_the_kernel() {
+        let sockets = Filter::parse("fd:socket,pid:7").unwrap();
+        let any = Filter::parse("pid:7").unwrap();
+        let c = compile([(1, &sockets), (4, &any)], 1).unwrap();
+        assert_eq!(c.config.sockets_only, 1 << 1);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! Grammar: `term[,term…]`, each `key:value`, the value being everything
 //! after the first `:`. Terms with the same key are alternatives (any may
 //! match); terms with different keys must all match. `mod:` terms add up;
-//! none means `mod:socket`.
+//! none means `mod:socket`. `fd:socket` keeps the calls on socket fds
+//! only (decided in the kernel, see `qtap_common::FileOffsets`); no `fd:`
+//! term, or `fd:any`, keeps calls on files and pipes too (`conn_info`
+//! null), as Qtap's `--bpf-trace` shows them.
 
 pub mod compile;
 
@@ -24,7 +27,29 @@ pub const KEYS: &[&str] = &[
     "pid",
     "uid",
     "port",
+    "fd",
 ];
+
+/// `fd:` values: which fds' calls a session keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FdKind {
+    /// Sockets only.
+    Socket,
+    /// Every fd: sockets, files, pipes.
+    Any,
+}
+
+impl FdKind {
+    pub const ALL: [FdKind; 2] = [FdKind::Socket, FdKind::Any];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            FdKind::Socket => "socket",
+            FdKind::Any => "any",
+        }
+    }
+}
 
 /// Longest `comm` the kernel keeps (`TASK_COMM_LEN` - 1).
 const COMM_MAX: usize = 15;
@@ -131,6 +156,7 @@ pub enum Term {
     Pid(u32),
     Uid(u32),
     Port(u16),
+    Fd(FdKind),
 }
 
 impl fmt::Display for Term {
@@ -141,6 +167,7 @@ impl fmt::Display for Term {
             Term::Pid(p) => write!(f, "pid:{p}"),
             Term::Uid(u) => write!(f, "uid:{u}"),
             Term::Port(p) => write!(f, "port:{p}"),
+            Term::Fd(k) => write!(f, "fd:{}", k.name()),
         }
     }
 }
@@ -151,6 +178,8 @@ pub struct Filter {
     terms: Vec<Term>,
     /// `Module::bit`s asked for, computed once (asked per event).
     modules: u8,
+    /// `fd:` terms, none of them `fd:any` (asked per event).
+    sockets_only: bool,
 }
 
 /// Why a filter string was rejected. `position` counts terms from 1.
@@ -175,6 +204,12 @@ pub enum FilterError {
         module_names()
     )]
     UnknownModule {
+        position: usize,
+        term: String,
+        value: String,
+    },
+    #[error("term {position} `{term}`: unknown fd kind `{value}`; valid kinds: socket, any")]
+    UnknownFdKind {
         position: usize,
         term: String,
         value: String,
@@ -210,7 +245,18 @@ impl Filter {
         } else {
             named
         };
-        Filter { terms, modules }
+        let mut kinds = terms.iter().filter_map(|t| match t {
+            Term::Fd(k) => Some(*k),
+            _ => None,
+        });
+        let sockets_only = kinds
+            .next()
+            .is_some_and(|first| first == FdKind::Socket && kinds.all(|k| k == FdKind::Socket));
+        Filter {
+            terms,
+            modules,
+            sockets_only,
+        }
     }
 
     /// Parses a filter string; see the module doc for the grammar.
@@ -326,6 +372,13 @@ impl Filter {
             && (uids.peek().is_none() || uids.any(|u| u == uid))
     }
 
+    /// Whether the session keeps calls on socket fds only: `fd:` terms,
+    /// none of them `fd:any`.
+    #[must_use]
+    pub fn sockets_only(&self) -> bool {
+        self.sockets_only
+    }
+
     /// Whether the filter has `port` terms (the hot path skips address
     /// parsing without them).
     #[must_use]
@@ -420,6 +473,14 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
         "port" => match value.parse::<u16>() {
             Ok(port) if port > 0 => Ok(Term::Port(port)),
             _ => Err(number("port (1 to 65535)")),
+        },
+        "fd" => match FdKind::ALL.into_iter().find(|k| k.name() == value) {
+            Some(k) => Ok(Term::Fd(k)),
+            None => Err(FilterError::UnknownFdKind {
+                position,
+                term,
+                value: value.to_owned(),
+            }),
         },
         _ => unreachable!("every key of KEYS is handled above"),
     }
@@ -540,6 +601,24 @@ mod tests {
         let long = format!("exe.contains:{}", "a".repeat(300));
         assert!(matches!(err(&long), FilterError::TooLong { .. }));
         assert!(matches!(err("exe:a\u{7}b"), FilterError::Control { .. }));
+        let e = err("fd:sockets");
+        assert!(matches!(e, FilterError::UnknownFdKind { position: 1, .. }));
+        assert!(e.to_string().contains("valid kinds: socket, any"), "{e}");
+    }
+
+    #[test]
+    fn fd_terms_keep_sockets_only_unless_any() {
+        let only = |text: &str| Filter::parse(text).unwrap().sockets_only();
+        assert!(only("fd:socket,exe:/usr/bin/curl"));
+        assert!(
+            !only("exe:/usr/bin/curl"),
+            "no fd term: every fd, as --bpf-trace"
+        );
+        assert!(!only("fd:socket,fd:any"), "alternatives: any of them");
+        assert!(!only("fd:any"));
+        let f = Filter::parse("fd:socket,mod:process").unwrap();
+        assert_eq!(f.to_string(), "fd:socket,mod:process");
+        assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
     }
 
     mod properties {
