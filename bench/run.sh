@@ -146,6 +146,15 @@ bpftrace_probes() {
 	echo "${out[*]}"
 }
 
+# One load under a bpftrace script (given 3 s to attach).
+under_bpftrace() {
+	bpftrace -e "$1" >"$work/bpftrace.out" 2>&1 &
+	local tracer=$!
+	sleep 3
+	load
+	stop_pid "$tracer"
+}
+
 run_scenario() {
 	local s=$1 aux=() result url=$url_static
 	[[ $s == ok_* ]] && url=$url_ok
@@ -210,20 +219,8 @@ run_scenario() {
 		result=$(load)
 		stop_pid "${aux[0]}"
 		;;
-	bpftrace)
-		bpftrace -e "$(bpftrace_probes exit) /pid == $worker/ { printf(\"%s %d\\n\", probe, args->ret); }" >"$work/bpftrace.out" 2>&1 &
-		aux+=($!)
-		sleep 3
-		result=$(load)
-		stop_pid "${aux[0]}"
-		;;
-	bpfcount)
-		bpftrace -e "$(bpftrace_probes enter),$(bpftrace_probes exit) /pid == $worker/ { @[probe] = count(); }" >"$work/bpftrace.out" 2>&1 &
-		aux+=($!)
-		sleep 3
-		result=$(load)
-		stop_pid "${aux[0]}"
-		;;
+	bpftrace) result=$(under_bpftrace "$(bpftrace_probes exit) /pid == $worker/ { printf(\"%s %d\\n\", probe, args->ret); }") ;;
+	bpfcount) result=$(under_bpftrace "$(bpftrace_probes enter),$(bpftrace_probes exit) /pid == $worker/ { @[probe] = count(); }") ;;
 	esac
 	read -r r a b <<<"$result"
 	rps[$s]+="$r "

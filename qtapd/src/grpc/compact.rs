@@ -275,6 +275,13 @@ mod tests {
                 assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
             }
             assert_eq!(decoder.events(&batch).unwrap(), plain);
+            if round == 0 {
+                // A socket event on the wire: the plain message against a
+                // record (its definitions come once per stream).
+                let message = prost::Message::encoded_len(&plain[0]);
+                eprintln!("plain Event: {message} bytes; compact record: {RECORD_BYTES}");
+                assert!(RECORD_BYTES < message);
+            }
             if round == 1 {
                 // The second batch defines only what the first did not.
                 assert!(batch.definitions.is_empty(), "{:?}", batch.definitions);
