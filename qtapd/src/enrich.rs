@@ -125,7 +125,10 @@ impl Enricher {
                     fd
                 })
         };
-        let stream = fd.and_then(|fd| self.proc(hdr.pid).stream(fd).map(StreamFields::of));
+        let seen = fd.and_then(|fd| self.proc(hdr.pid).stream(fd));
+        let stream = seen.map(StreamFields::of);
+        // The connection a bound stream saw on its syscalls.
+        let known = seen.and_then(|s| s.conn.clone());
         notes.bound = stream.is_some_and(|s| s.bound);
         if !build {
             return (None, notes);
@@ -142,7 +145,6 @@ impl Enricher {
         event.fd = fd;
         if let Some(fd) = fd {
             stream_fields(&mut event, stream);
-            let known = self.proc(hdr.pid).stream(fd).and_then(|s| s.conn.clone());
             let conn = known.or_else(|| self.resolve(hdr.pid, fd));
             event.open = Some(conn.is_some());
             event.conn_info = conn;

@@ -259,6 +259,17 @@ impl Drop for Daemon {
     }
 }
 
+/// A copy of python3 named `name` (its comm, for a `comm:` or `exe.*`
+/// filter) in a fresh directory; returns the directory and the program.
+#[must_use]
+pub fn python_named(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join(name);
+    std::fs::copy("/usr/bin/python3", &program).unwrap();
+    (dir, program)
+}
+
 /// Events of one process.
 #[must_use]
 pub fn of_pid(events: &[Value], pid: u32) -> Vec<Value> {

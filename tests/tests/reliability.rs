@@ -13,8 +13,8 @@ use std::{
 };
 
 use qtap_tests::{
-    of_pid, qtap_programs, require_root, run_curl, run_curl_at, serve_once, stdout_of, syscall,
-    Daemon, Follower, Service,
+    of_pid, python_named, qtap_programs, require_root, run_curl, run_curl_at, serve_once,
+    stdout_of, syscall, Daemon, Follower, Service,
 };
 use serde_json::Value;
 
@@ -727,16 +727,6 @@ fn a_full_connection_table_is_counted_and_told() {
     );
     fs::remove_dir_all(&dir).unwrap();
     service.stop().unwrap();
-}
-
-/// A copy of python3 named `name` (its comm, for a `comm:` filter) in a
-/// fresh directory; returns the directory and the program.
-fn python_named(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let program = dir.join(name);
-    fs::copy("/usr/bin/python3", &program).unwrap();
-    (dir, program)
 }
 
 /// The counters a churn writer sent, in the order its `sendto` events came.

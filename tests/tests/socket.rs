@@ -3,7 +3,7 @@
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, qtapd_bin, require_root, run_curl, serve_once,
+    bytes_on, of_pid, python_named, qtapd_bin, require_root, run_curl, serve_once,
     servers::{free_port, Nginx},
     syscall, Daemon, READS, WRITES,
 };
@@ -246,10 +246,7 @@ fn bad_filters_exit_non_zero_naming_the_term() {
 #[test]
 fn fd_socket_keeps_socket_calls_and_records_nothing_else() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("qtap-fdkinds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let program = dir.join("qtap-fdkinds");
-    std::fs::copy("/usr/bin/python3", &program).unwrap();
+    let (dir, program) = python_named("qtap-fdkinds");
     let script = r"
 import os, socket, sys
 for _ in range(30):

@@ -23,9 +23,9 @@ use qtap_common::{
     Pending, SyscallRecord,
 };
 
-use super::files;
 use super::{
-    copy_head, count, header, module_sessions, now, selected_for, still_selected, submit, Urgency,
+    copy_head, count, files, header, module_sessions, now, selected_for, still_selected, submit,
+    Urgency,
 };
 use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 

@@ -17,6 +17,7 @@ use qtap_proto::v1::{Heartbeat, LossStage, Lost, Session as SessionInfo, Session
 use tokio::sync::mpsc;
 
 pub use super::item::{Delivered, Item};
+use crate::events::monotonic_ns;
 use crate::{
     events::Event,
     filter::{Filter, Module},
@@ -285,19 +286,6 @@ impl Session {
             self.idle_since = None;
         }
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`,
-/// which stamps kernel records.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// What the follower queues hold, in estimated bytes, and the most they

@@ -157,20 +157,24 @@ impl Event {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`,
+/// which stamps kernel records.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, read once for the whole daemon so
 /// that every stream shows a kernel stamp as the same instant.
 fn boot() -> SystemTime {
     static BOOT: OnceLock<SystemTime> = OnceLock::new();
-    *BOOT.get_or_init(|| {
-        let mut mono = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `mono` is a valid, writable timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut mono) };
-        let since_boot = Duration::new(mono.tv_sec as u64, mono.tv_nsec as u32);
-        SystemTime::now() - since_boot
-    })
+    *BOOT.get_or_init(|| SystemTime::now() - Duration::from_nanos(monotonic_ns()))
 }
 
 /// A kernel stamp (`CLOCK_MONOTONIC` ns) as wall-clock time.

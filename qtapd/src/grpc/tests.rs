@@ -76,7 +76,7 @@ impl Harness {
 
     /// Sends a hand-built `write` record of `pid` for the sessions in `mask`.
     async fn write_record(&self, pid: u32, mask: u64, bytes: i64) {
-        self.write_record_at(pid, mask, bytes, crate::engine::hub::monotonic_ns())
+        self.write_record_at(pid, mask, bytes, crate::events::monotonic_ns())
             .await;
     }
 
@@ -133,13 +133,28 @@ async fn follow(
     queue_len: u32,
 ) -> Result<Streaming<FollowItem>, tonic::Status> {
     let request = FollowTraceRequest {
-        target: Some(Target::Id(id.into())),
         queue_len,
-        options: None,
-        batch: false,
-        compact: false,
+        ..follow_request(id, Form::Plain)
     };
     Ok(client.follow_trace(request).await?.into_inner())
+}
+
+/// The stream forms a follower can ask for.
+#[derive(Clone, Copy)]
+enum Form {
+    Plain,
+    Batched,
+    Compact,
+}
+
+fn follow_request(id: &str, form: Form) -> FollowTraceRequest {
+    FollowTraceRequest {
+        target: Some(Target::Id(id.into())),
+        queue_len: 0,
+        options: None,
+        batch: matches!(form, Form::Batched),
+        compact: matches!(form, Form::Compact),
+    }
 }
 
 /// The next item that is not a heartbeat (within 5 s).
@@ -409,13 +424,7 @@ async fn batched_follow_keeps_every_event_in_order() {
     let harness = Harness::start();
     let mut root = harness.client(0).await;
     let id = start(&mut root, "pid:4000002", 0).await.unwrap();
-    let request = FollowTraceRequest {
-        target: Some(Target::Id(id)),
-        queue_len: 0,
-        options: None,
-        batch: true,
-        compact: false,
-    };
+    let request = follow_request(&id, Form::Batched);
     let mut stream = root.follow_trace(request).await.unwrap().into_inner();
     for n in 1..=200 {
         harness.write_record(4_000_002, 1, n).await;
@@ -442,13 +451,7 @@ async fn compact_follow_carries_what_plain_follow_does() {
     let mut root = harness.client(0).await;
     let id = start(&mut root, "pid:4000003", 0).await.unwrap();
     let mut plain = follow(&mut root, &id, 0).await.unwrap();
-    let request = FollowTraceRequest {
-        target: Some(Target::Id(id)),
-        queue_len: 0,
-        options: None,
-        batch: false,
-        compact: true,
-    };
+    let request = follow_request(&id, Form::Compact);
     let mut compact = root.follow_trace(request).await.unwrap().into_inner();
     for n in 1..=50 {
         harness.write_record(4_000_003, 1, n).await;
@@ -658,7 +661,7 @@ async fn users_cannot_fill_the_kernels_shared_tables() {
 async fn records_older_than_a_session_never_reach_it() {
     let harness = Harness::start();
     let mut root = harness.client(0).await;
-    let before = crate::engine::hub::monotonic_ns();
+    let before = crate::events::monotonic_ns();
     let id = start(&mut root, "pid:4000009", 0).await.unwrap();
     let mut stream = follow(&mut root, &id, 0).await.unwrap();
     harness.write_record_at(4_000_009, 1, 11, before).await;
