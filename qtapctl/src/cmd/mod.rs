@@ -1,12 +1,121 @@
-//! One file per subcommand; this module maps their errors to exit codes.
+//! One file per subcommand; this module runs the one asked for and maps
+//! its errors to exit codes.
 
 pub mod health;
 pub mod status;
 pub mod trace;
 
-use std::{future::Future, io, process::ExitCode};
+use std::{future::Future, io, path::PathBuf, process::ExitCode};
 
-use crate::client::Connection;
+use clap::CommandFactory;
+use qtap_proto::v1::{follow_trace_request::Target, TraceOptions};
+
+use crate::{
+    cli::{Cli, Command, Generate, TraceCommand},
+    client::{self, Connection},
+};
+
+/// Runs the command line's subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conns = connections(cli.socket, cli.remote, cli.ca, cli.cert, cli.key);
+    match cli.command {
+        Command::Generate(Generate::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "qtapctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Generate(Generate::Man) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Trace(TraceCommand::Start {
+            filter,
+            name,
+            idle_timeout,
+            capture_bytes,
+            otlp_endpoint,
+            follow,
+            view,
+        }) => {
+            let options = TraceOptions {
+                idle_timeout_secs: idle_timeout,
+                capture_bytes,
+                otlp_endpoint: otlp_endpoint.unwrap_or_default(),
+            };
+            trace::start(&conns, filter, name, options, follow.then_some(view)).await
+        }
+        Command::Trace(TraceCommand::Follow {
+            id,
+            filter,
+            capture_bytes,
+            view,
+        }) => {
+            let (target, options) = match (id, filter) {
+                (Some(id), _) => (Target::Id(id), None),
+                (None, Some(filter)) => (
+                    Target::Filter(filter),
+                    Some(TraceOptions {
+                        capture_bytes,
+                        ..TraceOptions::default()
+                    }),
+                ),
+                (None, None) => anyhow::bail!("give a session id or --filter"),
+            };
+            let targets = conns.into_iter().map(|c| (c, target.clone())).collect();
+            trace::follow(targets, options, &view).await
+        }
+        command => {
+            each(&conns, |conn| {
+                let command = command.clone();
+                async move {
+                    match command {
+                        Command::Status { output } => status::run(&conn, output).await,
+                        Command::Health { service } => health::run(&conn, service).await,
+                        Command::Trace(TraceCommand::Stop { id }) => trace::stop(&conn, id).await,
+                        Command::Trace(TraceCommand::List { output }) => {
+                            trace::list(&conn, output).await
+                        }
+                        _ => unreachable!("handled above"),
+                    }
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// The daemons a command talks to: each `--remote` (with its TLS files),
+/// or the local socket.
+fn connections(
+    socket: PathBuf,
+    remote: Vec<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Vec<Connection> {
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) if !remote.is_empty() => remote
+            .into_iter()
+            .map(|url| Connection {
+                socket: socket.clone(),
+                remote: Some(client::Remote {
+                    url,
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+            })
+            .collect(),
+        _ => vec![Connection {
+            socket,
+            remote: None,
+        }],
+    }
+}
 
 /// stdout was closed by its reader (`| head`): the command is done.
 #[derive(Debug)]

@@ -1,4 +1,5 @@
-//! `qtapctl trace start|follow|stop|list`.
+//! `qtapctl trace follow`: one stream per daemon, reconnected after
+//! transport failures, merged and rendered.
 
 use std::time::{Duration, Instant};
 
@@ -6,141 +7,14 @@ use qtap_proto::{
     compact::Decoder,
     v1::{
         follow_item::Item, follow_trace_request::Target, CompactBatch, Event, FollowItem,
-        FollowTraceRequest, ListTracesRequest, LossStage, Session, StartTraceRequest,
-        StopTraceRequest, TraceOptions,
+        FollowTraceRequest, LossStage, TraceOptions,
     },
 };
 use tokio::sync::mpsc;
 
-use qtapctl::render::{self, Output};
+use qtapctl::render;
 
-use crate::{client, View};
-
-/// Starts the session on each daemon and prints its id (`host id` lines
-/// with several daemons), or follows the new sessions.
-pub async fn start(
-    conns: &[client::Connection],
-    filter: String,
-    name: String,
-    options: TraceOptions,
-    follow_with: Option<View>,
-) -> anyhow::Result<()> {
-    let several = conns.len() > 1;
-    let mut started = Vec::new();
-    let mut failures = Vec::new();
-    for conn in conns {
-        let host = if several { conn.name() } else { String::new() };
-        let request = StartTraceRequest {
-            filter: filter.clone(),
-            name: name.clone(),
-            options: Some(options.clone()),
-        };
-        let session = match start_one(conn, request).await {
-            Ok(session) => session,
-            Err(e) if several => {
-                eprintln!("{}{e:#}", says(&host));
-                failures.push(host);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        match (&follow_with, several) {
-            (None, false) => println!("{}", session.id),
-            (None, true) => println!("{host} {}", session.id),
-            (Some(_), _) => eprintln!("{}session {} ({})", says(&host), session.id, session.filter),
-        }
-        started.push((conn.clone(), Target::Id(session.id)));
-    }
-    if let Some(view) = follow_with {
-        if !started.is_empty() {
-            follow(started, None, &view).await?;
-        }
-    }
-    anyhow::ensure!(
-        failures.is_empty(),
-        "starting failed on {}",
-        failures.join(", ")
-    );
-    Ok(())
-}
-
-async fn start_one(
-    conn: &client::Connection,
-    request: StartTraceRequest,
-) -> anyhow::Result<Session> {
-    let mut client = client::connect(conn).await?;
-    Ok(client.start_trace(request).await?.into_inner())
-}
-
-pub async fn stop(conn: &client::Connection, id: String) -> anyhow::Result<()> {
-    let mut client = client::connect(conn).await?;
-    let s = client
-        .stop_trace(StopTraceRequest { id })
-        .await?
-        .into_inner();
-    println!(
-        "stopped {}: {} events delivered, {} lost",
-        s.id, s.events_delivered, s.events_lost
-    );
-    Ok(())
-}
-
-pub async fn list(conn: &client::Connection, output: Output) -> anyhow::Result<()> {
-    let mut client = client::connect(conn).await?;
-    let sessions = client
-        .list_traces(ListTracesRequest {})
-        .await?
-        .into_inner()
-        .sessions;
-    if output == Output::Json {
-        for s in &sessions {
-            println!("{}", session_json(s));
-        }
-        return Ok(());
-    }
-    println!(
-        "{:<6} {:<12} {:>6} {:>10} {:>8} {:>9} {:>8}  FILTER",
-        "ID", "NAME", "UID", "DELIVERED", "LOST", "FOLLOWERS", "AGE"
-    );
-    for s in &sessions {
-        // Names and filters come from other users: escaped for the terminal.
-        println!(
-            "{:<6} {:<12} {:>6} {:>10} {:>8} {:>9} {:>7}s  {}",
-            render::terminal_safe(&s.id),
-            render::terminal_safe(&s.name),
-            s.owner_uid,
-            s.events_delivered,
-            s.events_lost,
-            s.followers,
-            age_secs(s),
-            render::terminal_safe(&s.filter)
-        );
-    }
-    Ok(())
-}
-
-/// One session as a JSON object (`trace list --output json`).
-fn session_json(s: &Session) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id,
-        "name": s.name,
-        "filter": s.filter,
-        "owner_uid": s.owner_uid,
-        "events_delivered": s.events_delivered,
-        "events_lost": s.events_lost,
-        "followers": s.followers,
-        "age_secs": age_secs(s),
-        "idle_timeout_secs": s.idle_timeout_secs,
-        "capture_bytes": s.capture_bytes,
-    })
-}
-
-fn age_secs(s: &Session) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    ((now - s.created_unix_nanos).max(0) / 1_000_000_000) as u64
-}
+use crate::{cli::View, client};
 
 /// Why one daemon's stream ended.
 enum End {
@@ -276,7 +150,7 @@ pub async fn follow(
             Note::Failed(e) => break Err(e),
         }
     };
-    let finished = renderer.finish().map_err(super::stdout_error);
+    let finished = renderer.finish().map_err(crate::cmd::stdout_error);
     if several {
         for (host, summary) in hosts.iter().zip(&summaries) {
             eprintln!("{}{}", says(host), summary.line());
@@ -416,14 +290,14 @@ fn show_compact(
             .map_err(malformed)?;
         event.host = host;
         summary.event(event.seq);
-        renderer.view(&event).map_err(super::stdout_error)?;
+        renderer.view(&event).map_err(crate::cmd::stdout_error)?;
     }
-    renderer.flush().map_err(super::stdout_error)
+    renderer.flush().map_err(crate::cmd::stdout_error)
 }
 
 /// How a line about one daemon starts: `qtapctl: ` and, when there are
 /// several, the daemon's name (`host` is empty when there is one).
-fn says(host: &str) -> String {
+pub(super) fn says(host: &str) -> String {
     if host.is_empty() {
         "qtapctl: ".to_owned()
     } else {
@@ -439,9 +313,9 @@ fn show<'a>(
 ) -> anyhow::Result<()> {
     for event in events {
         summary.event(event.seq);
-        renderer.event(event).map_err(super::stdout_error)?;
+        renderer.event(event).map_err(crate::cmd::stdout_error)?;
     }
-    renderer.flush().map_err(super::stdout_error)
+    renderer.flush().map_err(crate::cmd::stdout_error)
 }
 
 /// A stream that failed in transport (qtapd restarted, the connection

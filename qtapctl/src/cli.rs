@@ -1,0 +1,190 @@
+//! The command line: every subcommand, option and help text of qtapctl.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use qtapctl::render::{GroupBy, Output};
+
+use crate::cmd;
+
+/// Start, follow, stop and list qtapd trace sessions.
+///
+/// A session traces the network syscalls of the processes its filter
+/// selects, e.g. `mod:socket,exe.contains:curl`. Sessions live in qtapd:
+/// start one, follow it from another terminal, stop it when done (or it
+/// stops itself after 10 minutes without a follower).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// qtapd's unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "QTAP_SOCKET",
+        default_value = "/run/qtap/qtapd.sock"
+    )]
+    pub socket: PathBuf,
+    /// A remote qtapd, `https://host:port`, reached over mutual TLS with
+    /// --ca, --cert and --key. Give it several times (or comma-separated
+    /// in `QTAP_REMOTE`) to start, follow, stop and list on several daemons
+    /// at once: followed events are merged, each labelled with its daemon
+    /// (`host`), and a daemon that fails is reported while the others go on.
+    #[arg(long, global = true, env = "QTAP_REMOTE", value_delimiter = ',', requires_all = ["ca", "cert", "key"])]
+    pub remote: Vec<String>,
+    /// PEM CA that signed the remote qtapd's certificate.
+    #[arg(long, global = true, env = "QTAP_CA")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate presented to the remote qtapd.
+    #[arg(long, global = true, env = "QTAP_CERT")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "QTAP_KEY")]
+    pub key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Trace sessions.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// The daemon's version, kernel, programs and counters.
+    Status {
+        /// console: aligned lines; json: one object (the counters under
+        /// "counters", named as in qtap.v1.Counters)
+        #[arg(long, value_enum, default_value_t = Output::Console)]
+        output: Output,
+    },
+    /// Asks qtapd's standard gRPC health service (grpc.health.v1); exits 0
+    /// only when it answers SERVING. For liveness and readiness probes.
+    Health {
+        /// The service to ask about ("" for the server as a whole).
+        #[arg(long, default_value = cmd::health::SERVICE)]
+        service: String,
+    },
+    /// Shell completions or the man page, generated from this CLI.
+    #[command(subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum Generate {
+    /// Completions for a shell, on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), on stdout.
+    Man,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Start a session and print its id (or follow it with --follow).
+    Start {
+        /// What to trace: `key:value` terms, comma-separated. Keys: mod
+        /// (socket, process, openssl, protocol, data), exe, exe.contains,
+        /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd. `fd:socket`
+        /// keeps calls on sockets only, not on the process's files and
+        /// pipes (decided in the kernel); without it, every fd's calls.
+        #[arg(long)]
+        filter: String,
+        /// A name shown by `trace list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Seconds without a follower before qtapd stops the session
+        /// (0: the daemon's default).
+        #[arg(long, default_value_t = 0)]
+        idle_timeout: u32,
+        /// Include the first N bytes of each data event (plaintext for TLS
+        /// library calls), escaped in the console, base64 in JSON (0-4096).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        capture_bytes: u32,
+        /// Also send the session's events as OpenTelemetry log records
+        /// (OTLP over gRPC) to this collector, e.g. `http://127.0.0.1:4317`,
+        /// until the session stops. Drops are counted in qtapd's log.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// Follow the new session right away.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        view: View,
+    },
+    /// Stream a session's events (by id), or an inline filter's.
+    Follow {
+        /// The session id (see `trace list`).
+        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
+        id: Option<String>,
+        /// Follow this filter in a session that ends with the stream.
+        #[arg(long)]
+        filter: Option<String>,
+        /// With --filter: include the first N bytes of each data event.
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "filter")]
+        capture_bytes: u32,
+        #[command(flatten)]
+        view: View,
+    },
+    /// Stop a session and remove its kernel state.
+    Stop {
+        /// The session id.
+        id: String,
+    },
+    /// List the sessions you may see (all of them as root).
+    List {
+        /// console: a table; json: one object per session and line.
+        #[arg(long, value_enum, default_value_t = Output::Console)]
+        output: Output,
+    },
+}
+
+/// How events are shown.
+#[derive(Clone, Debug, clap::Args)]
+pub struct View {
+    /// console: aligned lines, coloured on a terminal; json: one object per
+    /// line (the fields of qtapd's --bpf-trace JSON plus session and seq).
+    #[arg(long, value_enum, default_value_t = Output::Console)]
+    pub output: Output,
+    /// Group events into per-fd flows (from accept/connect to close, with
+    /// totals in and out) instead of one line per event.
+    #[arg(long, value_enum)]
+    pub group_by: Option<GroupBy>,
+    /// Items qtapd may queue for this follower before it counts losses.
+    #[arg(long, default_value_t = 0)]
+    pub queue_len: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_and_completions_render() {
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.contains(".TH qtapctl") && man.contains("trace"),
+            "{man}"
+        );
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "qtapctl",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("follow") && bash.contains("--group-by"));
+    }
+}

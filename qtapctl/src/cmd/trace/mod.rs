@@ -1,0 +1,11 @@
+//! `qtapctl trace …`: one file per subcommand.
+
+mod follow;
+mod list;
+mod start;
+mod stop;
+
+pub use follow::follow;
+pub use list::list;
+pub use start::start;
+pub use stop::stop;
