@@ -213,8 +213,7 @@ pub fn record(e: &Event) -> LogRecord {
     add("qtap.bytes", e.bytes.map(Value::IntValue));
     add(
         "qtap.direction",
-        e.direction
-            .map(|d| text(if d == 0 { "ingress" } else { "egress" })),
+        e.direction.map(|d| Value::IntValue(i64::from(d))),
     );
     add("qtap.tls", e.ssl.map(Value::BoolValue));
     add("qtap.protocol", e.protocol.as_deref().map(text));
@@ -306,6 +305,7 @@ mod tests {
                 role: "client".into(),
                 local: Some("[::1]:50000".into()),
                 remote: Some("[::1]:443".into()),
+                ..ConnInfo::default()
             }),
             ..Event::default()
         };

@@ -7,8 +7,6 @@ use std::io::{self, Write};
 use clap::ValueEnum;
 use qtap_proto::{json, v1::Event};
 
-use crate::events::direction_name;
-
 /// `--log-encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Encoding {
@@ -50,11 +48,10 @@ pub fn render(encoding: Encoding, event: &Event) -> String {
         Encoding::Json => format!("{fields}\n"),
         Encoding::Console => {
             if let Some(map) = fields.as_object_mut() {
+                // The fields are JSON's, value for value (`direction` a
+                // number, as in every encoding): only the columns move.
                 for key in ["ts", "msg", "caller"] {
                     map.remove(key);
-                }
-                if let Some(d) = event.direction {
-                    map.insert("direction".into(), direction_name(d).into());
                 }
             }
             format!(
@@ -101,6 +98,7 @@ mod tests {
             role: "server".into(),
             local: Some("127.0.0.1:8080".into()),
             remote: Some("127.0.0.1:40000".into()),
+            ..ConnInfo::default()
         }));
         e.to_wire("", 0, 0, &mut Rfc3339::new())
     }
@@ -131,7 +129,26 @@ mod tests {
             ]
         );
         let fields: serde_json::Value = serde_json::from_str(cols[4]).unwrap();
-        assert_eq!(fields["direction"], "egress");
+        assert_eq!(fields["direction"], 1);
         assert_eq!(fields["fd"], 3);
+    }
+
+    #[test]
+    fn console_and_json_agree_on_every_field() {
+        let event = event();
+        let line = render(Encoding::Console, &event);
+        let cols: Vec<&str> = line.trim_end().split('\t').collect();
+        let mut json: serde_json::Value =
+            serde_json::from_str(&render(Encoding::Json, &event)).unwrap();
+        let map = json.as_object_mut().unwrap();
+        assert_eq!(
+            [cols[0], cols[2], cols[3]],
+            [&map["ts"], &map["caller"], &map["msg"]].map(|v| v.as_str().unwrap())
+        );
+        for key in ["ts", "msg", "caller"] {
+            map.remove(key);
+        }
+        let fields: serde_json::Value = serde_json::from_str(cols[4]).unwrap();
+        assert_eq!(fields, json);
     }
 }
