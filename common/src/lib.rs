@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 4;
+pub const ABI_VERSION: u16 = 5;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -213,6 +213,9 @@ pub mod flag {
     pub const KIND_KNOWN: u8 = 8;
     /// With [`KIND_KNOWN`]: the fd was a socket.
     pub const SOCKET: u8 = 16;
+    /// `connect`/`bind` on a unix socket: `head` holds the first
+    /// `HEAD_BYTES` of its name, and the name is longer.
+    pub const NAME_CUT: u8 = 32;
 }
 
 /// `Conn::flags` bits.
@@ -370,7 +373,9 @@ pub struct SyscallRecord {
     pub conn: Conn,
     /// The `SSL*` whose call this syscall ran inside (with `IN_TLS`).
     pub tls: u64,
-    /// The first bytes the call moved (of its first buffer).
+    /// The first bytes the call moved (of its first buffer); for
+    /// `connect`/`bind` on a unix socket, the first bytes of the name
+    /// (`sun_path`, as long as the caller's address length says).
     pub head: [u8; limit::HEAD_BYTES],
 }
 

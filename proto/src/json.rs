@@ -106,6 +106,10 @@ impl Serialize for ConnField<'_> {
 struct Conn<'a> {
     family: &'a str,
     local: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_uid: Option<u32>,
     remote: Option<&'a str>,
     role: &'a str,
     #[serde(rename = "type")]
@@ -159,6 +163,8 @@ impl<'a> Conn<'a> {
         Conn {
             family: &c.family,
             local: c.local.as_deref(),
+            peer_pid: c.peer_pid,
+            peer_uid: c.peer_uid,
             remote: c.remote.as_deref(),
             role: &c.role,
             kind: &c.r#type,
@@ -216,6 +222,7 @@ mod tests {
                 role: "server".into(),
                 local: Some("127.0.0.1:8080".into()),
                 remote: Some("127.0.0.1:40000".into()),
+                ..ConnInfo::default()
             }),
             ..Event::default()
         }

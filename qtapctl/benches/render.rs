@@ -29,6 +29,7 @@ fn event() -> Event {
             role: "client".into(),
             local: Some("127.0.0.1:58760".into()),
             remote: Some("127.0.0.1:18080".into()),
+            ..ConnInfo::default()
         }),
         session: "s1".into(),
         seq: 42,

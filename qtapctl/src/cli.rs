@@ -85,10 +85,11 @@ pub enum TraceCommand {
     Start {
         /// What to trace: `key:value` terms, comma-separated. Keys: mod
         /// (socket, process, openssl, protocol, data), exe, exe.contains,
-        /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd. `fd:socket`
-        /// keeps calls on sockets only, not on the process's files and
-        /// pipes (decided in the kernel); without it, every fd's calls.
-        #[arg(long)]
+        /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd. Calls
+        /// on sockets only unless the filter says `fd:any` (files and
+        /// pipes too, `conn_info` null, as Qtap's --bpf-trace shows them):
+        /// qtapctl adds `fd:socket` to a filter with no `fd:` term.
+        #[arg(long, value_parser = with_default_fd)]
         filter: String,
         /// A name shown by `trace list`.
         #[arg(long, default_value = "")]
@@ -117,8 +118,9 @@ pub enum TraceCommand {
         /// The session id (see `trace list`).
         #[arg(required_unless_present = "filter", conflicts_with = "filter")]
         id: Option<String>,
-        /// Follow this filter in a session that ends with the stream.
-        #[arg(long)]
+        /// Follow this filter in a session that ends with the stream
+        /// (`fd:socket` added unless it has an `fd:` term, as for start).
+        #[arg(long, value_parser = with_default_fd)]
         filter: Option<String>,
         /// With --filter: include the first N bytes of each data event.
         #[arg(long, value_name = "N", default_value_t = 0, requires = "filter")]
@@ -153,13 +155,72 @@ pub struct View {
     /// Items qtapd may queue for this follower before it counts losses.
     #[arg(long, default_value_t = 0)]
     pub queue_len: u32,
+    /// Also write the socket data as a pcapng capture to FILE (`-`: to
+    /// stdout instead of the lines, e.g. `| wireshark -k -i -`): one
+    /// synthesized TCP/UDP conversation per connection on its real
+    /// addresses, TLS fds as their plaintext where a TLS library call
+    /// shows it, each packet's comment naming pid, exe, fd and call. A
+    /// session qtapctl starts captures 4096 bytes per call unless
+    /// --capture-bytes says otherwise; a call that moved more is a
+    /// truncated packet. Unix sockets are left out.
+    #[arg(long, value_name = "FILE")]
+    pub pcapng: Option<PathBuf>,
+}
+
+impl View {
+    /// The capture size of a session qtapctl starts and follows: what was
+    /// asked, or all qtapd allows when a pcapng is written and none was.
+    #[must_use]
+    pub fn capture_bytes(&self, asked: u32, followed: bool) -> u32 {
+        if asked == 0 && followed && self.pcapng.is_some() {
+            u32::try_from(qtap_common::limit::CAPTURE_MAX).unwrap_or(u32::MAX)
+        } else {
+            asked
+        }
+    }
+}
+
+/// qtapctl's default fd kind: a filter without an `fd:` term gets
+/// `fd:socket`, so that a first trace shows network calls, not a
+/// program's library loading. qtapd's API keeps every fd by default (as
+/// Qtap's `--bpf-trace` does); this is the command line's choice.
+#[allow(clippy::unnecessary_wraps)] // clap's value_parser signature
+fn with_default_fd(filter: &str) -> Result<String, std::convert::Infallible> {
+    let names_fd = filter
+        .split(',')
+        .any(|term| term.trim_start().starts_with("fd:"));
+    Ok(if names_fd || filter.trim().is_empty() {
+        filter.to_owned()
+    } else {
+        format!("{filter},fd:socket")
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
+
+    #[test]
+    fn a_filter_without_fd_term_keeps_sockets_only() {
+        let parse = |filter: &str| {
+            let cli =
+                Cli::try_parse_from(["qtapctl", "trace", "start", "--filter", filter]).unwrap();
+            match cli.command {
+                super::Command::Trace(super::TraceCommand::Start { filter, .. }) => filter,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(parse("exe.contains:curl"), "exe.contains:curl,fd:socket");
+        assert_eq!(
+            parse("exe.contains:curl,fd:any"),
+            "exe.contains:curl,fd:any"
+        );
+        assert_eq!(parse("fd:socket,pid:1"), "fd:socket,pid:1");
+        // qtapd's error for an empty filter stays qtapd's.
+        assert_eq!(parse(""), "");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

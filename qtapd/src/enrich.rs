@@ -22,6 +22,7 @@ use crate::{
     procfs::{self, FdTarget},
     state::ProcState,
     streams::{Side, Stream},
+    unix_socket,
 };
 
 /// Per-process and per-fd knowledge.
@@ -188,6 +189,10 @@ impl Enricher {
             if info.local.is_none() && info.family.starts_with("inet") {
                 info.local = self.local_of(rec);
             }
+            if info.family == "unix" {
+                self.unix_names(rec, &mut info);
+                unix_socket::complete(pid, fd, &mut info);
+            }
             let info = Arc::new(info);
             self.proc(pid).fd_mut(fd).kernel_conn = Some((rec.conn, Arc::clone(&info)));
             return Some(info);
@@ -213,6 +218,34 @@ impl Enricher {
             }
         }
         self.resolve(pid, rec.fd)
+    }
+
+    /// A unix socket's names as the kernel saw them: connect's peer and
+    /// bind's own from the record (`…` when cut), an accepted socket's own
+    /// from its listener's bind.
+    fn unix_names(&mut self, rec: &SyscallRecord, info: &mut ConnInfo) {
+        let len = (rec.head_len as usize).min(rec.head.len());
+        match rec.call {
+            call::CONNECT | call::BIND if len > 0 => {
+                let mut name = unix_socket::path_text(&rec.head[..len]);
+                if rec.flags & flag::NAME_CUT != 0 {
+                    name = name.map(|n| n + unix_socket::CUT);
+                }
+                if rec.call == call::CONNECT {
+                    info.remote = name;
+                } else {
+                    info.local = name;
+                }
+            }
+            call::ACCEPT | call::ACCEPT4 if rec.new_fd >= 0 => {
+                info.local = self
+                    .proc(rec.hdr.pid)
+                    .fd(rec.fd)
+                    .and_then(|s| s.kernel_conn.as_ref())
+                    .and_then(|(_, listener)| listener.local.clone());
+            }
+            _ => {}
+        }
     }
 
     /// The local address of a connection the kernel knows without one: it
@@ -246,13 +279,19 @@ impl Enricher {
             return known;
         }
         let value = match procfs::fd_target(pid, fd) {
-            FdTarget::Socket(info) => Some(Arc::new(info)),
+            FdTarget::Socket(mut info) => {
+                if info.family == "unix" {
+                    unix_socket::complete(pid, fd, &mut info);
+                }
+                Some(Arc::new(info))
+            }
             FdTarget::UnknownSocket => Some(Arc::new(ConnInfo {
                 family: "unknown".into(),
                 r#type: "unknown".into(),
                 role: "unknown".into(),
                 local: None,
                 remote: None,
+                ..ConnInfo::default()
             })),
             FdTarget::Other => None,
             FdTarget::Gone => return None,
@@ -373,6 +412,7 @@ fn kernel_conn(conn: &Conn) -> ConnInfo {
         role: role_name(conn.role).into(),
         local: addr(conn_flag::LOCAL_KNOWN, &conn.local),
         remote: addr(conn_flag::REMOTE_KNOWN, &conn.remote),
+        ..ConnInfo::default()
     }
 }
 

@@ -21,3 +21,4 @@ pub mod state;
 pub mod streams;
 pub mod tracefs;
 pub mod tracelog;
+pub mod unix_socket;

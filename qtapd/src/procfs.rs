@@ -162,6 +162,7 @@ fn parse_inet(text: &str, inode: &str, sock_type: &'static str, v6: bool) -> Opt
         role: role.into(),
         local: Some(local),
         remote: connected.then_some(remote),
+        ..ConnInfo::default()
     })
 }
 
@@ -185,6 +186,7 @@ fn find_unix(path: &Path, inode: &str) -> Option<ConnInfo> {
         role: "unknown".into(),
         local: fields.get(7).map(|p| (*p).to_owned()),
         remote: None,
+        ..ConnInfo::default()
     })
 }
 

@@ -204,6 +204,7 @@ mod tests {
             role: "client".into(),
             local: None,
             remote: Some("127.0.0.1:443".into()),
+            ..ConnInfo::default()
         })
     }
 

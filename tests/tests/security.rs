@@ -153,7 +153,8 @@ fn capture(service: &Service, user: Option<&str>) -> (String, Follower) {
             "trace",
             "start",
             "--filter",
-            &format!("mod:socket,mod:process,{HELPERS}"),
+            // Every fd: the helpers' secrets also move through files and pipes.
+            &format!("mod:socket,mod:process,fd:any,{HELPERS}"),
             "--capture-bytes",
             "1024",
         ],
@@ -399,7 +400,8 @@ fn a_huge_mapped_file_does_not_stall_delivery() {
     // Root follows a writer that writes every 10 ms.
     let ticker = helpers.dir.join("qtap-ticker");
     std::fs::copy("/usr/bin/python3", &ticker).unwrap();
-    let root_id = service.start_session("mod:socket,comm:qtap-ticker");
+    // fd:any: the ticker writes to stdout, not a socket.
+    let root_id = service.start_session("mod:socket,comm:qtap-ticker,fd:any");
     let mut root_follower = service
         .ctl_command(None, &["trace", "follow", &root_id, "--output", "json"])
         .stdout(Stdio::piped())

@@ -310,3 +310,120 @@ while s.recv(4096):
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// Three connections: one to the path, two to the abstract name (the
+// last closed at once); every accepted one is held until the end.
+const UNIX_SERVER: &str = r"
+import socket, sys, time
+srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen()
+asrv = socket.socket(socket.AF_UNIX); asrv.bind('\0' + sys.argv[2]); asrv.listen()
+print('ready', flush=True)
+held = []
+for listener in (srv, asrv, asrv):
+    conn, _ = listener.accept()
+    data = conn.recv(100)
+    if data:
+        conn.sendall(data)
+    held.append(conn)
+time.sleep(0.5)
+";
+const UNIX_CLIENT: &str = r"
+import socket, sys, time
+held = []
+for address in (sys.argv[1], '\0' + sys.argv[2]):
+    c = socket.socket(socket.AF_UNIX); c.connect(address)
+    c.sendall(b'hello'); c.recv(100); held.append(c)
+a, b = socket.socketpair()
+a.sendall(b'pair'); b.recv(100)
+time.sleep(0.5)
+quick = socket.socket(socket.AF_UNIX); quick.connect('\0' + sys.argv[2]); quick.close()
+";
+
+/// Unix sockets name their peers: a client's connect to a path and to an
+/// abstract name shows the server's name and pid, the server's accepted
+/// fds show their listener's name and the client's pid, and a socketpair
+/// is marked as one. The names come from the kernel's record of the call
+/// (a connection closed at once still shows its peer's name); the pids
+/// from the sockets themselves (`SO_PEERCRED`), asked while they are open.
+#[test]
+fn unix_sockets_show_peer_names_pids_and_socketpairs() {
+    use std::io::{BufRead, BufReader};
+    require_root();
+    let (dir, server_program) = python_named("qtap-unixsrv");
+    let client_program = dir.join("qtap-unixcli");
+    std::fs::copy(&server_program, &client_program).unwrap();
+    let path = dir.join("srv.sock");
+    let abstract_name = format!("qtap-e2e-{}", std::process::id());
+    let daemon = Daemon::start("exe.contains:qtap-unix").unwrap();
+    let mut server = Command::new(&server_program)
+        .args(["-c", UNIX_SERVER, path.to_str().unwrap(), &abstract_name])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let client = Command::new(&client_program)
+        .args(["-c", UNIX_CLIENT, path.to_str().unwrap(), &abstract_name])
+        .spawn()
+        .unwrap();
+    let client_pid = client.id();
+    assert!(client.wait_with_output().unwrap().status.success());
+    assert!(server.wait().unwrap().success());
+    let server_pid = server.id();
+    let events = daemon.stop().unwrap();
+    let conn = |e: &Value| e["conn_info"].clone();
+
+    let client_events = of_pid(&events, client_pid);
+    let connects: Vec<Value> = find(&client_events, "connect")
+        .into_iter()
+        .map(conn)
+        .collect();
+    let path_text = path.to_str().unwrap();
+    let at_name = format!("@{abstract_name}");
+    let to = |remote: &str| -> Vec<&Value> {
+        connects.iter().filter(|c| c["remote"] == remote).collect()
+    };
+    assert_eq!(to(path_text).len(), 1, "{connects:#?}");
+    assert_eq!(to(&at_name).len(), 2, "{connects:#?}");
+    for c in [to(path_text)[0], to(&at_name)[0]] {
+        assert_eq!(
+            (
+                c["family"].as_str(),
+                c["role"].as_str(),
+                c["peer_pid"].as_u64()
+            ),
+            (Some("unix"), Some("client"), Some(u64::from(server_pid))),
+            "{c}"
+        );
+    }
+    let pair = client_events
+        .iter()
+        .find(|e| {
+            syscall(e).is_some_and(|s| WRITES.contains(&s))
+                && e["conn_info"]["role"] == "socketpair"
+        })
+        .unwrap_or_else(|| panic!("no write on a socketpair: {client_events:#?}"));
+    assert_eq!(
+        pair["conn_info"]["peer_pid"].as_u64(),
+        Some(u64::from(client_pid))
+    );
+
+    let server_events = of_pid(&events, server_pid);
+    let accepted: Vec<Value> = find(&server_events, "accept4")
+        .into_iter()
+        .chain(find(&server_events, "accept"))
+        .map(conn)
+        .collect();
+    assert_eq!(accepted.len(), 3, "{accepted:#?}");
+    for local in [path_text, at_name.as_str()] {
+        let a = accepted
+            .iter()
+            .find(|a| a["local"] == local)
+            .unwrap_or_else(|| panic!("no accept on {local}: {accepted:#?}"));
+        assert_eq!(a["peer_pid"].as_u64(), Some(u64::from(client_pid)), "{a}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -43,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let options = TraceOptions {
                 idle_timeout_secs: idle_timeout,
-                capture_bytes,
+                capture_bytes: view.capture_bytes(capture_bytes, follow),
                 otlp_endpoint: otlp_endpoint.unwrap_or_default(),
             };
             trace::start(&conns, filter, name, options, follow.then_some(view)).await
@@ -59,7 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(filter)) => (
                     Target::Filter(filter),
                     Some(TraceOptions {
-                        capture_bytes,
+                        capture_bytes: view.capture_bytes(capture_bytes, true),
                         ..TraceOptions::default()
                     }),
                 ),

@@ -85,11 +85,25 @@ impl<W: Write> Console<W> {
             (None, _) => String::new(),
         };
         let remote = match &e.conn_info {
-            Some(c) => c
-                .remote
-                .clone()
-                .or_else(|| c.local.clone().map(|l| format!("local {l}")))
-                .unwrap_or_else(|| c.family.clone()),
+            Some(c) => {
+                let mut text = c
+                    .remote
+                    .clone()
+                    .or_else(|| c.local.clone().map(|l| format!("local {l}")))
+                    .unwrap_or_else(|| {
+                        if c.role == "socketpair" {
+                            "socketpair".into()
+                        } else {
+                            c.family.clone()
+                        }
+                    });
+                // A unix peer's process, as SO_PEERCRED tells it.
+                if let Some(pid) = c.peer_pid {
+                    use std::fmt::Write as _;
+                    let _ = write!(text, " (peer pid {pid})");
+                }
+                text
+            }
             None if e.fd.is_some() && qtap_proto::json::is_socket_event(e) => {
                 "(not a socket)".into()
             }
@@ -164,6 +178,7 @@ pub mod tests {
             role: "client".into(),
             local: None,
             remote: Some("127.0.0.1:18080".into()),
+            ..ConnInfo::default()
         };
         vec![
             Event {

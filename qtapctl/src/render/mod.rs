@@ -3,6 +3,7 @@
 pub mod console;
 pub mod flows;
 pub mod json;
+pub mod pcapng;
 
 use std::io;
 
@@ -15,6 +16,34 @@ use clap::ValueEnum;
 pub enum Output {
     Console,
     Json,
+}
+
+/// Several renderers fed the same events (`--pcapng FILE` beside the
+/// console or JSON lines).
+pub struct Tee(pub Vec<Box<dyn Render>>);
+
+impl Render for Tee {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.event(event))
+    }
+
+    fn view(&mut self, event: &EventView<'_>) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.view(event))
+    }
+
+    fn lost(&mut self, count: u64, meaning: &str) {
+        for r in &mut self.0 {
+            r.lost(count, meaning);
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.flush())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.finish())
+    }
 }
 
 /// `--group-by`.
@@ -35,6 +64,10 @@ pub trait Render {
     fn view(&mut self, event: &EventView<'_>) -> io::Result<()> {
         self.event(&event.to_event())
     }
+
+    /// qtapd reported `count` events lost (`meaning`: where and why); the
+    /// follow loop has told the user on stderr already.
+    fn lost(&mut self, _count: u64, _meaning: &str) {}
 
     /// Writes out what is buffered.
     fn flush(&mut self) -> io::Result<()>;

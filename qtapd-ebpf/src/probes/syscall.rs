@@ -64,7 +64,10 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
             pending.arg1 = arg(ctx, 0);
             pending.arg2 = arg(ctx, 1);
         }
-        call::CONNECT | call::BIND => pending.addr = read_sockaddr(arg(ctx, 1)),
+        call::CONNECT | call::BIND => {
+            pending.addr = read_sockaddr(arg(ctx, 1));
+            pending.arg1 = arg(ctx, 2); // the address's length
+        }
         call::ACCEPT | call::ACCEPT4 => pending.arg1 = arg(ctx, 1),
         call::RECVFROM if arg(ctx, 3) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
         call::RECVMSG if arg(ctx, 2) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
@@ -187,10 +190,19 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
             conn
         }
     };
+    let unix_named =
+        (call == call::CONNECT || call == call::BIND) && pending.addr.family == family::UNIX;
+    if unix_named {
+        unix_name(record, pending.arg2, pending.arg1);
+    }
     // qtapd looks at /proc for an fd it cannot place otherwise: it must
     // read such a record before the fd number names something else. A
-    // close it never looks up (the fd is gone).
-    let placed = conn.is_some()
+    // close it never looks up (the fd is gone). A unix connection's peer
+    // is asked of the socket itself, which must still be open then.
+    let unix_peer = unix_named
+        || ((call == call::ACCEPT || call == call::ACCEPT4)
+            && conn.is_some_and(|c| c.family == family::UNIX));
+    let placed = (conn.is_some() && !unix_peer)
         || call == call::CLOSE
         || (record.flags & flag::KIND_KNOWN != 0 && record.flags & flag::SOCKET == 0);
     let urgency = if placed {
@@ -205,6 +217,23 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     if sessions != 0 {
         submit(buf, payload.0, payload.1, urgency);
     }
+}
+
+/// A unix socket's name from the `sockaddr_un` of `len` bytes at `addr`
+/// (connect's peer, bind's own): its first `HEAD_BYTES` in `head`, with
+/// `flag::NAME_CUT` when it is longer. An unnamed (autobind) address has
+/// no bytes past the family.
+#[inline(always)]
+fn unix_name(record: &mut SyscallRecord, addr: u64, len: u64) {
+    const SUN_PATH_OFF: u64 = 2;
+    if addr == 0 || len <= SUN_PATH_OFF {
+        return;
+    }
+    let name_len = len - SUN_PATH_OFF;
+    if name_len > limit::HEAD_BYTES as u64 {
+        record.flags |= flag::NAME_CUT;
+    }
+    record.head_len = copy_head(addr + SUN_PATH_OFF, name_len, &mut record.head);
 }
 
 /// The sessions that want sockets only (`fd:socket`).

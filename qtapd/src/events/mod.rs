@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use qtap_common::{call, direction, family, role, tls_call, Addr, Header};
+use qtap_common::{call, family, role, tls_call, Addr, Header};
 pub use qtap_proto::v1::ConnInfo;
 use qtap_proto::{time::Rfc3339, v1};
 
@@ -393,16 +393,6 @@ pub fn addr_text(addr: &Addr) -> Option<String> {
         }
         family::INET6 => Some(format!("[{}]:{}", Ipv6Addr::from(addr.addr), addr.port)),
         _ => None,
-    }
-}
-
-/// `"ingress"`/`"egress"` for the console view.
-#[must_use]
-pub fn direction_name(d: u32) -> &'static str {
-    if d == u32::from(direction::INGRESS) {
-        "ingress"
-    } else {
-        "egress"
     }
 }
 

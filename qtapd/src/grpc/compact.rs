@@ -204,6 +204,7 @@ mod tests {
             role: "client".into(),
             local: Some("127.0.0.1:5000".into()),
             remote: None,
+            ..ConnInfo::default()
         });
         let exe: Arc<str> = "/usr/bin/curl".into();
         let mut comm = [0u8; 16];

@@ -1,7 +1,13 @@
 //! `qtapctl trace follow`: one stream per daemon, reconnected after
 //! transport failures, merged and rendered.
 
-use std::time::{Duration, Instant};
+use std::{
+    fs::File,
+    io::BufWriter,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
 
 use qtap_proto::{
     compact::Decoder,
@@ -12,7 +18,7 @@ use qtap_proto::{
 };
 use tokio::sync::mpsc;
 
-use qtapctl::render;
+use qtapctl::render::{self, pcapng::Pcapng};
 
 use crate::{cli::View, client};
 
@@ -108,7 +114,7 @@ pub async fn follow(
         tokio::spawn(follow_daemon(conn, request, tx.clone(), index));
     }
     drop(tx);
-    let mut renderer = render::new(view.output, view.group_by);
+    let mut renderer = renderer(view)?;
     let mut summaries: Vec<Summary> = hosts.iter().map(|_| Summary::default()).collect();
     // The ids of a compact stream are that stream's: a reconnection starts
     // with none.
@@ -172,6 +178,25 @@ pub async fn follow(
         failures.join(", ")
     );
     Ok(())
+}
+
+/// The renderer of `--output`/`--group-by`, and beside it (or instead of
+/// it, for `--pcapng -`) the capture.
+fn renderer(view: &View) -> anyhow::Result<Box<dyn render::Render>> {
+    let lines = render::new(view.output, view.group_by);
+    let Some(path) = &view.pcapng else {
+        return Ok(lines);
+    };
+    if path.as_os_str() == "-" {
+        let out = BufWriter::new(std::io::stdout());
+        return Ok(Box::new(
+            Pcapng::new(out).context("write the pcapng header")?,
+        ));
+    }
+    let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let capture =
+        Pcapng::new(BufWriter::new(file)).with_context(|| format!("write {}", path.display()))?;
+    Ok(Box::new(render::Tee(vec![lines, Box::new(capture)])))
 }
 
 /// One daemon's stream, reconnected after transport failures, until its
@@ -262,6 +287,7 @@ fn show_item(
                 lost.count,
                 stage.meaning()
             );
+            renderer.lost(lost.count, stage.meaning());
             return Ok(());
         }
         Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),
