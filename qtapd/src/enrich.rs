@@ -191,7 +191,18 @@ impl Enricher {
             }
             if info.family == "unix" {
                 self.unix_names(rec, &mut info);
-                unix_socket::complete(pid, fd, &mut info);
+                // Asked of the socket only right after it was connected or
+                // accepted (records qtapd reads at once): a socket() or a
+                // failed connect is often closed, and its number reused,
+                // before its record is read.
+                let connected = match rec.call {
+                    call::CONNECT => rec.ret == 0,
+                    call::ACCEPT | call::ACCEPT4 => accepted,
+                    _ => false,
+                };
+                if connected {
+                    unix_socket::complete(pid, fd, &mut info);
+                }
             }
             let info = Arc::new(info);
             self.proc(pid).fd_mut(fd).kernel_conn = Some((rec.conn, Arc::clone(&info)));
@@ -227,8 +238,12 @@ impl Enricher {
         let len = (rec.head_len as usize).min(rec.head.len());
         match rec.call {
             call::CONNECT | call::BIND if len > 0 => {
-                let mut name = unix_socket::path_text(&rec.head[..len]);
-                if rec.flags & flag::NAME_CUT != 0 {
+                let head = &rec.head[..len];
+                let mut name = unix_socket::path_text(head);
+                // A path ends at its NUL (callers often pass the whole
+                // sockaddr_un); an abstract name is as long as the length.
+                let path_ended = head.first() != Some(&0) && head.contains(&0);
+                if rec.flags & flag::NAME_CUT != 0 && !path_ended {
                     name = name.map(|n| n + unix_socket::CUT);
                 }
                 if rec.call == call::CONNECT {
@@ -488,6 +503,51 @@ mod tests {
             panic!("an event is made when asked for")
         };
         assert_eq!(reused.conn_info.unwrap().local, None);
+    }
+
+    /// A unix `connect` as the kernel records it: the name's first bytes
+    /// in `head`, `NAME_CUT` when the address was longer.
+    fn unix_connect(fd: i32, name: &[u8], cut: bool, ret: i64) -> SyscallRecord {
+        let mut rec = record(call::CONNECT, fd, -1);
+        rec.ret = ret;
+        rec.conn = Conn {
+            family: family::UNIX,
+            sock_type: 1,
+            role: role::CLIENT,
+            flags: conn_flag::REMOTE_KNOWN,
+            ..Conn::default()
+        };
+        rec.head[..name.len()].copy_from_slice(name);
+        rec.head_len = name.len() as u32;
+        if cut {
+            rec.flags |= flag::NAME_CUT;
+        }
+        rec
+    }
+
+    /// Names from the record: a path ends at its NUL however long the
+    /// address was; an abstract name longer than the record holds is
+    /// marked cut. A failed connect's socket is not asked (its number is
+    /// often reused by the time the record is read).
+    #[test]
+    fn unix_connect_names_come_from_the_record() {
+        let mut enricher = Enricher::new();
+        let mut remote = |rec: &SyscallRecord| {
+            let (Some(e), _) = enricher.syscall(rec, true) else {
+                panic!("an event is made when asked for")
+            };
+            e.conn_info.unwrap().as_ref().clone()
+        };
+        let mut path = [0u8; 32];
+        path[..20].copy_from_slice(b"/var/run/nscd/socket");
+        let nscd = remote(&unix_connect(90_001, &path, true, -2));
+        assert_eq!(nscd.remote.as_deref(), Some("/var/run/nscd/socket"));
+        assert_eq!((nscd.role.as_str(), nscd.peer_pid), ("client", None));
+        let long = [b"\0".as_slice(), &[b'a'; 31]].concat();
+        let cut = remote(&unix_connect(90_002, &long, true, -111));
+        assert_eq!(cut.remote, Some(format!("@{}…", "a".repeat(31))));
+        let whole = remote(&unix_connect(90_003, b"\0qtap", false, -111));
+        assert_eq!(whole.remote.as_deref(), Some("@qtap"));
     }
 
     fn exec_record(pid: u32, name: &[u8]) -> ExecRecord {

@@ -215,8 +215,11 @@ impl<W: Write> Pcapng<W> {
         }
         if moved == 0 {
             // A read that returns 0 is the peer's end of stream: its FIN,
-            // which also tells Wireshark where an HTTP/1.0 body ends.
-            if e.direction == Some(0) && self.flows.contains_key(&key) {
+            // which also tells Wireshark where an HTTP/1.0 body ends. On a
+            // TLS fd the syscall's 0 can come before the plaintext the
+            // library call around it returns: its FIN waits for the close.
+            let ciphertext_eof = e.msg.starts_with("syscall/") && e.ssl == Some(true);
+            if e.direction == Some(0) && !ciphertext_eof && self.flows.contains_key(&key) {
                 self.fin(&key, false, ts(e), "end of stream: a read returned 0")?;
             }
             return Ok(());
@@ -358,7 +361,17 @@ impl<W: Write> Pcapng<W> {
             self.data(key, e)?;
         }
         if tcp {
+            // The conversation ends here: the peer's FIN too, unless a read
+            // of 0 showed it, so Wireshark can end a body that runs to the
+            // end of the stream (HTTP/1.0) even when the last read was not
+            // traced as one.
             self.fin(key, true, ts, "close")?;
+            self.fin(
+                key,
+                false,
+                ts,
+                "end of the connection (synthesized at close)",
+            )?;
         }
         self.flows.remove(key);
         Ok(())
@@ -696,13 +709,14 @@ mod tests {
         assert_eq!(
             summary,
             [
-                (50000, ISN, true, false, false),          // SYN
-                (8080, ISN, true, false, false),           // SYN-ACK
-                (50000, ISN + 1, false, false, false),     // ACK
-                (50000, ISN + 1, false, false, false),     // the request
-                (8080, ISN + 1, false, false, true),       // 17 of 40 bytes captured
-                (8080, ISN + 1 + 40, false, true, false),  // the peer's FIN: a read of 0
+                (50000, ISN, true, false, false),         // SYN
+                (8080, ISN, true, false, false),          // SYN-ACK
+                (50000, ISN + 1, false, false, false),    // ACK
+                (50000, ISN + 1, false, false, false),    // the request
+                (8080, ISN + 1, false, false, true),      // 17 of 40 bytes captured
+                (8080, ISN + 1 + 40, false, true, false), // the peer's FIN: a read of 0
                 (50000, ISN + 1 + 18, false, true, false), // FIN after the request's 18
+                                                          // (the peer's was written)
             ]
         );
         assert_eq!(packets[3].payload, b"GET / HTTP/1.1\r\n\r\n");
@@ -716,6 +730,19 @@ mod tests {
             .as_deref()
             .unwrap()
             .ends_with("17 of 40 bytes captured"));
+    }
+
+    #[test]
+    fn a_close_without_a_read_of_0_ends_both_sides() {
+        let mut close = data("syscall/close", 5, 0, b"", 0, false);
+        (close.direction, close.bytes) = (None, None);
+        let packets = capture(&[data("syscall/write", 5, 1, b"x", 1, false), close]);
+        let fins: Vec<(u16, u32)> = packets
+            .iter()
+            .filter(|p| p.fin)
+            .map(|p| (p.src_port, p.seq))
+            .collect();
+        assert_eq!(fins, [(50000, ISN + 2), (8080, ISN + 1)]);
     }
 
     #[test]

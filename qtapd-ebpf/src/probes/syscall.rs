@@ -199,7 +199,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // read such a record before the fd number names something else. A
     // close it never looks up (the fd is gone). A unix connection's peer
     // is asked of the socket itself, which must still be open then.
-    let unix_peer = unix_named
+    let unix_peer = (unix_named && call == call::CONNECT)
         || ((call == call::ACCEPT || call == call::ACCEPT4)
             && conn.is_some_and(|c| c.family == family::UNIX));
     let placed = (conn.is_some() && !unix_peer)
