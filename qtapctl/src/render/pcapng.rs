@@ -761,6 +761,9 @@ mod tests {
                 true,
             ),
             data("syscall/recvfrom", 5, 0, &[0x17, 3, 3], 90, true),
+            // The end of stream read inside the SSL_read that returns the
+            // response: no FIN before the plaintext.
+            data("syscall/recvfrom", 5, 0, b"", 0, true),
             data(
                 "openssl/SSL_read",
                 5,
@@ -782,6 +785,7 @@ mod tests {
             payloads,
             [&b"GET / HTTP/1.1\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\n\r\n"]
         );
+        assert!(!packets.iter().any(|p| p.fin));
         let mut pcap = Pcapng::new(Vec::new()).unwrap();
         pcap.event(&data("syscall/sendto", 6, 1, &hello, 5, true))
             .unwrap();
