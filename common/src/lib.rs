@@ -184,8 +184,12 @@ pub mod pred {
     pub const PID: u8 = 5;
     /// The real uid of the process at exec.
     pub const UID: u8 = 6;
+    /// The cgroup the process execs in (`bpf_get_current_cgroup_id`):
+    /// qtapd turns `cgroup:`, `container:` and `unit:` terms into the ids
+    /// of the cgroups they match.
+    pub const CGROUP: u8 = 7;
     /// Number of predicate keys.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 }
 
 /// Record families the kernel emits per session, as indexes of
@@ -591,7 +595,7 @@ const _: () = {
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
     assert!(core::mem::size_of::<PatternKey>() == 16);
-    assert!(core::mem::size_of::<Config>() == 8 + 56 + 16 + 32 + 32 + 32 + 64 + 8 + 8 + 8);
+    assert!(core::mem::size_of::<Config>() == 8 + 64 + 16 + 32 + 32 + 32 + 64 + 8 + 8 + 8);
     assert!(core::mem::size_of::<CredOffsets>() == 48);
     assert!(core::mem::size_of::<FileOffsets>() == 32);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
@@ -618,7 +622,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TlsRecord>(), 120);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 264);
+        assert_eq!(core::mem::size_of::<Config>(), 272);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Bytes of one [`Record`] in `CompactBatch.records`.
-pub const RECORD_BYTES: usize = 104;
+pub const RECORD_BYTES: usize = 128;
 
 /// Which optional numbers a record carries (`Record::present`).
 pub mod present {
@@ -66,6 +66,12 @@ pub struct Record {
     pub filename: u32,
     pub present: u16,
     pub flags: u16,
+    /// 0: unknown.
+    pub cgroup_id: u64,
+    pub cgroup: u32,
+    pub container_id: u32,
+    pub pod_uid: u32,
+    pub unit: u32,
 }
 
 /// Little-endian writer and reader of the fixed layout, in field order.
@@ -104,6 +110,7 @@ layout! {
     msg: u32, caller: u32, exe: u32, comm: u32, error: u32,
     protocol: u32, tls_version: u32, app_protocol: u32, filename: u32,
     present: u16, flags: u16,
+    cgroup_id: u64, cgroup: u32, container_id: u32, pod_uid: u32, unit: u32,
 }
 
 /// A compact batch that does not decode.
@@ -265,6 +272,11 @@ impl Decoder {
             app_protocol: self.text(r.app_protocol)?,
             payload,
             host: "",
+            cgroup_id: r.cgroup_id,
+            cgroup: self.text(r.cgroup)?,
+            container_id: self.text(r.container_id)?,
+            pod_uid: self.text(r.pod_uid)?,
+            unit: self.text(r.unit)?,
         })
     }
 }

@@ -35,10 +35,16 @@ struct Fields<'a> {
     bytes: Option<i64>,
     caller: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     child_pid: Option<u32>,
     comm: &'a str,
     #[serde(skip_serializing_if = "ConnField::is_absent")]
     conn_info: ConnField<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     direction: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +68,8 @@ struct Fields<'a> {
     peek: Option<bool>,
     pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ret: Option<i64>,
@@ -76,6 +84,8 @@ struct Fields<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_version: Option<&'a str>,
     ts: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
 }
 
 /// `conn_info` is absent from events that are not about an fd, and `null`
@@ -139,6 +149,11 @@ impl<'a> Fields<'a> {
             exe: e.exe,
             fd: e.fd,
             filename: e.filename,
+            cgroup: e.cgroup,
+            cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
+            container_id: e.container_id,
+            pod_uid: e.pod_uid,
+            unit: e.unit,
             host: e.host,
             msg: e.msg,
             new_fd: e.new_fd,

@@ -33,6 +33,11 @@ pub struct EventView<'a> {
     pub app_protocol: Option<&'a str>,
     pub payload: &'a [u8],
     pub host: &'a str,
+    pub cgroup_id: u64,
+    pub cgroup: Option<&'a str>,
+    pub container_id: Option<&'a str>,
+    pub pod_uid: Option<&'a str>,
+    pub unit: Option<&'a str>,
 }
 
 impl Event {
@@ -66,6 +71,11 @@ impl Event {
             app_protocol: self.app_protocol.as_deref(),
             payload: &self.payload,
             host: &self.host,
+            cgroup_id: self.cgroup_id,
+            cgroup: self.cgroup.as_deref(),
+            container_id: self.container_id.as_deref(),
+            pod_uid: self.pod_uid.as_deref(),
+            unit: self.unit.as_deref(),
         }
     }
 }
@@ -102,6 +112,11 @@ impl EventView<'_> {
             app_protocol: owned(self.app_protocol),
             payload: self.payload.to_vec(),
             host: self.host.into(),
+            cgroup_id: self.cgroup_id,
+            cgroup: owned(self.cgroup),
+            container_id: owned(self.container_id),
+            pod_uid: owned(self.pod_uid),
+            unit: owned(self.unit),
         }
     }
 }

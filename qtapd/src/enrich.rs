@@ -15,6 +15,7 @@ use qtap_common::{
 };
 
 use crate::{
+    cgroup::{self, Cgroup},
     events::{
         addr_text, base, call_labels, derived::Notes, errno_name, family_name, is_data_call,
         role_name, tls_call_labels, type_name, ConnInfo, Event, Text,
@@ -29,6 +30,7 @@ use crate::{
 #[derive(Default)]
 pub struct Enricher {
     procs: HashMap<u32, ProcState>,
+    cgroups: cgroup::Cache,
 }
 
 impl Enricher {
@@ -40,6 +42,22 @@ impl Enricher {
     /// The state of `pid`, empty if nothing is known yet.
     fn proc(&mut self, pid: u32) -> &mut ProcState {
         self.procs.entry(pid).or_default()
+    }
+
+    /// The cgroup of `pid`, read once per process.
+    pub fn cgroup(&mut self, pid: u32) -> Option<Arc<Cgroup>> {
+        if let Some(known) = &self.proc(pid).cgroup {
+            return known.clone();
+        }
+        let cgroup = self.cgroups.of_pid(pid);
+        self.proc(pid).cgroup = Some(cgroup.clone());
+        cgroup
+    }
+
+    /// The host's cgroups changed: paths are resolved anew (a process's
+    /// own stays what it was).
+    pub fn cgroups_changed(&mut self) {
+        self.cgroups.clear();
     }
 
     /// The exe of `pid`: from its exec if seen, else `/proc`, once.
@@ -77,6 +95,8 @@ impl Enricher {
             let labels = call_labels(rec.call);
             let exe = self.exe(pid);
             let mut event = base(hdr, labels.msg, labels.caller, exe);
+            event.cgroup = self.cgroup(hdr.pid);
+            event.cgroup = self.cgroup(pid);
             event.fd = Some(rec.fd);
             event.ret = Some(rec.ret);
             event.error = errno_name(rec.ret);
@@ -328,6 +348,7 @@ impl Enricher {
             Text::Shared(Arc::clone(&filename)),
         );
         event.filename = Some(Text::Shared(filename));
+        event.cgroup = self.cgroup(pid);
         event
     }
 
@@ -343,18 +364,20 @@ impl Enricher {
             exe,
         );
         event.child_pid = Some(rec.child_pid);
+        event.cgroup = self.cgroup(rec.hdr.pid);
         event
     }
 
     /// The process is gone: returns the fds whose kernel entries to purge.
     pub fn exit(&mut self, hdr: &Header) -> (Event, Vec<u32>) {
         let exe = self.exe(hdr.pid);
-        let event = base(
+        let mut event = base(
             hdr,
             "process/exit",
             "tracepoint/sched/sched_process_exit",
             exe,
         );
+        event.cgroup = self.cgroup(hdr.pid);
         let fds = self
             .procs
             .remove(&hdr.pid)

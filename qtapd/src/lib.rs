@@ -3,6 +3,7 @@
 //! (`fuzz/`) share them.
 
 pub mod access;
+pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod ebpf;

@@ -219,6 +219,10 @@ pub fn record(e: &Event) -> LogRecord {
     add("qtap.protocol", e.protocol.as_deref().map(text));
     add("qtap.app_protocol", e.app_protocol.as_deref().map(text));
     add("error.type", e.error.as_deref().map(text));
+    add("container.id", e.container_id.as_deref().map(text));
+    add("k8s.pod.uid", e.pod_uid.as_deref().map(text));
+    add("qtap.cgroup", e.cgroup.as_deref().map(text));
+    add("qtap.unit", e.unit.as_deref().map(text));
     if let Some(conn) = &e.conn_info {
         network_attributes(conn, &mut add);
     }

@@ -12,7 +12,10 @@ use foldhash::HashMap;
 use qtap_common::Conn;
 use qtap_proto::v1::ConnInfo;
 
-use crate::streams::{Binding, Stream};
+use crate::{
+    cgroup::Cgroup,
+    streams::{Binding, Stream},
+};
 
 /// What is known of one fd.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +41,9 @@ pub struct FdState {
 pub struct ProcState {
     /// Its executable, from its exec or `/proc`.
     pub exe: Option<Arc<str>>,
+    /// Its cgroup, read from `/proc` once (`Some(None)`: it has none, or
+    /// was gone).
+    pub cgroup: Option<Option<Arc<Cgroup>>>,
     pub(crate) fds: HashMap<i32, FdState>,
     /// `SSL*` objects and the fds they are bound to (`streams`).
     pub(crate) bindings: HashMap<u64, Binding>,
@@ -102,6 +108,8 @@ impl ProcState {
             .collect();
         ProcState {
             exe: Some(exe),
+            // An exec does not move the process.
+            cgroup: self.cgroup.clone(),
             fds,
             bindings: HashMap::default(),
         }

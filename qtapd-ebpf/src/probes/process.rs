@@ -19,8 +19,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_loop,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_loop, bpf_probe_read_kernel_str_bytes,
     },
     programs::TracePointContext,
     EbpfContext,
@@ -219,6 +219,11 @@ fn select(
     }
     if cfg.uses[pred::UID as usize] != 0 {
         scratch.hits[pred::UID as usize] = lookup(pred::UID, 0, u64::from(uid));
+    }
+    if cfg.uses[pred::CGROUP as usize] != 0 {
+        // SAFETY: a helper without arguments.
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        scratch.hits[pred::CGROUP as usize] = lookup(pred::CGROUP, 0, cgroup);
     }
     if cfg.uses[pred::COMM as usize] != 0 {
         let mut hash = 0;

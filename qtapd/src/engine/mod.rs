@@ -30,6 +30,7 @@ use self::{
 };
 use crate::{
     access::Access,
+    cgroup::{self, Cgroup},
     ebpf::{Kernel, KernelError, KernelStats, Selector},
     enrich::Enricher,
     events::{
@@ -148,6 +149,9 @@ pub struct Engine<K: Selector = Kernel> {
     /// `--otlp-endpoint`: where sessions without their own are exported.
     otlp_default: Option<String>,
     limits: Arc<Limits>,
+    /// The host's cgroups, walked while a session selects by cgroup (its
+    /// terms are compiled into their ids), again at each tick.
+    cgroups: Vec<Cgroup>,
 }
 
 impl<K: Selector> Engine<K> {
@@ -165,6 +169,7 @@ impl<K: Selector> Engine<K> {
             reported: KernelStats::default(),
             ticks: 0,
             otlp_default: None,
+            cgroups: Vec::new(),
             limits: Arc::new(Limits::default()),
         }
     }
@@ -246,6 +251,7 @@ impl<K: Selector> Engine<K> {
             .filter(|s| s.spec.owner == spec.owner)
             .count();
         limits::check_count(caller, "sessions", held, tier.sessions, "user-max-sessions")?;
+        let cgroups = &self.cgroups;
         let candidate = |pick: &dyn Fn(&Session) -> bool| {
             let filters = self
                 .hub
@@ -254,7 +260,7 @@ impl<K: Selector> Engine<K> {
                 .map(|s| &s.spec.filter)
                 .chain(std::iter::once(&spec.filter))
                 .enumerate();
-            compile(filters, 0)
+            compile(filters, 0, cgroups)
         };
         let own = candidate(&|s| s.spec.owner == spec.owner)?;
         let lengths = own.config.contains_lens.iter().filter(|&&l| l != 0).count();
@@ -361,7 +367,10 @@ impl<K: Selector> Engine<K> {
     }
 
     fn reinstall(&mut self) -> Result<(), EngineError> {
-        let mut compiled = compile(self.hub.filters(), std::process::id())?;
+        if self.uses_cgroups() {
+            self.walk_cgroups();
+        }
+        let mut compiled = compile(self.hub.filters(), std::process::id(), &self.cgroups)?;
         compiled.config.capture_bytes = self.hub.capture_bytes();
         compiled.config.restricted = self.hub.restricted();
         self.kernel.install(&compiled)?;
@@ -369,6 +378,28 @@ impl<K: Selector> Engine<K> {
         self.tls.set_needed(&mut self.kernel, tls_needed);
         self.kernel.set_tracing(!self.hub.is_empty())?;
         Ok(())
+    }
+
+    fn uses_cgroups(&self) -> bool {
+        self.hub.iter().any(|s| s.spec.filter.has_cgroup_terms())
+    }
+
+    /// Walks the host's cgroups; `true` when the set changed.
+    fn walk_cgroups(&mut self) -> bool {
+        let (now, cut) = cgroup::walk();
+        if cut {
+            warn!(
+                walked = now.len(),
+                "more cgroups than qtapd walks: cgroup terms see only these"
+            );
+        }
+        let ids = |all: &[Cgroup]| all.iter().map(|c| c.id).collect::<Vec<_>>();
+        let changed = ids(&now) != ids(&self.cgroups);
+        if changed {
+            self.enricher.cgroups_changed();
+        }
+        self.cgroups = now;
+        changed
     }
 
     /// Selects the running processes that `slot`'s filter matches.
@@ -401,6 +432,8 @@ impl<K: Selector> Engine<K> {
                 continue;
             };
             if filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid, uid)
+                && (!filter.has_cgroup_terms()
+                    || filter.matches_cgroup(self.enricher.cgroup(pid).as_deref()))
                 && (owner == 0 || self.access.visible_to(pid) == Some(owner))
             {
                 let mask = current.get(&pid).copied().unwrap_or(0) | bit;
@@ -658,13 +691,13 @@ impl<K: Selector> Engine<K> {
                 .map_or(0, |uid| self.hub.owned_by(uid))
         };
         let mut mask = claimed & !(restricted & !visible);
+        let cgroup = event.cgroup.clone();
         for session in self.hub.iter() {
             let bit = 1u64 << session.slot;
+            let filter = &session.spec.filter;
             if mask & bit != 0
-                && !session
-                    .spec
-                    .filter
-                    .matches_process(name, comm, rec.hdr.pid, rec.uid)
+                && !(filter.matches_process(name, comm, rec.hdr.pid, rec.uid)
+                    && (!filter.has_cgroup_terms() || filter.matches_cgroup(cgroup.as_deref())))
             {
                 mask &= !bit;
             }
@@ -695,6 +728,13 @@ impl<K: Selector> Engine<K> {
             self.access = Access::default();
         }
         self.tls.tick(&mut self.kernel);
+        // Cgroups made since (a container started, a unit restarted) get
+        // their ids into the kernel's tables.
+        if self.uses_cgroups() && self.walk_cgroups() {
+            if let Err(error) = self.reinstall() {
+                warn!(%error, "cgroup selection not updated");
+            }
+        }
         let now = self.kernel.stats();
         // Connections of processes gone without an exit record would hold
         // their entries: swept when the table overflowed, and once a minute.

@@ -18,6 +18,8 @@ use qtap_common::{call, family, role, tls_call, Addr, Header};
 pub use qtap_proto::v1::ConnInfo;
 use qtap_proto::{time::Rfc3339, v1};
 
+use crate::cgroup::Cgroup;
+
 /// The local port of a connection, when its address has one.
 #[must_use]
 pub fn local_port(conn: &ConnInfo) -> Option<u16> {
@@ -102,6 +104,8 @@ pub struct Event {
     /// What the kernel captured: as much as the most demanding session
     /// asked for (each session's stream keeps its own share).
     pub payload: Vec<u8>,
+    /// The process's cgroup, shared with every event of the process.
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 impl Event {
@@ -137,6 +141,20 @@ impl Event {
             app_protocol: self.app_protocol.map(Into::into),
             payload: self.payload(capture).to_vec(),
             host: String::new(),
+            cgroup_id: self.cgroup.as_ref().map_or(0, |c| c.id),
+            cgroup: self.cgroup.as_ref().map(|c| c.path.to_string()),
+            container_id: self
+                .cgroup
+                .as_ref()
+                .and_then(|c| c.container_id.as_deref().map(Into::into)),
+            pod_uid: self
+                .cgroup
+                .as_ref()
+                .and_then(|c| c.pod_uid.as_deref().map(Into::into)),
+            unit: self
+                .cgroup
+                .as_ref()
+                .and_then(|c| c.unit.as_deref().map(Into::into)),
         }
     }
 
@@ -153,7 +171,8 @@ impl Event {
         (256 + text(&self.msg)
             + text(&self.exe)
             + self.payload.len()
-            + self.filename.as_ref().map_or(0, text)) as u64
+            + self.filename.as_ref().map_or(0, text)
+            + self.cgroup.as_ref().map_or(0, |c| c.path.len())) as u64
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use qtap_common::{hash_step, limit, pred, Config, PatternKey, HASH_MUL};
 
 use super::{Filter, StrKey};
+use crate::cgroup::Cgroup;
 
 /// The tables for the kernel, ready to be written.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -65,9 +66,12 @@ fn set_len_bit(bits: &mut [u64; 4], len: usize) {
 }
 
 /// Compiles `(slot, filter)` pairs; slot `s` is bit `s` of every mask.
+/// `cgroups` are the host's cgroups (`cgroup::walk`): a session's
+/// cgroup terms become the ids of those they match.
 pub fn compile<'a>(
     sessions: impl IntoIterator<Item = (usize, &'a Filter)>,
     self_tgid: u32,
+    cgroups: &[Cgroup],
 ) -> Result<Compiled, CompileError> {
     let mut out = Compiled::default();
     out.config.self_tgid = self_tgid;
@@ -110,6 +114,17 @@ pub fn compile<'a>(
                     key: p,
                     len: len as u32,
                     hash: hash(value.as_bytes()),
+                };
+                *out.patterns.entry(k).or_default() |= bit;
+            }
+        }
+        if filter.has_cgroup_terms() {
+            out.config.uses[pred::CGROUP as usize] |= bit;
+            for cgroup in cgroups.iter().filter(|c| filter.matches_cgroup(Some(c))) {
+                let k = PatternKeyOrd {
+                    key: pred::CGROUP,
+                    len: 0,
+                    hash: cgroup.id,
                 };
                 *out.patterns.entry(k).or_default() |= bit;
             }
@@ -164,7 +179,7 @@ mod tests {
     #[test]
     fn contains_hash_matches_the_rolling_window() {
         let f = Filter::parse("exe.contains:curl").unwrap();
-        let c = compile([(3, &f)], 1).unwrap();
+        let c = compile([(3, &f)], 1, &[]).unwrap();
         assert_eq!(c.config.active, 1 << 3);
         assert_eq!(c.config.uses[pred::EXE_CONTAINS as usize], 1 << 3);
         assert_eq!(c.config.contains_lens[0], 4);
@@ -178,11 +193,48 @@ mod tests {
         assert_eq!(c.patterns.get(&key), Some(&(1 << 3)));
     }
 
+    /// Cgroup terms become the ids of the cgroups they match; keys AND,
+    /// values OR, as everywhere.
+    #[test]
+    fn cgroup_terms_become_the_ids_they_match() {
+        let host = [
+            Cgroup::new(10, "/system.slice/nginx.service"),
+            Cgroup::new(11, "/system.slice/cron.service"),
+            Cgroup::new(
+                12,
+                &format!("/system.slice/docker-{}.scope", "ab".repeat(32)),
+            ),
+            Cgroup::new(13, "/user.slice"),
+        ];
+        let ids = |filter: &str| {
+            let f = Filter::parse(filter).unwrap();
+            let c = compile([(2, &f)], 1, &host).unwrap();
+            assert_eq!(c.config.uses[pred::CGROUP as usize], 1 << 2);
+            c.patterns
+                .iter()
+                .filter(|(k, _)| k.key == pred::CGROUP)
+                .map(|(k, &mask)| {
+                    assert_eq!(mask, 1 << 2);
+                    k.hash
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("cgroup:/system.slice/"), [10, 11, 12]);
+        assert_eq!(ids("unit:nginx.service,unit:cron.service"), [10, 11]);
+        assert_eq!(ids("container:abab"), [12]);
+        assert_eq!(ids("cgroup:/system.slice/,unit:cron.service"), [11]);
+        // Nothing matches yet: the session is told to the kernel, and
+        // selects nothing until such a cgroup exists.
+        assert!(ids("unit:absent.service").is_empty());
+        let plain = compile([(0, &Filter::parse("pid:1").unwrap())], 1, &host).unwrap();
+        assert_eq!(plain.config.uses[pred::CGROUP as usize], 0);
+    }
+
     #[test]
     fn sockets_only_sessions_are_told_to_the_kernel() {
         let sockets = Filter::parse("fd:socket,pid:7").unwrap();
         let any = Filter::parse("pid:7").unwrap();
-        let c = compile([(1, &sockets), (4, &any)], 1).unwrap();
+        let c = compile([(1, &sockets), (4, &any)], 1, &[]).unwrap();
         assert_eq!(c.config.sockets_only, 1 << 1);
     }
 
@@ -201,12 +253,12 @@ mod tests {
     fn data_and_protocol_need_both_kernel_families() {
         for text in ["mod:data,exe:/bin/a", "mod:protocol,exe:/bin/a"] {
             let f = Filter::parse(text).unwrap();
-            let c = compile([(0, &f)], 1).unwrap();
+            let c = compile([(0, &f)], 1, &[]).unwrap();
             assert_eq!(c.config.modules[qtap_common::module::SOCKET], 1, "{text}");
             assert_eq!(c.config.modules[qtap_common::module::OPENSSL], 1, "{text}");
         }
         let f = Filter::parse("mod:openssl,exe:/bin/a").unwrap();
-        let c = compile([(0, &f)], 1).unwrap();
+        let c = compile([(0, &f)], 1, &[]).unwrap();
         assert_eq!(c.config.modules[qtap_common::module::SOCKET], 0);
     }
 
@@ -214,7 +266,7 @@ mod tests {
     fn sessions_share_patterns_and_modules_are_masked() {
         let a = Filter::parse("mod:process,exe:/bin/a").unwrap();
         let b = Filter::parse("exe:/bin/a,pid:5").unwrap();
-        let c = compile([(0, &a), (1, &b)], 1).unwrap();
+        let c = compile([(0, &a), (1, &b)], 1, &[]).unwrap();
         assert_eq!(c.config.active, 0b11);
         assert_eq!(c.config.modules[qtap_common::module::SOCKET], 0b10);
         assert_eq!(c.config.modules[qtap_common::module::OPENSSL], 0);
@@ -234,7 +286,7 @@ mod tests {
             .collect();
         let f = Filter::parse(&text.join(",")).unwrap();
         assert_eq!(
-            compile([(0, &f)], 1),
+            compile([(0, &f)], 1, &[]),
             Err(CompileError::TooManyContainsLengths(9))
         );
     }

@@ -8,13 +8,17 @@
 //! none means `mod:socket`. `fd:socket` keeps the calls on socket fds
 //! only (decided in the kernel, see `qtap_common::FileOffsets`); no `fd:`
 //! term, or `fd:any`, keeps calls on files and pipes too (`conn_info`
-//! null), as Qtap's `--bpf-trace` shows them.
+//! null), as Qtap's `--bpf-trace` shows them. `cgroup:`, `container:`
+//! and `unit:` select by the process's cgroup: `compile` turns them into
+//! the ids of the host's cgroups they match (see `crate::cgroup`).
 
 pub mod compile;
 
 use std::fmt;
 
 use qtap_common::limit;
+
+use crate::cgroup::Cgroup;
 
 /// Every key the grammar knows, in the order error messages list them.
 pub const KEYS: &[&str] = &[
@@ -28,6 +32,9 @@ pub const KEYS: &[&str] = &[
     "uid",
     "port",
     "fd",
+    "cgroup",
+    "container",
+    "unit",
 ];
 
 /// `fd:` values: which fds' calls a session keeps.
@@ -47,6 +54,42 @@ impl FdKind {
         match self {
             FdKind::Socket => "socket",
             FdKind::Any => "any",
+        }
+    }
+}
+
+/// Keys that select by the process's cgroup (see [`crate::cgroup`]);
+/// decided in the kernel by cgroup id at exec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CgroupKey {
+    /// The cgroup's path starts with the value (`/system.slice/`).
+    Path,
+    /// The container id starts with the value.
+    Container,
+    /// The systemd unit is the value (`nginx.service`).
+    Unit,
+}
+
+impl CgroupKey {
+    pub const ALL: [CgroupKey; 3] = [CgroupKey::Path, CgroupKey::Container, CgroupKey::Unit];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            CgroupKey::Path => "cgroup",
+            CgroupKey::Container => "container",
+            CgroupKey::Unit => "unit",
+        }
+    }
+
+    fn matches(self, value: &str, cgroup: &Cgroup) -> bool {
+        match self {
+            CgroupKey::Path => cgroup.path.starts_with(value),
+            CgroupKey::Container => cgroup
+                .container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(value)),
+            CgroupKey::Unit => cgroup.unit.as_deref() == Some(value),
         }
     }
 }
@@ -157,6 +200,7 @@ pub enum Term {
     Uid(u32),
     Port(u16),
     Fd(FdKind),
+    Cgroup(CgroupKey, String),
 }
 
 impl fmt::Display for Term {
@@ -168,6 +212,7 @@ impl fmt::Display for Term {
             Term::Uid(u) => write!(f, "uid:{u}"),
             Term::Port(p) => write!(f, "port:{p}"),
             Term::Fd(k) => write!(f, "fd:{}", k.name()),
+            Term::Cgroup(k, v) => write!(f, "{}:{v}", k.name()),
         }
     }
 }
@@ -229,6 +274,12 @@ pub enum FilterError {
         term: String,
         len: usize,
         max: usize,
+    },
+    #[error("term {position} `{term}`: {why}")]
+    BadCgroup {
+        position: usize,
+        term: String,
+        why: &'static str,
     },
     #[error("term {position} `{term}`: control characters are not allowed in a filter")]
     Control { position: usize, term: String },
@@ -345,10 +396,36 @@ impl Filter {
     /// Whether no term restricts processes: every process is selected.
     #[must_use]
     pub fn selects_all(&self) -> bool {
-        !self
-            .terms
-            .iter()
-            .any(|t| matches!(t, Term::Str(..) | Term::Pid(_) | Term::Uid(_)))
+        !self.terms.iter().any(|t| {
+            matches!(
+                t,
+                Term::Str(..) | Term::Pid(_) | Term::Uid(_) | Term::Cgroup(..)
+            )
+        })
+    }
+
+    /// Whether the filter selects by cgroup (`cgroup`, `container`, `unit`).
+    #[must_use]
+    pub fn has_cgroup_terms(&self) -> bool {
+        self.terms.iter().any(|t| matches!(t, Term::Cgroup(..)))
+    }
+
+    /// Exact evaluation of the cgroup predicates: for each such key the
+    /// filter uses, some value matches. A process without a cgroup (gone)
+    /// passes only a filter without them.
+    #[must_use]
+    pub fn matches_cgroup(&self, cgroup: Option<&Cgroup>) -> bool {
+        CgroupKey::ALL.iter().all(|&key| {
+            let mut values = self
+                .terms
+                .iter()
+                .filter_map(|t| match t {
+                    Term::Cgroup(k, v) if *k == key => Some(v.as_str()),
+                    _ => None,
+                })
+                .peekable();
+            values.peek().is_none() || cgroup.is_some_and(|c| values.any(|v| key.matches(v, c)))
+        })
     }
 
     /// Exact evaluation of the process predicates.
@@ -405,6 +482,41 @@ impl fmt::Display for Filter {
         }
         Ok(())
     }
+}
+
+/// A `cgroup:`, `container:` or `unit:` term.
+fn cgroup_term(position: usize, term: String, key: &str, value: &str) -> Result<Term, FilterError> {
+    const MAX: usize = limit::PATTERN_LEN * 4;
+    let (key, bad) = match key {
+        "cgroup" => (
+            CgroupKey::Path,
+            (!value.starts_with('/')).then_some(
+                "a cgroup path starts with `/`, as in /proc/<pid>/cgroup (e.g. `cgroup:/system.slice/`)",
+            ),
+        ),
+        "container" => (
+            CgroupKey::Container,
+            (!value.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then_some("a container id is hexadecimal (a prefix of the 64-digit id)"),
+        ),
+        _ => (CgroupKey::Unit, None),
+    };
+    if let Some(why) = bad {
+        return Err(FilterError::BadCgroup {
+            position,
+            term,
+            why,
+        });
+    }
+    if value.len() > MAX {
+        return Err(FilterError::TooLong {
+            position,
+            term,
+            len: value.len(),
+            max: MAX,
+        });
+    }
+    Ok(Term::Cgroup(key, value.to_owned()))
 }
 
 fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
@@ -474,6 +586,7 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
             Ok(port) if port > 0 => Ok(Term::Port(port)),
             _ => Err(number("port (1 to 65535)")),
         },
+        "cgroup" | "container" | "unit" => cgroup_term(position, term, key, value),
         "fd" => match FdKind::ALL.into_iter().find(|k| k.name() == value) {
             Some(k) => Ok(Term::Fd(k)),
             None => Err(FilterError::UnknownFdKind {
@@ -489,6 +602,26 @@ fn parse_term(position: usize, raw: &str) -> Result<Term, FilterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_terms_parse_and_reject_what_cannot_match() {
+        let f = Filter::parse("unit:nginx.service,container:AB12,cgroup:/system.slice/").unwrap();
+        assert!(f.has_cgroup_terms() && !f.selects_all());
+        assert_eq!(f.to_string(), "unit:nginx.service,container:AB12,cgroup:/system.slice/");
+        let nginx = Cgroup::new(1, "/system.slice/nginx.service");
+        assert!(!f.matches_cgroup(Some(&nginx)), "no container id");
+        let only_unit = Filter::parse("unit:nginx.service,unit:cron.service").unwrap();
+        assert!(only_unit.matches_cgroup(Some(&nginx)));
+        assert!(!only_unit.matches_cgroup(None));
+        assert!(Filter::parse("pid:1").unwrap().matches_cgroup(None));
+        for (bad, says) in [
+            ("cgroup:system.slice", "starts with `/`"),
+            ("container:xyz", "hexadecimal"),
+        ] {
+            let e = Filter::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_modules_and_predicates() {

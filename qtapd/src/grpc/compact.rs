@@ -116,6 +116,11 @@ impl Encoder {
             filename: e.filename.as_ref().map_or(0, |t| self.text(t)),
             present,
             flags,
+            cgroup_id: e.cgroup.as_ref().map_or(0, |c| c.id),
+            cgroup: self.shared(e.cgroup.as_ref().map(|c| &c.path)),
+            container_id: self.shared(e.cgroup.as_ref().and_then(|c| c.container_id.as_ref())),
+            pod_uid: self.shared(e.cgroup.as_ref().and_then(|c| c.pod_uid.as_ref())),
+            unit: self.shared(e.cgroup.as_ref().and_then(|c| c.unit.as_ref())),
         };
         record.write(&mut self.batch.records);
         self.batch.payloads.extend_from_slice(payload);
@@ -136,6 +141,11 @@ impl Encoder {
     }
 
     /// The id of a text (0 for the empty one).
+    /// The id of a shared string, 0 for none.
+    fn shared(&mut self, text: Option<&Arc<str>>) -> u32 {
+        text.map_or(0, |t| self.text(&Text::Shared(Arc::clone(t))))
+    }
+
     fn text(&mut self, text: &Text) -> u32 {
         let s = text.as_str();
         if s.is_empty() {
@@ -227,8 +237,19 @@ mod tests {
             open: Some(true),
             conn_info: Some(Arc::clone(&conn)),
             payload: b"GET /".to_vec(),
+            cgroup: Some(Arc::new(crate::cgroup::Cgroup::new(
+                4242,
+                &format!(
+                    "/kubepods/burstable/pod0a1b2c3d-0000-4e5f-8a9b-0c1d2e3f4a5b/{}",
+                    "c0".repeat(32)
+                ),
+            ))),
             ..Event::default()
         };
+        let unit = Some(Arc::new(crate::cgroup::Cgroup::new(
+            77,
+            "/system.slice/nginx.service",
+        )));
         let exec = Event {
             ts_ns: 2_000_000_000,
             msg: "process/exec".into(),
@@ -241,6 +262,7 @@ mod tests {
             app_protocol: Some("http1"),
             ssl: Some(true),
             open: Some(false),
+            cgroup: unit,
             ..Event::default()
         };
         let events = [write.clone(), exec, Event::default(), write];
