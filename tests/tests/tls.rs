@@ -436,3 +436,57 @@ print(wants, len(got), tls.fileno(), plain.fileno())
     );
     assert!(reads.iter().any(|e| e["bytes"].as_i64() > Some(0)));
 }
+
+/// Node.js links OpenSSL into its own executable (no `libssl.so` in its
+/// maps): qtapd finds the `SSL_*` functions in the executable at its exec
+/// and probes it before the script's request goes out. The request's
+/// plaintext is seen. (Not yet bound to its fd: Node hands OpenSSL memory
+/// buffers, never the socket, so no `SSL_set_fd` names it.)
+#[test]
+fn node_with_openssl_linked_in_shows_its_plaintext() {
+    require_root();
+    let backend = HttpsFiles::start(&[("node", b"hello node\n")]);
+    let daemon = Daemon::start_with(
+        "mod:socket,mod:openssl,exe.endsWith:/node",
+        &["--capture-bytes=64"],
+    )
+    .unwrap();
+    let script = format!(
+        "require('https').get({{ host: '127.0.0.1', port: {}, path: '/node', \
+         rejectUnauthorized: false }}, r => {{ r.resume(); r.on('end', () => \
+         console.log(process.pid)); }})",
+        backend.port
+    );
+    let out = Command::new("node")
+        .args(["-e", &script])
+        .output()
+        .expect("node (Node.js is on this machine)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let events = daemon.stop().unwrap();
+    let ours = |msg: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["pid"].as_u64() == Some(pid) && e["msg"] == msg && e["bytes"].as_i64() > Some(0)
+            })
+            .collect::<Vec<_>>()
+    };
+    let writes = ours("openssl/SSL_write");
+    assert!(
+        writes
+            .iter()
+            .any(|w| payload(w).starts_with(b"GET /node HTTP/1.1\r\n")),
+        "no SSL_write of node's request: {events:#?}"
+    );
+    assert!(writes.iter().all(|w| w["ssl"] == true));
+    let reads = ours("openssl/SSL_read");
+    assert!(
+        reads.iter().any(|r| payload(r).starts_with(b"HTTP/1.")),
+        "no SSL_read of the response: {events:#?}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use super::{KernelError, KernelStats, Selector};
+use super::{KernelError, KernelStats, Selector, TlsSymbols};
 use crate::filter::compile::Compiled;
 
 #[derive(Debug, Default)]
@@ -45,7 +45,7 @@ impl Selector for MemoryKernel {
     fn set_tracing(&mut self, _: bool) -> Result<(), KernelError> {
         Ok(())
     }
-    fn attach_tls(&mut self, _: &Path) -> Result<usize, KernelError> {
+    fn attach_tls(&mut self, _: &Path, _: &TlsSymbols) -> Result<usize, KernelError> {
         Ok(0)
     }
     fn detach_tls(&mut self) {}

@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         trace_point::TracePointLinkId,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         Program, ProgramError, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
@@ -58,15 +58,23 @@ pub enum KernelError {
         name: &'static str,
         source: Box<MapError>,
     },
-    /// A required `SSL_*` probe could not be attached: the symbol is
-    /// missing (not OpenSSL), or the kernel refused (uprobes need
-    /// `CAP_SYS_ADMIN`).
+    /// A required `SSL_*` probe could not be attached: the kernel
+    /// refused (uprobes need `CAP_SYS_ADMIN`).
     #[error("{target}: cannot attach the OpenSSL probes: {source}")]
     TlsAttach {
         target: PathBuf,
         source: Box<ProgramError>,
     },
+    /// The target does not define a function every OpenSSL defines.
+    #[error("{target}: no {symbol}: not OpenSSL")]
+    TlsMissing {
+        target: PathBuf,
+        symbol: &'static str,
+    },
 }
+
+/// Where a file defines OpenSSL's functions: file offsets by symbol name.
+pub type TlsSymbols = std::collections::HashMap<String, u64>;
 
 /// OpenSSL functions a target must have; the other probes are optional
 /// (`SSL_read_ex` and friends are missing from old versions).
@@ -232,8 +240,9 @@ pub trait Selector {
     /// Attaches the tracepoints (`on`: a session runs) or detaches them.
     fn set_tracing(&mut self, on: bool) -> Result<(), KernelError>;
     /// Attaches the OpenSSL probes to a library or executable for every
-    /// process that runs it; returns the number of probes attached.
-    fn attach_tls(&mut self, target: &Path) -> Result<usize, KernelError>;
+    /// process that runs it, at the offsets `symbols` gives (an optional
+    /// function it lacks goes unprobed); returns the number attached.
+    fn attach_tls(&mut self, target: &Path, symbols: &TlsSymbols) -> Result<usize, KernelError>;
     /// Detaches the OpenSSL probes from every target.
     fn detach_tls(&mut self);
 }
@@ -411,18 +420,26 @@ impl Selector for Kernel {
         }
     }
 
-    fn attach_tls(&mut self, target: &Path) -> Result<usize, KernelError> {
+    fn attach_tls(&mut self, target: &Path, symbols: &TlsSymbols) -> Result<usize, KernelError> {
+        if let Some(symbol) = TLS_REQUIRED.into_iter().find(|s| !symbols.contains_key(*s)) {
+            return Err(KernelError::TlsMissing {
+                target: target.to_owned(),
+                symbol,
+            });
+        }
         let mut links = Vec::new();
         let mut failure = None;
         for (name, program) in self.uprobes() {
-            let symbol = name.trim_end_matches(RET_SUFFIX);
-            match program.attach(symbol, target, UProbeScope::AllProcesses) {
+            let Some(&offset) = symbols.get(name.trim_end_matches(RET_SUFFIX)) else {
+                continue;
+            };
+            let at = UProbeAttachLocation::AbsoluteOffset(offset);
+            match program.attach(at, target, UProbeScope::AllProcesses) {
                 Ok(link) => links.push((name.to_owned(), link)),
-                Err(error) if TLS_REQUIRED.contains(&symbol) => {
+                Err(error) => {
                     failure = Some(error);
                     break;
                 }
-                Err(_) => {}
             }
         }
         if let Some(error) = failure {

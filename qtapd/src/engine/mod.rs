@@ -579,7 +579,7 @@ impl<K: Selector> Engine<K> {
                 let event = self.enricher.exec(&rec);
                 let mask = self.confirm_exec(&rec, &event);
                 if mask != 0 {
-                    self.tls.watch(hdr.pid);
+                    self.tls.watch_exec(&mut self.kernel, hdr.pid);
                 }
                 self.hub
                     .deliver(mask, event, |s, _| s.spec.filter.wants(Module::Process));

@@ -607,7 +607,10 @@ mod tests {
     fn cgroup_terms_parse_and_reject_what_cannot_match() {
         let f = Filter::parse("unit:nginx.service,container:AB12,cgroup:/system.slice/").unwrap();
         assert!(f.has_cgroup_terms() && !f.selects_all());
-        assert_eq!(f.to_string(), "unit:nginx.service,container:AB12,cgroup:/system.slice/");
+        assert_eq!(
+            f.to_string(),
+            "unit:nginx.service,container:AB12,cgroup:/system.slice/"
+        );
         let nginx = Cgroup::new(1, "/system.slice/nginx.service");
         assert!(!f.matches_cgroup(Some(&nginx)), "no container id");
         let only_unit = Filter::parse("unit:nginx.service,unit:cron.service").unwrap();
