@@ -85,12 +85,12 @@ pub enum TraceCommand {
     Start {
         /// What to trace: `key:value` terms, comma-separated. Keys: mod
         /// (socket, process, openssl, protocol, data), exe, exe.contains,
-        /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd, cgroup
-        /// (a path prefix), container (an id prefix), unit (a systemd
-        /// unit). Calls
-        /// on sockets only unless the filter says `fd:any` (files and
-        /// pipes too, `conn_info` null, as Qtap's --bpf-trace shows them):
-        /// qtapctl adds `fd:socket` to a filter with no `fd:` term.
+        /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd (socket,
+        /// any), cgroup (a path prefix), container (an id prefix), unit (a
+        /// systemd unit). Calls on sockets only unless the filter says
+        /// `fd:any` (files and pipes too, `conn_info` null, as Qtap's
+        /// --bpf-trace shows them): qtapctl adds `fd:socket` to a filter
+        /// with no `fd:` term.
         #[arg(long, value_parser = with_default_fd)]
         filter: String,
         /// A name shown by `trace list`.

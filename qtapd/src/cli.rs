@@ -77,8 +77,11 @@ pub struct Args {
     ///
     /// Terms are `key:value`, comma-separated. Keys: mod (socket, process,
     /// openssl, protocol, data), exe, exe.contains, exe.startsWith,
-    /// exe.endsWith, comm, pid, uid, port. The same key twice is OR,
-    /// different keys AND. Without a process term every process is traced.
+    /// exe.endsWith, comm, pid, uid, port, fd (socket, any), cgroup (a
+    /// path prefix), container (an id prefix), unit (a systemd unit). The
+    /// same key twice is OR, different keys AND. Without a process term
+    /// every process is traced; without `fd:socket`, calls on files and
+    /// pipes too (`conn_info` null), as Qtap's --bpf-trace shows them.
     #[arg(long, value_name = "FILTER")]
     pub bpf_trace: Option<String>,
     /// With --bpf-trace: include the first N bytes of each data event
