@@ -528,10 +528,19 @@ impl Follower {
 
     /// Lets events drain, interrupts the follower (SIGINT, like Ctrl-C),
     /// and returns what it printed.
-    pub fn stop(mut self) -> Result<Vec<Value>> {
+    pub fn stop(self) -> Result<Vec<Value>> {
+        self.end(libc::SIGINT)
+    }
+
+    /// Like [`Follower::stop`] with SIGTERM, as `timeout` or systemd ends it.
+    pub fn terminate(self) -> Result<Vec<Value>> {
+        self.end(libc::SIGTERM)
+    }
+
+    fn end(mut self, signal: libc::c_int) -> Result<Vec<Value>> {
         thread::sleep(Duration::from_millis(700));
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait()?;
         thread::sleep(Duration::from_millis(100));
         if !status.success() {

@@ -138,7 +138,9 @@ fn tshark_reads_http_and_the_plaintext_of_https_from_the_capture() {
         .unwrap();
     assert!(status.success());
     server.join().unwrap();
-    let events = follower.stop().unwrap();
+    // SIGTERM, as `timeout` or systemd would end it: the file is still
+    // written out.
+    let events = follower.terminate().unwrap();
     assert!(!events.is_empty());
 
     // HTTP on both ports: the plain one is found by port heuristics, the

@@ -120,11 +120,11 @@ pub async fn follow(
     // with none.
     let mut decoders: Vec<Decoder> = hosts.iter().map(|_| Decoder::new()).collect();
     let mut failures = Vec::new();
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = interrupted()?;
     tokio::pin!(interrupted);
     let result = loop {
         let (i, note) = tokio::select! {
-            _ = &mut interrupted => break Ok(()),
+            () = &mut interrupted => break Ok(()),
             note = rx.recv() => match note {
                 Some(note) => note,
                 None => break Ok(()),
@@ -178,6 +178,21 @@ pub async fn follow(
         failures.join(", ")
     );
     Ok(())
+}
+
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM (`timeout`, `kill`, systemd):
+/// either ends the follow the same way, the output finished and flushed
+/// (a `--pcapng` file is written out, not left empty in a buffer).
+fn interrupted() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// The renderer of `--output`/`--group-by`, and beside it (or instead of
