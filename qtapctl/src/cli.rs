@@ -56,6 +56,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Console)]
         output: Output,
     },
+    /// Why HTTPS of a process shows (or does not show) plaintext: the TLS
+    /// stacks it carries (shared libraries, OpenSSL linked in, Go,
+    /// rustls, Java…), whether qtap sees into each, and what would help.
+    /// One screen to paste into a bug report. Only for a process you may
+    /// trace (root: any).
+    Explain {
+        /// The process.
+        pid: u32,
+        /// console: one screen; json: one object
+        #[arg(long, value_enum, default_value_t = Output::Console)]
+        output: Output,
+    },
     /// Asks qtapd's standard gRPC health service (grpc.health.v1); exits 0
     /// only when it answers SERVING. For liveness and readiness probes.
     Health {

@@ -581,6 +581,26 @@ pub fn run_curl(url: &str) -> u32 {
     run_curl_at("curl", url)
 }
 
+/// One curl (one process) fetching `plain` (`http://`) and then `https`
+/// over HTTP/1.1, certificates unchecked; fails the test unless both
+/// succeed.
+pub fn curl_plain_then_https(plain: &str, https: &str) {
+    let status = Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args([plain, https])
+        .status()
+        .expect("curl is installed (make test installs it)");
+    assert!(status.success(), "curl {plain} {https} failed");
+}
+
 /// [`run_curl`] with curl at another path.
 pub fn run_curl_at(program: impl AsRef<std::ffi::OsStr>, url: &str) -> u32 {
     let mut child = Command::new(program)

@@ -5,7 +5,9 @@
 
 use std::{net::TcpListener, path::Path, process::Command, thread};
 
-use qtap_tests::{require_root, serve_once, servers::HttpsFiles, Follower, Service};
+use qtap_tests::{
+    curl_plain_then_https, require_root, serve_once, servers::HttpsFiles, Follower, Service,
+};
 
 /// `tshark -r FILE` with `args`, its stdout.
 fn tshark(file: &Path, args: &[&str]) -> String {
@@ -122,21 +124,10 @@ fn tshark_reads_http_and_the_plaintext_of_https_from_the_capture() {
     ))
     .unwrap();
     service.wait_followers(&id, 1);
-    let status = Command::new("curl")
-        .args([
-            "-s",
-            "-k",
-            "--http1.1",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-        ])
-        .arg(format!("http://127.0.0.1:{plain_port}/plain"))
-        .arg(format!("https://127.0.0.1:{}/page", backend.port))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    curl_plain_then_https(
+        &format!("http://127.0.0.1:{plain_port}/plain"),
+        &format!("https://127.0.0.1:{}/page", backend.port),
+    );
     server.join().unwrap();
     // SIGTERM, as `timeout` or systemd would end it: the file is still
     // written out.

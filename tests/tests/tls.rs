@@ -5,7 +5,7 @@ use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use qtap_tests::{
-    require_root, serve_once,
+    curl_plain_then_https, require_root, serve_once,
     servers::{free_port, HttpsFiles, Nginx},
     syscall, Daemon,
 };
@@ -266,21 +266,10 @@ fn one_client_plain_and_tls_connections() {
         &["--capture-bytes=64"],
     )
     .unwrap();
-    let status = Command::new("curl")
-        .args([
-            "-s",
-            "-k",
-            "--http1.1",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-        ])
-        .arg(format!("http://127.0.0.1:{plain_port}/plain"))
-        .arg(format!("https://127.0.0.1:{}/file", backend.port))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    curl_plain_then_https(
+        &format!("http://127.0.0.1:{plain_port}/plain"),
+        &format!("https://127.0.0.1:{}/file", backend.port),
+    );
     server.join().unwrap();
     let events = daemon.stop().unwrap();
     // Other tests of this file run curl at the same time: this one is

@@ -1,6 +1,7 @@
 //! One file per subcommand; this module runs the one asked for and maps
 //! its errors to exit codes.
 
+pub mod explain;
 pub mod health;
 pub mod status;
 pub mod trace;
@@ -75,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     match command {
                         Command::Status { output } => status::run(&conn, output).await,
                         Command::Health { service } => health::run(&conn, service).await,
+                        Command::Explain { pid, output } => explain::run(&conn, pid, output).await,
                         Command::Trace(TraceCommand::Stop { id }) => trace::stop(&conn, id).await,
                         Command::Trace(TraceCommand::List { output }) => {
                             trace::list(&conn, output).await

@@ -6,11 +6,9 @@
 //!
 //! A selected process's maps name files its owner chose (any user can map
 //! a file of their own, in `/dev/shm` say), so the files are examined off
-//! the engine's thread (`spawn_blocking`), only when they are regular
-//! files that root or the process's owner owns, at most
-//! [`MAX_EXE_BYTES`] long, and read piecewise (`object::ReadCache`: the
-//! ELF headers, then each symbol table and its strings in one read, never
-//! the whole file). The engine attaches what the examination found, at
+//! the engine's thread (`spawn_blocking`), only when [`elf::open_trusted`]
+//! lets them (regular files of root or the process's owner, not too large)
+//! and read piecewise, never the whole file. The engine attaches what the examination found, at
 //! the offsets it found: a static build is large (Node.js: 98 MB, 75,000
 //! exported symbols) and a short-lived program's first request goes out
 //! a few hundred milliseconds after its exec.
@@ -27,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     ebpf::{Selector, TlsSymbols},
-    procfs,
+    elf, procfs,
 };
 
 /// Where distributions put the system `libssl`.
@@ -39,10 +37,6 @@ const LIB_DIRS: &[&str] = &[
     "/lib64",
     "/lib",
 ];
-/// Executables larger than this are not searched for static OpenSSL.
-const MAX_EXE_BYTES: u64 = 256 << 20;
-/// The prefix of the OpenSSL functions the probes attach to.
-const PREFIX: &str = "SSL_";
 
 /// A file the examination looked at.
 #[derive(Debug)]
@@ -224,30 +218,15 @@ fn scan(pids: HashSet<u32>, mut seen: HashSet<(u64, u64)>, tx: &mpsc::UnboundedS
     }
 }
 
-/// Looks at one file: a regular file that root or `owner` owns, at most
-/// [`MAX_EXE_BYTES`] long, for the OpenSSL functions it defines. `None`
-/// when it is not such a file.
+/// Looks at one file (see [`elf::open_trusted`]) for the OpenSSL
+/// functions it defines. `None` when it is not such a file.
 fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
-    // The file itself, not a symlink to it (`libssl.so` → `.so.3`).
-    let path = fs::canonicalize(path).ok()?;
-    // Checked on the open file, so the checks and the reads are of one
-    // and the same file.
-    let file = fs::File::open(&path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || (meta.uid() != 0 && meta.uid() != owner) {
-        debug!(path = %path.display(), uid = meta.uid(), "not examined: not a regular file of root or the process's owner");
-        return None;
-    }
-    if meta.len() > MAX_EXE_BYTES {
-        debug!(path = %path.display(), len = meta.len(), "not examined: too large");
-        return None;
-    }
-    let symbols = openssl_symbols(file);
+    let (path, file, meta) = elf::open_trusted(path, owner)?;
     Some(Examined {
         id: (meta.dev(), meta.ino()),
         path,
         library,
-        symbols,
+        symbols: elf::openssl_symbols(&file),
     })
 }
 
@@ -274,71 +253,6 @@ fn system_libssl() -> Vec<PathBuf> {
         .collect()
 }
 
-/// The `SSL_*` functions a 64-bit ELF file defines (a static build, or
-/// `libssl` itself; a dynamically linked program only imports them), by
-/// file offset: from the dynamic symbol table, else from `.symtab`. Each
-/// table and its strings are read whole, in one read each (names read
-/// one by one through `ReadCache` cost two syscalls each).
-fn openssl_symbols(file: fs::File) -> TlsSymbols {
-    use object::{
-        elf::{FileHeader64, SHT_DYNSYM, SHT_SYMTAB},
-        read::elf::{FileHeader, SectionHeader, Sym},
-        Endianness, SectionIndex, StringTable,
-    };
-    let cache = object::ReadCache::new(file);
-    let mut found = TlsSymbols::new();
-    let Ok(header) = FileHeader64::<Endianness>::parse(&cache) else {
-        return found;
-    };
-    let Ok(endian) = header.endian() else {
-        return found;
-    };
-    let Ok(sections) = header.sections(endian, &cache) else {
-        return found;
-    };
-    for kind in [SHT_DYNSYM, SHT_SYMTAB] {
-        let Some(table) = sections.iter().find(|s| s.sh_type(endian) == kind) else {
-            continue;
-        };
-        let (Ok(symbols), Ok(strings)) = (
-            table.data_as_array::<object::elf::Sym64<Endianness>, _>(endian, &cache),
-            sections
-                .section(SectionIndex(table.sh_link(endian) as usize))
-                .and_then(|s| s.data(endian, &cache)),
-        ) else {
-            continue;
-        };
-        let strings = StringTable::new(strings, 0, strings.len() as u64);
-        for symbol in symbols {
-            if symbol.is_undefined(endian) || symbol.st_type() != object::elf::STT_FUNC {
-                continue;
-            }
-            let Ok(name) = symbol.name(endian, strings) else {
-                continue;
-            };
-            let Some(name) = name.strip_prefix(PREFIX.as_bytes()).map(|_| name) else {
-                continue;
-            };
-            let Ok(section) = sections.section(SectionIndex(symbol.st_shndx(endian).into())) else {
-                continue;
-            };
-            // From the address in memory to the offset in the file.
-            let address = symbol.st_value(endian);
-            let Some(offset) = address
-                .checked_sub(section.sh_addr(endian))
-                .and_then(|o| o.checked_add(section.sh_offset(endian)))
-            else {
-                continue;
-            };
-            found.insert(String::from_utf8_lossy(name).into_owned(), offset);
-        }
-        if !found.is_empty() {
-            break;
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,7 +261,9 @@ mod tests {
     fn a_dynamic_program_does_not_define_openssl() {
         // The test binary links no OpenSSL at all.
         let me = std::env::current_exe().unwrap();
-        assert!(openssl_symbols(fs::File::open(&me).unwrap()).is_empty());
+        assert!(
+            elf::openssl_symbols(&object::ReadCache::new(fs::File::open(&me).unwrap())).is_empty()
+        );
         assert!(is_executable(&me));
         assert!(!is_executable(Path::new("/usr/lib/libssl.so.3")));
     }
@@ -360,7 +276,7 @@ mod tests {
         let libs = system_libssl();
         assert!(!libs.is_empty(), "libssl is installed (curl depends on it)");
         for lib in &libs {
-            let found = openssl_symbols(fs::File::open(lib).unwrap());
+            let found = elf::openssl_symbols(&object::ReadCache::new(fs::File::open(lib).unwrap()));
             let bytes = fs::read(lib).unwrap();
             let elf = object::File::parse(&*bytes).unwrap();
             for name in ["SSL_read", "SSL_write", "SSL_set_fd", "SSL_free"] {
@@ -401,7 +317,7 @@ mod tests {
         // A sparse file past the cap is skipped without being read.
         let big = dir.join("big");
         let f = fs::File::create(&big).unwrap();
-        f.set_len(MAX_EXE_BYTES + 1).unwrap();
+        f.set_len(elf::MAX_BYTES + 1).unwrap();
         assert!(examine(&big, false, fs::metadata(&big).unwrap().uid()).is_none());
         assert!(examine(&dir, false, 0).is_none(), "a directory");
         fs::remove_dir_all(&dir).unwrap();

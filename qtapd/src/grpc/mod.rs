@@ -12,8 +12,9 @@ pub mod validate;
 use std::{pin::Pin, sync::Arc};
 
 use qtap_proto::v1::{
-    qtap_server::Qtap, FollowItem, FollowTraceRequest, GetStatusRequest, ListTracesRequest,
-    ListTracesResponse, Session, StartTraceRequest, Status, StopTraceRequest,
+    qtap_server::Qtap, ExplainProcessRequest, Explanation, FollowItem, FollowTraceRequest,
+    GetStatusRequest, ListTracesRequest, ListTracesResponse, Session, StartTraceRequest, Status,
+    StopTraceRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt};
@@ -21,8 +22,10 @@ use tonic::{transport::server::UdsConnectInfo, Request, Response};
 use tracing::error;
 
 use crate::{
+    access::Creds,
     engine::{hub::HubError, Caller, Command, EngineError},
     limits::Limits,
+    procfs, tls_stacks,
 };
 
 /// The service; holds only the way to the engine.
@@ -174,5 +177,42 @@ impl Qtap for Service {
             .await??;
         let stream: FollowStream = Box::pin(batch::Batches::new(rx, form).map(Ok));
         Ok(Response::new(stream))
+    }
+
+    /// Off the runtime's threads (it reads `/proc` and ELF files), and
+    /// only of a process the caller may trace: checked before and again
+    /// after the reads, so a pid reused meanwhile tells nothing.
+    async fn explain_process(
+        &self,
+        request: Request<ExplainProcessRequest>,
+    ) -> Result<Response<Explanation>, tonic::Status> {
+        let caller = self.caller(&request)?;
+        let pid = request.into_inner().pid;
+        let allowed = move || -> Result<(), tonic::Status> {
+            if procfs::uid(pid).is_none() {
+                return Err(tonic::Status::not_found(format!("no process {pid}")));
+            }
+            if caller.is_root()
+                || Creds::of(pid).and_then(|creds| creds.visible_to()) == Some(caller.uid)
+            {
+                Ok(())
+            } else {
+                Err(tonic::Status::permission_denied(format!(
+                    "process {pid} is root's to examine: it is not uid {}'s, or it gained \
+                     privileges (setuid, capabilities) or is not dumpable",
+                    caller.uid
+                )))
+            }
+        };
+        let (exe, stacks) = tokio::task::spawn_blocking(move || {
+            allowed()?;
+            let found = tls_stacks::explain(pid)
+                .ok_or_else(|| tonic::Status::not_found(format!("no process {pid}")))?;
+            allowed()?;
+            Ok::<_, tonic::Status>(found)
+        })
+        .await
+        .map_err(|_| unavailable())??;
+        Ok(Response::new(Explanation { pid, exe, stacks }))
     }
 }

@@ -1,0 +1,156 @@
+//! `qtapctl explain PID` on real programs: each TLS stack named, with the
+//! right verdict — OpenSSL shared (python's `ssl`) and linked in (Node.js)
+//! seen; Go's crypto/tls (built here, plain and stripped) not yet — and
+//! only for a caller who may trace the process.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use qtap_tests::{require_root, stdout_of, system_user, Service};
+use serde_json::Value;
+
+const MEMBER: &str = "qtap-e2e-member";
+
+/// A program that printed its first line (it is ready); killed on drop.
+struct Running(Child);
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "{cmd:?}");
+        Running(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn explain(service: &Service, user: Option<&str>, pid: u32) -> Value {
+    let out = service.ctl_as(user, &["explain", &pid.to_string(), "--output", "json"]);
+    serde_json::from_str(&stdout_of(&out)).unwrap()
+}
+
+/// The one stack named `name`.
+fn stack<'a>(explained: &'a Value, name: &str) -> &'a Value {
+    let stacks = explained["stacks"].as_array().unwrap();
+    let found: Vec<_> = stacks.iter().filter(|s| s["name"] == name).collect();
+    assert_eq!(found.len(), 1, "one {name} in {explained:#}");
+    found[0]
+}
+
+const PYTHON_WAITS: &str = "import ssl, time; print('ready', flush=True); time.sleep(60)";
+
+/// A Go program whose HTTPS client code is linked in (`http.Get` on an
+/// argument it is never given), built by the test; `strip`: without its
+/// symbol table (`-ldflags=-s -w`).
+fn go_program(dir: &std::path::Path, strip: bool) -> std::path::PathBuf {
+    let source = dir.join("main.go");
+    fs::write(
+        &source,
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\n\
+         func main() {\n\tif len(os.Args) > 1 {\n\t\thttp.Get(os.Args[1])\n\t}\n\
+         \tfmt.Println(\"ready\")\n\ttime.Sleep(time.Minute)\n}\n",
+    )
+    .unwrap();
+    let out = dir.join(if strip { "stripped" } else { "plain" });
+    let mut go = Command::new("go");
+    go.current_dir(dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .args(["build", "-o"])
+        .arg(&out);
+    if strip {
+        go.arg("-ldflags=-s -w");
+    }
+    let built = go.arg("main.go").output().expect("go (Debian's golang-go)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
+#[test]
+fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
+    require_root();
+    let service = Service::start(&[]).unwrap();
+
+    let python = Running::start(Command::new("/usr/bin/python3").args(["-c", PYTHON_WAITS]));
+    let e = explain(&service, None, python.pid());
+    let libssl = stack(&e, "OpenSSL (shared libssl)");
+    assert_eq!(libssl["plaintext_seen"], true);
+    assert!(
+        libssl["path"].as_str().unwrap().contains("/libssl.so"),
+        "{e:#}"
+    );
+
+    let node = Running::start(
+        Command::new("node").args(["-e", "console.log('ready'); setTimeout(() => {}, 60000)"]),
+    );
+    let e = explain(&service, None, node.pid());
+    let linked = stack(&e, "OpenSSL or BoringSSL (linked into the executable)");
+    assert_eq!(linked["plaintext_seen"], true);
+    assert_eq!(linked["path"], e["exe"], "{e:#}");
+
+    let dir = std::env::temp_dir().join(format!("qtap-explain-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let version = Command::new("go")
+        .args(["env", "GOVERSION"])
+        .env("GOCACHE", dir.join("cache"))
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    for strip in [false, true] {
+        let program = go_program(&dir, strip);
+        let go = Running::start(&mut Command::new(&program));
+        let e = explain(&service, None, go.pid());
+        let tls = stack(&e, "Go crypto/tls");
+        assert_eq!(tls["version"], version.as_str(), "stripped: {strip}: {e:#}");
+        assert_eq!(tls["plaintext_seen"], false);
+        assert!(tls["detail"].as_str().unwrap().contains("no Go TLS probes"));
+        assert!(e["stacks"].as_array().unwrap().len() == 1, "{e:#}");
+    }
+
+    // A member of group qtap: its own process, not root's.
+    system_user(MEMBER, true);
+    let own = Running::start(
+        Command::new("setpriv")
+            .arg(format!("--reuid={MEMBER}"))
+            .arg(format!("--regid={MEMBER}"))
+            .arg("--init-groups")
+            .args(["--", "/usr/bin/python3", "-c", PYTHON_WAITS]),
+    );
+    let e = explain(&service, Some(MEMBER), own.pid());
+    assert_eq!(stack(&e, "OpenSSL (shared libssl)")["plaintext_seen"], true);
+    let denied = service.ctl_as(
+        Some(MEMBER),
+        &["explain", &python.pid().to_string(), "--output", "json"],
+    );
+    assert!(!denied.status.success());
+    let why = String::from_utf8_lossy(&denied.stderr);
+    assert!(why.contains("root's to examine"), "{why}");
+    assert!(denied.stdout.is_empty(), "nothing of root's process told");
+
+    let gone = service.ctl(&["explain", "4194303"]);
+    assert!(!gone.status.success());
+    let why = String::from_utf8_lossy(&gone.stderr);
+    assert!(why.contains("no process 4194303"), "{why}");
+    fs::remove_dir_all(&dir).unwrap();
+}
