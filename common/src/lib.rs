@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 5;
+pub const ABI_VERSION: u16 = 6;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -133,7 +133,7 @@ pub mod kind {
     pub const TLS: u16 = 200;
 }
 
-/// The TLS library calls of the openssl module, as carried in
+/// The TLS library calls of the openssl and gnutls modules, as carried in
 /// [`TlsRecord::call`]. Program names are `<symbol>` for the entry and
 /// `<symbol>_ret` for the return probe.
 pub mod tls_call {
@@ -147,6 +147,54 @@ pub mod tls_call {
     pub const SSL_SET_WFD: u16 = 7;
     /// `SSL_free(ssl)`: the object and its binding are gone.
     pub const SSL_FREE: u16 = 8;
+    /// GnuTLS's calls from here on ([`module_of`]).
+    pub const GNUTLS_RECORD_RECV: u16 = 16;
+    pub const GNUTLS_RECORD_SEND: u16 = 17;
+    /// `gnutls_transport_set_int2(session, recv_fd, send_fd)`
+    /// (`gnutls_transport_set_int` is a macro for it).
+    pub const GNUTLS_TRANSPORT_SET_INT2: u16 = 18;
+    /// `gnutls_transport_set_ptr(session, ptr)`: an fd when the program
+    /// uses GnuTLS's own socket functions, else a pointer of its own.
+    pub const GNUTLS_TRANSPORT_SET_PTR: u16 = 19;
+    pub const GNUTLS_TRANSPORT_SET_PTR2: u16 = 20;
+    /// `gnutls_deinit(session)`: the session and its binding are gone.
+    pub const GNUTLS_DEINIT: u16 = 21;
+
+    /// The kernel family ([`super::module`]) of a call.
+    #[must_use]
+    pub const fn module_of(call: u16) -> usize {
+        if call >= GNUTLS_RECORD_RECV {
+            super::module::GNUTLS
+        } else {
+            super::module::OPENSSL
+        }
+    }
+
+    /// Whether a call moves plaintext in (else out, or none).
+    #[must_use]
+    pub const fn is_read(call: u16) -> bool {
+        matches!(call, SSL_READ | SSL_READ_EX | GNUTLS_RECORD_RECV)
+    }
+
+    /// Whether a call moves plaintext (else it binds or frees).
+    #[must_use]
+    pub const fn is_data(call: u16) -> bool {
+        matches!(
+            call,
+            SSL_READ
+                | SSL_READ_EX
+                | SSL_WRITE
+                | SSL_WRITE_EX
+                | GNUTLS_RECORD_RECV
+                | GNUTLS_RECORD_SEND
+        )
+    }
+
+    /// Whether a call ends its object's life (and binding).
+    #[must_use]
+    pub const fn is_free(call: u16) -> bool {
+        matches!(call, SSL_FREE | GNUTLS_DEINIT)
+    }
 }
 
 /// The syscalls of the socket module, as carried in [`SyscallRecord::call`].
@@ -197,10 +245,12 @@ pub mod pred {
 pub mod module {
     /// Syscall records.
     pub const SOCKET: usize = 0;
-    /// TLS library records.
+    /// OpenSSL's records.
     pub const OPENSSL: usize = 1;
+    /// GnuTLS's records.
+    pub const GNUTLS: usize = 2;
     /// Number of families the kernel gates on.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 }
 
 /// `SyscallRecord::flags` bits.
@@ -406,9 +456,11 @@ pub struct TlsPending {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsRecord {
     pub hdr: Header,
-    /// The `SSL*` the call was made on.
+    /// The `SSL*` (or `gnutls_session_t`) the call was made on.
     pub ssl: u64,
-    /// The return value (`SSL_read`: bytes or <= 0; `_ex`: 1 or 0).
+    /// The return value (`SSL_read`, `gnutls_record_recv`: bytes or <= 0;
+    /// `_ex`: 1 or 0); for the GnuTLS calls that bind two fds, the send
+    /// side's fd (`fd` is the receive side's), or -1.
     pub ret: i64,
     /// Plaintext bytes moved (0 when the call failed).
     pub bytes: i64,
@@ -417,7 +469,8 @@ pub struct TlsRecord {
     /// One of [`direction`].
     pub direction: u8,
     pub _pad: u8,
-    /// `SSL_set_*fd`: the fd argument; otherwise -1.
+    /// `SSL_set_*fd`, `gnutls_transport_set_*`: the (receive side's) fd
+    /// argument, -1 when it is not an fd; otherwise -1.
     pub fd: i32,
     /// Bytes of `head` filled.
     pub head_len: u32,
@@ -595,7 +648,10 @@ const _: () = {
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
     assert!(core::mem::size_of::<PatternKey>() == 16);
-    assert!(core::mem::size_of::<Config>() == 8 + 64 + 16 + 32 + 32 + 32 + 64 + 8 + 8 + 8);
+    assert!(
+        core::mem::size_of::<Config>()
+            == 8 + 64 + 8 * module::COUNT + 32 + 32 + 32 + 64 + 8 + 8 + 8
+    );
     assert!(core::mem::size_of::<CredOffsets>() == 48);
     assert!(core::mem::size_of::<FileOffsets>() == 32);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
@@ -622,7 +678,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TlsRecord>(), 120);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 272);
+        assert_eq!(core::mem::size_of::<Config>(), 280);
     }
 
     #[test]

@@ -19,9 +19,10 @@ pub fn is_socket_event(event: &Event) -> bool {
 }
 
 fn is_socket_msg(msg: &str) -> bool {
-    ["syscall/", "openssl/", "protocol/", "process_data"]
-        .iter()
-        .any(|prefix| msg.starts_with(prefix))
+    crate::is_tls_library_msg(msg)
+        || ["syscall/", "protocol/", "process_data"]
+            .iter()
+            .any(|prefix| msg.starts_with(prefix))
 }
 
 /// The JSON object of an event, borrowed from it. Fields are in

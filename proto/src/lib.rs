@@ -49,6 +49,16 @@ impl v1::LossStage {
     }
 }
 
+/// The `msg` prefixes of TLS library calls (`openssl/SSL_write`,
+/// `gnutls/gnutls_record_send`): their bytes are plaintext.
+pub const TLS_LIBRARY_PREFIXES: [&str; 2] = ["openssl/", "gnutls/"];
+
+/// Whether an event's `msg` names a TLS library call.
+#[must_use]
+pub fn is_tls_library_msg(msg: &str) -> bool {
+    TLS_LIBRARY_PREFIXES.iter().any(|p| msg.starts_with(p))
+}
+
 /// The encoded `FileDescriptorSet` of the API, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/qtap_descriptor.bin"));

@@ -3,7 +3,7 @@
 //!
 //! Every program name is the name of the hook it attaches to: tracepoints
 //! (`sys_enter_read` → `syscalls:sys_enter_read`, `sched_process_exec` →
-//! `sched:sched_process_exec`) at load, and OpenSSL uprobes (`SSL_write`,
+//! `sched:sched_process_exec`) at load, and TLS library uprobes (`SSL_write`,
 //! and `SSL_write_ret` for its return) when a session needs them. qtapd
 //! attaches by that rule, so this file is the one list of hooks.
 #![no_std]
@@ -127,7 +127,7 @@ syscall_probes! {
     DUP3 => sys_enter_dup3, sys_exit_dup3;
 }
 
-/// Entry and return probes of the OpenSSL calls that move plaintext.
+/// Entry and return probes of the TLS library calls that move plaintext.
 macro_rules! tls_data_probes {
     ($($call:ident => $enter:ident, $exit:ident;)*) => {$(
         #[uprobe]
@@ -143,7 +143,8 @@ macro_rules! tls_data_probes {
     )*};
 }
 
-/// Entry probes of the OpenSSL calls that bind an `SSL*` to an fd or free it.
+/// Entry probes of the TLS library calls that bind an `SSL*` (or GnuTLS
+/// session) to an fd or free it.
 macro_rules! tls_bind_probes {
     ($($call:ident => $enter:ident;)*) => {$(
         #[uprobe]
@@ -172,6 +173,24 @@ mod openssl {
         SSL_SET_RFD => SSL_set_rfd;
         SSL_SET_WFD => SSL_set_wfd;
         SSL_FREE => SSL_free;
+    }
+}
+
+/// The GnuTLS hooks, named after the symbols they attach to.
+mod gnutls {
+    use super::{probes, tls_call, ProbeContext, RetProbeContext};
+    use aya_ebpf::macros::{uprobe, uretprobe};
+
+    tls_data_probes! {
+        GNUTLS_RECORD_RECV => gnutls_record_recv, gnutls_record_recv_ret;
+        GNUTLS_RECORD_SEND => gnutls_record_send, gnutls_record_send_ret;
+    }
+
+    tls_bind_probes! {
+        GNUTLS_TRANSPORT_SET_INT2 => gnutls_transport_set_int2;
+        GNUTLS_TRANSPORT_SET_PTR => gnutls_transport_set_ptr;
+        GNUTLS_TRANSPORT_SET_PTR2 => gnutls_transport_set_ptr2;
+        GNUTLS_DEINIT => gnutls_deinit;
     }
 }
 

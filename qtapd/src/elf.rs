@@ -18,12 +18,10 @@ use object::{
 };
 use tracing::debug;
 
-use crate::ebpf::TlsSymbols;
+use crate::ebpf::{TlsSymbols, TLS_LIBRARIES};
 
 /// Files larger than this are not read.
 pub const MAX_BYTES: u64 = 256 << 20;
-/// The prefix of the OpenSSL functions the probes attach to.
-const OPENSSL_PREFIX: &str = "SSL_";
 
 /// An opened ELF file, read piecewise.
 pub type File = ReadCache<fs::File>;
@@ -83,12 +81,14 @@ pub fn go_version(file: &File) -> Option<String> {
     Some(String::from_utf8_lossy(&version).into_owned())
 }
 
-/// The `SSL_*` functions a 64-bit ELF file defines (a static build, or
-/// `libssl` itself; a dynamically linked program only imports them), by
+/// The functions of the TLS libraries qtap probes (OpenSSL's `SSL_*`,
+/// GnuTLS's `gnutls_*`) that a 64-bit ELF file defines (a static build,
+/// or the library itself; a dynamically linked program only imports
+/// them), by
 /// file offset: from the dynamic symbol table, else from `.symtab`. Each
 /// table and its strings are read whole, in one read each (names read
 /// one by one through `ReadCache` cost two syscalls each).
-pub fn openssl_symbols(cache: &File) -> TlsSymbols {
+pub fn tls_symbols(cache: &File) -> TlsSymbols {
     let mut found = TlsSymbols::new();
     let Some((endian, sections)) = sections(cache) else {
         return found;
@@ -113,9 +113,12 @@ pub fn openssl_symbols(cache: &File) -> TlsSymbols {
             let Ok(name) = symbol.name(endian, strings) else {
                 continue;
             };
-            let Some(name) = name.strip_prefix(OPENSSL_PREFIX.as_bytes()).map(|_| name) else {
+            if !TLS_LIBRARIES
+                .iter()
+                .any(|(_, prefix, _)| name.starts_with(prefix.as_bytes()))
+            {
                 continue;
-            };
+            }
             let Ok(section) = sections.section(SectionIndex(symbol.st_shndx(endian).into())) else {
                 continue;
             };

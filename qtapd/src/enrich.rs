@@ -122,17 +122,31 @@ impl Enricher {
     pub fn tls(&mut self, rec: &TlsRecord, build: bool) -> (Option<Event>, Notes) {
         let hdr = &rec.hdr;
         let mut notes = Notes::default();
-        let side = match rec.call {
-            tls_call::SSL_SET_FD => Some(Side::Both),
-            tls_call::SSL_SET_RFD => Some(Side::Read),
-            tls_call::SSL_SET_WFD => Some(Side::Write),
-            _ => None,
+        let data = tls_call::is_data(rec.call);
+        // What the call binds: (fd, side) pairs; GnuTLS's `*2` calls name a
+        // receive fd (`fd`) and a send fd (`ret`), -1 when not an fd.
+        let binds: [(i32, Side); 2] = match rec.call {
+            tls_call::SSL_SET_FD | tls_call::GNUTLS_TRANSPORT_SET_PTR => {
+                [(rec.fd, Side::Both), (-1, Side::Both)]
+            }
+            tls_call::SSL_SET_RFD => [(rec.fd, Side::Read), (-1, Side::Both)],
+            tls_call::SSL_SET_WFD => [(rec.fd, Side::Write), (-1, Side::Both)],
+            tls_call::GNUTLS_TRANSPORT_SET_INT2 | tls_call::GNUTLS_TRANSPORT_SET_PTR2 => {
+                let send = i32::try_from(rec.ret).unwrap_or(-1);
+                if send == rec.fd {
+                    [(rec.fd, Side::Both), (-1, Side::Both)]
+                } else {
+                    [(rec.fd, Side::Read), (send, Side::Write)]
+                }
+            }
+            _ => [(-1, Side::Both); 2],
         };
-        let data = side.is_none() && rec.call != tls_call::SSL_FREE;
         let state = self.proc(hdr.pid);
-        let fd = if let Some(side) = side {
-            state.bind(rec.ssl, rec.fd, side);
-            Some(rec.fd)
+        let fd = if !data && !tls_call::is_free(rec.call) {
+            for (fd, side) in binds.into_iter().filter(|(fd, _)| *fd >= 0) {
+                state.bind(rec.ssl, fd, side);
+            }
+            binds.iter().map(|(fd, _)| *fd).find(|fd| *fd >= 0)
         } else if !data {
             state.free(rec.ssl);
             None

@@ -22,9 +22,10 @@ const LIBRARIES: &[(&str, &str, bool, &str)] = &[
     (
         "libgnutls.so",
         "GnuTLS",
-        false,
-        "qtap has no GnuTLS probes yet (gnutls_record_send/recv): its socket \
-         calls show ssl: true with the ciphertext",
+        true,
+        "mod:gnutls probes gnutls_record_send/gnutls_record_recv in this \
+         library; the calls carry the fd the program gave \
+         gnutls_transport_set_int/_ptr, or the fd of the socket calls they make",
     ),
     (
         "libnss3.so",
@@ -111,7 +112,9 @@ fn in_executable(path: &Path, shown: String, owner: u32) -> Vec<TlsStack> {
         detail: detail.into(),
     };
     let mut stacks = Vec::new();
-    if !elf::openssl_symbols(&file).is_empty() {
+    let symbols = elf::tls_symbols(&file);
+    let defines = |prefix: &str| symbols.keys().any(|name| name.starts_with(prefix));
+    if defines("SSL_") {
         stacks.push(stack(
             "OpenSSL or BoringSSL (linked into the executable)",
             String::new(),
@@ -119,6 +122,14 @@ fn in_executable(path: &Path, shown: String, owner: u32) -> Vec<TlsStack> {
             "mod:openssl probes its SSL_* functions from the process's exec on; \
              the calls carry an fd only when the program gives OpenSSL its \
              socket (SSL_set_fd), not when it hands it memory buffers (Node.js)",
+        ));
+    }
+    if defines("gnutls_") {
+        stacks.push(stack(
+            "GnuTLS (linked into the executable)",
+            String::new(),
+            true,
+            "mod:gnutls probes its gnutls_record_* functions from the process's exec on",
         ));
     }
     if let Some(version) = elf::go_version(&file) {

@@ -1,7 +1,8 @@
 //! `qtapctl explain PID` on real programs: each TLS stack named, with the
 //! right verdict — OpenSSL shared (python's `ssl`) and linked in (Node.js)
-//! seen; Go's crypto/tls (built here, plain and stripped) not yet — and
-//! only for a caller who may trace the process.
+//! and GnuTLS (loaded by python) seen; Go's crypto/tls (built here, plain
+//! and stripped) not yet — and only for a caller who may trace the
+//! process.
 
 use std::{
     fs,
@@ -98,6 +99,24 @@ fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
     assert_eq!(libssl["plaintext_seen"], true);
     assert!(
         libssl["path"].as_str().unwrap().contains("/libssl.so"),
+        "{e:#}"
+    );
+
+    // GnuTLS, loaded as a library the way its users link it.
+    let gnutls = Running::start(Command::new("/usr/bin/python3").args([
+        "-c",
+        "import ctypes, time; ctypes.CDLL('libgnutls.so.30'); print('ready', flush=True); \
+         time.sleep(60)",
+    ]));
+    let e = explain(&service, None, gnutls.pid());
+    let lib = stack(&e, "GnuTLS");
+    assert_eq!(lib["plaintext_seen"], true);
+    assert!(
+        lib["path"].as_str().unwrap().contains("/libgnutls.so"),
+        "{e:#}"
+    );
+    assert!(
+        lib["detail"].as_str().unwrap().contains("mod:gnutls"),
         "{e:#}"
     );
 

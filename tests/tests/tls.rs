@@ -1,5 +1,6 @@
-//! TLS that is right per fd, end to end: real nginx, curl, python and
-//! `openssl s_server`, traced with the socket, openssl and data modules.
+//! TLS that is right per fd, end to end: real nginx, curl, python, Node.js,
+//! `openssl s_server` and `gnutls-cli`, traced with the socket, openssl,
+//! gnutls and data modules.
 
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
@@ -478,4 +479,84 @@ fn node_with_openssl_linked_in_shows_its_plaintext() {
         reads.iter().any(|r| payload(r).starts_with(b"HTTP/1.")),
         "no SSL_read of the response: {events:#?}"
     );
+}
+
+/// `gnutls-cli` (GnuTLS) against `openssl s_server`: the request and the
+/// response are seen in plaintext (`gnutls/gnutls_record_send`/`_recv`),
+/// on the fd the client connected and bound with
+/// `gnutls_transport_set_int`, and that fd's syscalls are marked TLS.
+#[test]
+fn gnutls_cli_shows_plaintext_both_ways_on_its_fd() {
+    use std::io::{Read, Write};
+    require_root();
+    let backend = HttpsFiles::start(&[("gnutls", b"hello gnutls\n")]);
+    let daemon = Daemon::start_with(
+        "mod:socket,mod:gnutls,exe.endsWith:/gnutls-cli",
+        &["--capture-bytes=64"],
+    )
+    .unwrap();
+    let mut client = Command::new("timeout")
+        .args(["20", "gnutls-cli", "--insecure", "--port"])
+        .arg(backend.port.to_string())
+        .arg("127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gnutls-cli (make test installs gnutls-bin)");
+    // Stdin stays open until the server has answered and closed: at
+    // stdin's end gnutls-cli would close first.
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"GET /gnutls HTTP/1.0\r\n\r\n").unwrap();
+    let mut shown = String::new();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut shown)
+        .unwrap();
+    drop(stdin);
+    client.wait().unwrap();
+    assert!(shown.contains("hello gnutls"), "gnutls-cli printed {shown}");
+    let events = daemon.stop().unwrap();
+    let connect = events
+        .iter()
+        .find(|e| {
+            syscall(e) == Some("connect")
+                && e["conn_info"]["remote"].as_str() == Some(&format!("127.0.0.1:{}", backend.port))
+        })
+        .unwrap_or_else(|| panic!("no connect to the server: {events:#?}"));
+    let (pid, fd) = (
+        connect["pid"].as_u64().unwrap(),
+        connect["fd"].as_i64().unwrap(),
+    );
+    let spans = spans(&events, pid);
+    let span = spans
+        .iter()
+        .find(|s| s.fd == fd && s.remote().is_some())
+        .unwrap_or_else(|| panic!("no span of fd {fd}: {spans:#?}"));
+    assert_tls_syscalls(span, "gnutls-cli");
+    let bound = span.calls("gnutls/gnutls_transport_set_int2");
+    assert_eq!(bound.len(), 1, "one binding of fd {fd}: {span:#?}");
+    let moved = |msg: &str| -> Vec<&Value> {
+        span.calls(msg)
+            .into_iter()
+            .filter(|e| e["bytes"].as_i64() > Some(0))
+            .collect()
+    };
+    let sends = moved("gnutls/gnutls_record_send");
+    assert_eq!(sends.len(), 1, "{span:#?}");
+    assert_eq!(payload(sends[0]), b"GET /gnutls HTTP/1.0\r\n\r\n");
+    assert_eq!(sends[0]["direction"], 1);
+    let recvs = moved("gnutls/gnutls_record_recv");
+    assert!(
+        recvs
+            .first()
+            .is_some_and(|r| payload(r).starts_with(b"HTTP/1.0 200 ok")),
+        "the first plaintext read is the response: {recvs:#?}"
+    );
+    for e in sends.iter().chain(&recvs) {
+        assert_eq!(e["ssl"], true, "{e}");
+        assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
+    }
 }

@@ -117,7 +117,7 @@ impl<W: Write> Render for Flows<W> {
         flow.calls.push(call_line(e));
         let (bytes_in, bytes_out) = if e.msg.starts_with("syscall/") {
             (&mut flow.bytes_in, &mut flow.bytes_out)
-        } else if e.msg.starts_with("openssl/") {
+        } else if qtap_proto::is_tls_library_msg(&e.msg) {
             (&mut flow.plain_in, &mut flow.plain_out)
         } else {
             // Derived events repeat a call's bytes.

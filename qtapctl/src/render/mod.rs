@@ -139,8 +139,9 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
 /// What the event is, short: `writev`, `SSL_write`, `exec`; derived
 /// events (`protocol/detected`, `process_data (…)`) keep their whole name.
 fn what(e: &Event) -> &str {
-    ["syscall/", "openssl/", "process/"]
+    ["syscall/", "process/"]
         .iter()
+        .chain(&qtap_proto::TLS_LIBRARY_PREFIXES)
         .find_map(|prefix| e.msg.strip_prefix(prefix))
         .unwrap_or(&e.msg)
 }

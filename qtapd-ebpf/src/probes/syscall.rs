@@ -138,10 +138,10 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     record.tls = 0;
     // Never carry another call's bytes.
     record.head = [0; limit::HEAD_BYTES];
-    // Only a session of the openssl module has uprobes attached that
-    // fill TLS_ACTIVE: without one, the lookup is skipped.
+    // Only a session of a TLS module has uprobes attached that fill
+    // TLS_ACTIVE: without one, the lookup is skipped.
     // SAFETY: the value is copied out at once.
-    if let Some(active) = (module_sessions(module::OPENSSL) != 0)
+    if let Some(active) = (module_sessions(module::OPENSSL) | module_sessions(module::GNUTLS) != 0)
         .then(|| unsafe { TLS_ACTIVE.get(&id) })
         .flatten()
     {

@@ -1,6 +1,8 @@
-//! The openssl module: uprobes on OpenSSL's `SSL_*` functions, attached by
-//! qtapd to each `libssl` (and each static OpenSSL executable) that a
-//! selected process uses.
+//! The openssl and gnutls modules: uprobes on OpenSSL's `SSL_*` and
+//! GnuTLS's `gnutls_record_*`/`gnutls_transport_set_*` functions,
+//! attached by qtapd to each `libssl`/`libgnutls` (and each executable
+//! with either linked in) that a selected process uses. The two share
+//! this code; below, `SSL*` also means a `gnutls_session_t`.
 //!
 //! `SSL_read`/`SSL_write` (and `_ex`) keep their arguments in `TLS_ACTIVE`
 //! (keyed by pid_tgid) from entry to return; while the entry exists, the
@@ -10,8 +12,9 @@
 //! the correlation never outlives the call. The return emits one
 //! `TlsRecord` with the plaintext byte count and first bytes.
 //!
-//! `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd` and `SSL_free` emit a record
-//! at entry: they bind an `SSL*` to its fd, and end that binding.
+//! `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd` and `SSL_free` (GnuTLS:
+//! `gnutls_transport_set_int2`/`_ptr`/`_ptr2`, `gnutls_deinit`) emit a
+//! record at entry: they bind an `SSL*` to its fd, and end that binding.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -25,7 +28,7 @@ use crate::{TLS_ACTIVE, TLS_BUF};
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, call: u16) {
-    let sessions = selected_for(module::OPENSSL);
+    let sessions = selected_for(tls_call::module_of(call));
     if sessions == 0 {
         return;
     }
@@ -68,8 +71,13 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     if sessions == 0 {
         return;
     }
-    // The functions return `int`: sign-extend the low 32 bits.
-    let ret = i64::from(ctx.ret::<u64>() as u32 as i32);
+    // OpenSSL's functions return `int`: sign-extend the low 32 bits;
+    // GnuTLS's return `ssize_t`.
+    let ret = if tls_call::module_of(call) == module::GNUTLS {
+        ctx.ret::<u64>() as i64
+    } else {
+        i64::from(ctx.ret::<u64>() as u32 as i32)
+    };
     let bytes = if pending.count_ptr != 0 {
         if ret == 1 {
             // SAFETY: the caller's `size_t *`, read through the helper.
@@ -91,7 +99,7 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
         ret,
         bytes,
         call,
-        direction: if call == tls_call::SSL_READ || call == tls_call::SSL_READ_EX {
+        direction: if tls_call::is_read(call) {
             direction::INGRESS
         } else {
             direction::EGRESS
@@ -109,12 +117,37 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     submit(buf, pending.buf, plaintext, Urgency::Batched);
 }
 
-/// Entry of `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd`/`SSL_free`.
+/// An fd argument, or -1 when the value cannot be one
+/// (`gnutls_transport_set_ptr` takes a program's own pointer too).
+#[inline(always)]
+fn fd_arg(ctx: &ProbeContext, n: usize) -> i32 {
+    match ctx.arg::<u64>(n) {
+        Some(v) if v <= i32::MAX as u64 => v as i32,
+        _ => -1,
+    }
+}
+
+/// Entry of the calls that bind an `SSL*` to its fd (`SSL_set_*fd`,
+/// `gnutls_transport_set_*`) or free it (`SSL_free`, `gnutls_deinit`).
 #[inline(always)]
 pub fn bind(ctx: &ProbeContext, call: u16) {
     let ts = now();
-    let sessions = selected_for(module::OPENSSL);
+    let sessions = selected_for(tls_call::module_of(call));
     if sessions == 0 {
+        return;
+    }
+    let (fd, send_fd) = match call {
+        tls_call::SSL_FREE | tls_call::GNUTLS_DEINIT => (-1, -1),
+        tls_call::GNUTLS_TRANSPORT_SET_INT2 | tls_call::GNUTLS_TRANSPORT_SET_PTR2 => {
+            (fd_arg(ctx, 1), fd_arg(ctx, 2))
+        }
+        _ => {
+            let fd = fd_arg(ctx, 1);
+            (fd, fd)
+        }
+    };
+    // A pointer, not an fd: the calls' nested syscalls bind it instead.
+    if !tls_call::is_free(call) && fd < 0 && send_fd < 0 {
         return;
     }
     let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
@@ -125,13 +158,10 @@ pub fn bind(ctx: &ProbeContext, call: u16) {
     buf.record = TlsRecord {
         hdr: header(kind::TLS, sessions, ts),
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        ret: i64::from(send_fd),
         call,
         direction: direction::NONE,
-        fd: if call == tls_call::SSL_FREE {
-            -1
-        } else {
-            ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32
-        },
+        fd,
         ..TlsRecord::default()
     };
     submit(buf, 0, 0, Urgency::Prompt);

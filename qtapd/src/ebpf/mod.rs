@@ -58,27 +58,37 @@ pub enum KernelError {
         name: &'static str,
         source: Box<MapError>,
     },
-    /// A required `SSL_*` probe could not be attached: the kernel
-    /// refused (uprobes need `CAP_SYS_ADMIN`).
-    #[error("{target}: cannot attach the OpenSSL probes: {source}")]
+    /// A TLS library probe could not be attached: the kernel refused
+    /// (uprobes need `CAP_SYS_ADMIN`).
+    #[error("{target}: cannot attach the TLS probes: {source}")]
     TlsAttach {
         target: PathBuf,
         source: Box<ProgramError>,
     },
-    /// The target does not define a function every OpenSSL defines.
-    #[error("{target}: no {symbol}: not OpenSSL")]
+    /// The target lacks a function every OpenSSL (or GnuTLS) defines.
+    #[error("{target}: no {symbol}: not {library}")]
     TlsMissing {
         target: PathBuf,
+        library: &'static str,
         symbol: &'static str,
     },
 }
 
-/// Where a file defines OpenSSL's functions: file offsets by symbol name.
+/// Where a file defines OpenSSL's or GnuTLS's functions: file offsets by
+/// symbol name.
 pub type TlsSymbols = std::collections::HashMap<String, u64>;
 
-/// OpenSSL functions a target must have; the other probes are optional
-/// (`SSL_read_ex` and friends are missing from old versions).
-const TLS_REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
+/// The TLS libraries, each with the functions a target must have to be
+/// it (its other probes are optional: `SSL_read_ex` and friends are
+/// missing from old versions); by the prefix of its function names.
+pub const TLS_LIBRARIES: [(&str, &str, [&str; 2]); 2] = [
+    ("OpenSSL", "SSL_", ["SSL_read", "SSL_write"]),
+    (
+        "GnuTLS",
+        "gnutls_",
+        ["gnutls_record_recv", "gnutls_record_send"],
+    ),
+];
 /// `bpf_map_update_elem` flag: update only an entry that exists.
 const BPF_EXIST: u64 = 2;
 /// Suffix of the return-probe programs (`SSL_read_ret`).
@@ -421,11 +431,23 @@ impl Selector for Kernel {
     }
 
     fn attach_tls(&mut self, target: &Path, symbols: &TlsSymbols) -> Result<usize, KernelError> {
-        if let Some(symbol) = TLS_REQUIRED.into_iter().find(|s| !symbols.contains_key(*s)) {
-            return Err(KernelError::TlsMissing {
-                target: target.to_owned(),
-                symbol,
-            });
+        // Each library whose functions the target defines must be whole,
+        // and one must be there.
+        let mut defined: Vec<_> = TLS_LIBRARIES
+            .into_iter()
+            .filter(|(_, prefix, _)| symbols.keys().any(|name| name.starts_with(prefix)))
+            .collect();
+        if defined.is_empty() {
+            defined.push(TLS_LIBRARIES[0]);
+        }
+        for (library, _, required) in defined {
+            if let Some(symbol) = required.into_iter().find(|s| !symbols.contains_key(*s)) {
+                return Err(KernelError::TlsMissing {
+                    target: target.to_owned(),
+                    library,
+                    symbol,
+                });
+            }
         }
         let mut links = Vec::new();
         let mut failure = None;

@@ -79,7 +79,7 @@ pub struct Features {
     /// Reading task credentials in the kernel (BTF): without it, sessions
     /// of users other than root get only processes running at their start.
     pub btf: bool,
-    /// Uprobes: `mod:openssl`.
+    /// Uprobes: `mod:openssl`, `mod:gnutls`.
     pub uprobes: bool,
 }
 
@@ -105,7 +105,9 @@ impl Features {
             ));
         }
         if !self.uprobes {
-            off.push("no uprobes (CONFIG_UPROBE_EVENTS): mod:openssl is off".to_owned());
+            off.push(
+                "no uprobes (CONFIG_UPROBE_EVENTS): mod:openssl and mod:gnutls are off".to_owned(),
+            );
         }
         off
     }
@@ -269,7 +271,10 @@ mod tests {
         let features = facts.judge().unwrap();
         let off = features.off();
         assert_eq!(off.len(), 2);
-        assert!(off[1].contains("mod:openssl is off"), "{off:?}");
+        assert!(
+            off[1].contains("mod:openssl and mod:gnutls are off"),
+            "{off:?}"
+        );
     }
 
     /// The machine the tests run on has what qtapd needs.

@@ -6,7 +6,7 @@
 
 pub mod hub;
 pub mod item;
-mod libssl;
+mod tls_targets;
 
 use std::{
     sync::Arc,
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use self::{
     hub::{Hub, HubError, Queue, Session, Spec},
     item::Item,
-    libssl::TlsTargets,
+    tls_targets::TlsTargets,
 };
 use crate::{
     access::Access,
@@ -195,11 +195,15 @@ impl<K: Selector> Engine<K> {
     /// caught by the kernel).
     pub fn start(&mut self, spec: Spec) -> Result<SessionInfo, EngineError> {
         self.check_session_quota(&spec)?;
-        if spec.filter.wants(Module::Openssl) && !self.kernel.features().uprobes {
-            return Err(EngineError::Unavailable(
-                "mod:openssl is off on this kernel: it has no uprobes (CONFIG_UPROBE_EVENTS)"
-                    .into(),
-            ));
+        if let Some(m) = Module::ALL
+            .into_iter()
+            .find(|m| m.is_tls_library() && spec.filter.wants(*m))
+            .filter(|_| !self.kernel.features().uprobes)
+        {
+            return Err(EngineError::Unavailable(format!(
+                "mod:{} is off on this kernel: it has no uprobes (CONFIG_UPROBE_EVENTS)",
+                m.name()
+            )));
         }
         let otlp_endpoint = spec
             .otlp_endpoint
@@ -374,7 +378,9 @@ impl<K: Selector> Engine<K> {
         compiled.config.capture_bytes = self.hub.capture_bytes();
         compiled.config.restricted = self.hub.restricted();
         self.kernel.install(&compiled)?;
-        let tls_needed = compiled.config.modules[qtap_common::module::OPENSSL] != 0;
+        let modules = &compiled.config.modules;
+        let tls_needed =
+            modules[qtap_common::module::OPENSSL] | modules[qtap_common::module::GNUTLS] != 0;
         self.tls.set_needed(&mut self.kernel, tls_needed);
         self.kernel.set_tracing(!self.hub.is_empty())?;
         Ok(())
@@ -622,7 +628,8 @@ impl<K: Selector> Engine<K> {
                 let build = self.hub.listened(mask);
                 if let (Some(mut event), notes) = self.enricher.tls(&rec, build) {
                     event.payload = payload.to_vec();
-                    self.deliver_fd_event(mask, event, notes, Module::Openssl);
+                    let module = Module::of_tls_call(rec.call);
+                    self.deliver_fd_event(mask, event, notes, module);
                 }
             }
         }

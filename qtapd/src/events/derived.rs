@@ -45,16 +45,22 @@ fn reason(event: &Event, notes: Notes) -> Option<String> {
     let bytes = event.bytes?;
     let msg = event.msg.as_str();
     let call = msg.rsplit('/').next().unwrap_or_default();
-    if msg.starts_with("openssl/") {
+    if qtap_proto::is_tls_library_msg(msg) {
+        let library = msg.split('/').next().unwrap_or_default();
         return Some(if bytes <= 0 {
             format!(
                 "no bytes: {call} returned {}",
                 event.ret.unwrap_or_default()
             )
         } else if event.fd.is_none() {
-            "plaintext via openssl; fd unknown: no SSL_set_fd or nested syscall seen".into()
+            let binder = if library == "gnutls" {
+                "gnutls_transport_set_*"
+            } else {
+                "SSL_set_fd"
+            };
+            format!("plaintext via {library}; fd unknown: no {binder} or nested syscall seen")
         } else {
-            "plaintext via openssl".into()
+            format!("plaintext via {library}")
         });
     }
     Some(if event.peek {

@@ -277,10 +277,21 @@ pub fn call_labels(c: u16) -> CallLabels {
 }
 
 /// The labels of a `qtap_common::tls_call` number: `openssl/SSL_write`,
-/// reported by `uretprobe/SSL_write` (calls that bind or free an `SSL*` are
-/// reported at entry, by `uprobe/…`).
+/// reported by `uretprobe/SSL_write`, or `gnutls/gnutls_record_send` (calls
+/// that bind or free an `SSL*` or GnuTLS session are reported at entry, by
+/// `uprobe/…`).
 #[must_use]
 pub fn tls_call_labels(c: u16) -> CallLabels {
+    if tls_call::module_of(c) == qtap_common::module::GNUTLS {
+        return labels!(c, "gnutls/", "uprobe/unknown",
+            tls_call::GNUTLS_RECORD_RECV => "uretprobe/" "gnutls_record_recv",
+            tls_call::GNUTLS_RECORD_SEND => "uretprobe/" "gnutls_record_send",
+            tls_call::GNUTLS_TRANSPORT_SET_INT2 => "uprobe/" "gnutls_transport_set_int2",
+            tls_call::GNUTLS_TRANSPORT_SET_PTR => "uprobe/" "gnutls_transport_set_ptr",
+            tls_call::GNUTLS_TRANSPORT_SET_PTR2 => "uprobe/" "gnutls_transport_set_ptr2",
+            tls_call::GNUTLS_DEINIT => "uprobe/" "gnutls_deinit",
+        );
+    }
     labels!(c, "openssl/", "uprobe/unknown",
         tls_call::SSL_READ => "uretprobe/" "SSL_read",
         tls_call::SSL_READ_EX => "uretprobe/" "SSL_read_ex",

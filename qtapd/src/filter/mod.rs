@@ -106,6 +106,8 @@ pub enum Module {
     Process,
     /// OpenSSL library calls (plaintext side of TLS).
     Openssl,
+    /// GnuTLS library calls (plaintext side of TLS).
+    Gnutls,
     /// Protocol detections, once per fd (and once inside TLS).
     Protocol,
     /// What was done with each data event's bytes, and why.
@@ -114,10 +116,11 @@ pub enum Module {
 
 impl Module {
     /// Every module, in the order help and errors list them.
-    pub const ALL: [Module; 5] = [
+    pub const ALL: [Module; 6] = [
         Module::Socket,
         Module::Process,
         Module::Openssl,
+        Module::Gnutls,
         Module::Protocol,
         Module::Data,
     ];
@@ -128,6 +131,7 @@ impl Module {
             Module::Socket => "socket",
             Module::Process => "process",
             Module::Openssl => "openssl",
+            Module::Gnutls => "gnutls",
             Module::Protocol => "protocol",
             Module::Data => "data",
         }
@@ -142,13 +146,30 @@ impl Module {
     /// syscalls and the TLS library calls.
     #[must_use]
     pub fn kernel_families(self) -> &'static [usize] {
-        use qtap_common::module::{OPENSSL, SOCKET};
+        use qtap_common::module::{GNUTLS, OPENSSL, SOCKET};
         match self {
             Module::Socket => &[SOCKET],
             Module::Process => &[],
             Module::Openssl => &[OPENSSL],
-            Module::Protocol | Module::Data => &[SOCKET, OPENSSL],
+            Module::Gnutls => &[GNUTLS],
+            Module::Protocol | Module::Data => &[SOCKET, OPENSSL, GNUTLS],
         }
+    }
+
+    /// The module of a TLS library call (`qtap_common::tls_call`).
+    #[must_use]
+    pub fn of_tls_call(call: u16) -> Module {
+        if qtap_common::tls_call::module_of(call) == qtap_common::module::GNUTLS {
+            Module::Gnutls
+        } else {
+            Module::Openssl
+        }
+    }
+
+    /// Whether the module's records come from uprobes on a TLS library.
+    #[must_use]
+    pub fn is_tls_library(self) -> bool {
+        matches!(self, Module::Openssl | Module::Gnutls)
     }
 }
 

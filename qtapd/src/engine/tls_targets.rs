@@ -1,6 +1,6 @@
-//! Where the OpenSSL probes go: the system's `libssl`, every `libssl` a
-//! selected process maps, and every executable that links OpenSSL
-//! statically, each file once (by device and inode), for as long as a
+//! Where the TLS library probes go: the system's `libssl` and `libgnutls`,
+//! every such library a selected process maps, and every executable that
+//! links OpenSSL or GnuTLS statically, each file once (by device and inode), for as long as a
 //! session needs TLS records. A uprobe attached to a file fires in every
 //! process that maps it; the kernel keeps only selected processes.
 //!
@@ -28,7 +28,7 @@ use crate::{
     elf, procfs,
 };
 
-/// Where distributions put the system `libssl`.
+/// Where distributions put the system's TLS libraries.
 const LIB_DIRS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu",
     "/usr/lib/aarch64-linux-gnu",
@@ -37,6 +37,8 @@ const LIB_DIRS: &[&str] = &[
     "/lib64",
     "/lib",
 ];
+/// The names of the TLS libraries qtap probes.
+const LIBRARY_NAMES: &[&str] = &["libssl.so", "libgnutls.so"];
 
 /// A file the examination looked at.
 #[derive(Debug)]
@@ -44,16 +46,16 @@ pub struct Examined {
     /// Device and inode.
     id: (u64, u64),
     path: PathBuf,
-    /// Named `libssl`: OpenSSL by name.
+    /// Named as a TLS library ([`LIBRARY_NAMES`]).
     library: bool,
-    /// The `SSL_*` functions it defines (none: not OpenSSL).
+    /// The TLS library functions it defines (none: not a TLS library).
     symbols: TlsSymbols,
 }
 
 pub struct TlsTargets {
     /// Sessions need TLS records.
     active: bool,
-    /// Files examined (attached or found not to be OpenSSL), by identity.
+    /// Files examined (attached or found not to be a TLS library), by identity.
     examined: HashSet<(u64, u64)>,
     /// Processes whose maps are read at the next tick: a process's
     /// libraries are mapped after its exec.
@@ -78,7 +80,7 @@ impl Default for TlsTargets {
 }
 
 impl TlsTargets {
-    /// Starts or stops the OpenSSL probes as sessions come and go.
+    /// Starts or stops the TLS library probes as sessions come and go.
     pub fn set_needed(&mut self, kernel: &mut impl Selector, needed: bool) {
         if needed == self.active {
             return;
@@ -86,7 +88,7 @@ impl TlsTargets {
         self.active = needed;
         if needed {
             // Root's own directories, found by name: nothing is read.
-            for path in system_libssl() {
+            for path in system_libraries() {
                 if let Some(found) = examine(&path, true, 0) {
                     self.attach(kernel, &found);
                 }
@@ -95,7 +97,7 @@ impl TlsTargets {
             kernel.detach_tls();
             self.examined.clear();
             self.to_scan.clear();
-            info!("openssl probes detached: no session needs them");
+            info!("tls probes detached: no session needs them");
         }
     }
 
@@ -166,16 +168,16 @@ impl TlsTargets {
         results
     }
 
-    /// Attaches to a file an examination found to be OpenSSL, once.
+    /// Attaches to a file an examination found to be a TLS library, once.
     pub fn attach(&mut self, kernel: &mut impl Selector, found: &Examined) {
         if !self.active || !self.examined.insert(found.id) || found.symbols.is_empty() {
             return;
         }
         let path = found.path.as_path();
         match kernel.attach_tls(path, &found.symbols) {
-            Ok(probes) => info!(target = %path.display(), probes, "openssl probes attached"),
-            Err(error) if found.library => warn!(%error, "openssl probes not attached"),
-            Err(error) => debug!(%error, "openssl probes not attached"),
+            Ok(probes) => info!(target = %path.display(), probes, "tls probes attached"),
+            Err(error) if found.library => warn!(%error, "tls probes not attached"),
+            Err(error) => debug!(%error, "tls probes not attached"),
         }
     }
 }
@@ -205,7 +207,7 @@ fn scan(pids: HashSet<u32>, mut seen: HashSet<(u64, u64)>, tx: &mpsc::UnboundedS
             continue;
         };
         for path in procfs::mapped_files(pid) {
-            let library = file_name(&path).contains("libssl.so");
+            let library = is_library(&path);
             if !(library || is_executable(&path)) {
                 continue;
             }
@@ -218,7 +220,7 @@ fn scan(pids: HashSet<u32>, mut seen: HashSet<(u64, u64)>, tx: &mpsc::UnboundedS
     }
 }
 
-/// Looks at one file (see [`elf::open_trusted`]) for the OpenSSL
+/// Looks at one file (see [`elf::open_trusted`]) for the TLS library
 /// functions it defines. `None` when it is not such a file.
 fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
     let (path, file, meta) = elf::open_trusted(path, owner)?;
@@ -226,7 +228,7 @@ fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
         id: (meta.dev(), meta.ino()),
         path,
         library,
-        symbols: elf::openssl_symbols(&file),
+        symbols: elf::tls_symbols(&file),
     })
 }
 
@@ -241,15 +243,21 @@ fn is_executable(path: &Path) -> bool {
     !file_name(path).contains(".so")
 }
 
-/// `libssl.so*` files in the usual library directories.
-fn system_libssl() -> Vec<PathBuf> {
+/// Whether a file is named as a TLS library (`libssl.so.3`).
+fn is_library(path: &Path) -> bool {
+    let name = file_name(path);
+    LIBRARY_NAMES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// The TLS libraries in the usual library directories.
+fn system_libraries() -> Vec<PathBuf> {
     LIB_DIRS
         .iter()
         .filter_map(|dir| fs::read_dir(dir).ok())
         .flatten()
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| file_name(path).starts_with("libssl.so"))
+        .filter(|path| is_library(path))
         .collect()
 }
 
@@ -258,12 +266,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dynamic_program_does_not_define_openssl() {
-        // The test binary links no OpenSSL at all.
+    fn a_dynamic_program_does_not_define_tls_functions() {
+        // The test binary links no OpenSSL or GnuTLS at all.
         let me = std::env::current_exe().unwrap();
-        assert!(
-            elf::openssl_symbols(&object::ReadCache::new(fs::File::open(&me).unwrap())).is_empty()
-        );
+        assert!(elf::tls_symbols(&object::ReadCache::new(fs::File::open(&me).unwrap())).is_empty());
         assert!(is_executable(&me));
         assert!(!is_executable(Path::new("/usr/lib/libssl.so.3")));
     }
@@ -271,15 +277,30 @@ mod tests {
     /// The offsets agree with those `object`'s own symbol API gives (the
     /// way aya resolves a symbol name) over the whole file in memory.
     #[test]
-    fn the_system_libssl_defines_openssl_where_object_says() {
+    fn the_system_tls_libraries_define_their_functions_where_object_says() {
         use object::{Object, ObjectSection, ObjectSymbol};
-        let libs = system_libssl();
-        assert!(!libs.is_empty(), "libssl is installed (curl depends on it)");
+        let libs = system_libraries();
+        for name in ["libssl.so", "libgnutls.so"] {
+            assert!(
+                libs.iter().any(|l| file_name(l).starts_with(name)),
+                "{name} is installed (curl, gnutls-bin depend on it)"
+            );
+        }
         for lib in &libs {
-            let found = elf::openssl_symbols(&object::ReadCache::new(fs::File::open(lib).unwrap()));
+            let found = elf::tls_symbols(&object::ReadCache::new(fs::File::open(lib).unwrap()));
             let bytes = fs::read(lib).unwrap();
             let elf = object::File::parse(&*bytes).unwrap();
-            for name in ["SSL_read", "SSL_write", "SSL_set_fd", "SSL_free"] {
+            let names: &[&str] = if file_name(lib).starts_with("libssl") {
+                &["SSL_read", "SSL_write", "SSL_set_fd", "SSL_free"]
+            } else {
+                &[
+                    "gnutls_record_recv",
+                    "gnutls_record_send",
+                    "gnutls_transport_set_int2",
+                    "gnutls_deinit",
+                ]
+            };
+            for &name in names {
                 let symbol = elf
                     .dynamic_symbols()
                     .find(|s| s.name() == Ok(name))
@@ -303,7 +324,7 @@ mod tests {
         fs::write(&file, b"not ELF").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
         let mine = fs::metadata(&file).unwrap().uid();
-        // The file's owner's process: examined (and not OpenSSL).
+        // The file's owner's process: examined (and not a TLS library).
         let found = examine(&file, false, mine).unwrap();
         assert!(found.symbols.is_empty());
         // Another user's process mapping it, when the file is not root's.
