@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 6;
+pub const ABI_VERSION: u16 = 7;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -59,6 +59,11 @@ pub mod map {
     /// `CONNS` entries at close and, for processes gone without one, by
     /// qtapd's sweep.
     pub const TLS_ACTIVE: &str = "TLS_ACTIVE";
+    /// `HashMap<GoKey, TlsPending>`: a Go `crypto/tls` call in progress
+    /// on a goroutine. Go moves goroutines between threads, so its calls
+    /// are keyed by the goroutine (`g`), not the thread; entries of
+    /// processes gone mid-call are removed by qtapd's sweep.
+    pub const GO_ACTIVE: &str = "GO_ACTIVE";
 }
 
 /// Map sizes.
@@ -93,6 +98,8 @@ pub mod limit {
     pub const HEAD_BYTES: usize = 32;
     /// TLS library calls in progress at once (one per thread).
     pub const TLS_ACTIVE: u32 = 16_384;
+    /// Go `crypto/tls` calls in progress at once (one per goroutine).
+    pub const GO_ACTIVE: u32 = 16_384;
     /// Most payload bytes a session may capture per data event (a power
     /// of two: the kernel masks lengths with it).
     pub const CAPTURE_MAX: usize = 4096;
@@ -159,11 +166,18 @@ pub mod tls_call {
     pub const GNUTLS_TRANSPORT_SET_PTR2: u16 = 20;
     /// `gnutls_deinit(session)`: the session and its binding are gone.
     pub const GNUTLS_DEINIT: u16 = 21;
+    /// Go's `crypto/tls` calls from here on ([`module_of`]): the methods
+    /// `(*Conn).Write` and `(*Conn).Read`; the record's `ssl` is the
+    /// `*tls.Conn`, its `fd` the socket's (see [`super::go`]).
+    pub const GO_WRITE: u16 = 32;
+    pub const GO_READ: u16 = 33;
 
     /// The kernel family ([`super::module`]) of a call.
     #[must_use]
     pub const fn module_of(call: u16) -> usize {
-        if call >= GNUTLS_RECORD_RECV {
+        if call >= GO_WRITE {
+            super::module::GOTLS
+        } else if call >= GNUTLS_RECORD_RECV {
             super::module::GNUTLS
         } else {
             super::module::OPENSSL
@@ -173,7 +187,7 @@ pub mod tls_call {
     /// Whether a call moves plaintext in (else out, or none).
     #[must_use]
     pub const fn is_read(call: u16) -> bool {
-        matches!(call, SSL_READ | SSL_READ_EX | GNUTLS_RECORD_RECV)
+        matches!(call, SSL_READ | SSL_READ_EX | GNUTLS_RECORD_RECV | GO_READ)
     }
 
     /// Whether a call moves plaintext (else it binds or frees).
@@ -187,6 +201,8 @@ pub mod tls_call {
                 | SSL_WRITE_EX
                 | GNUTLS_RECORD_RECV
                 | GNUTLS_RECORD_SEND
+                | GO_WRITE
+                | GO_READ
         )
     }
 
@@ -249,8 +265,13 @@ pub mod module {
     pub const OPENSSL: usize = 1;
     /// GnuTLS's records.
     pub const GNUTLS: usize = 2;
+    /// Go `crypto/tls`'s records.
+    pub const GOTLS: usize = 3;
     /// Number of families the kernel gates on.
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
+
+    /// The families of TLS library records.
+    pub const TLS: [usize; 3] = [OPENSSL, GNUTLS, GOTLS];
 }
 
 /// `SyscallRecord::flags` bits.
@@ -446,7 +467,36 @@ pub struct TlsPending {
     pub count_ptr: u64,
     /// One of [`tls_call`].
     pub call: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// Go: the socket's fd, read at entry (-1 when not found).
+    pub fd: i32,
+}
+
+/// The key of [`map::GO_ACTIVE`]: a goroutine of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The goroutine's `g` (register `r14` in Go's register ABI).
+    pub goroutine: u64,
+}
+
+/// Where Go keeps a `*tls.Conn`'s socket fd: `tls.Conn.conn` is a
+/// `net.Conn` interface whose data word points at a `*net.TCPConn` (or
+/// `UnixConn`, …), whose first field (`conn.fd`) is the `*net.netFD`, whose
+/// `pfd poll.FD` starts with `fdmu fdMutex` (16 bytes) and then `Sysfd`.
+/// One row serves every supported version (Go 1.17 to this day); a test
+/// reads the offsets of a program built here with `reflect`.
+pub mod go {
+    /// The oldest Go whose register ABI the probes read (1.17).
+    pub const MIN_MINOR: u32 = 17;
+    /// `tls.Conn.conn`'s data word (the interface's second word).
+    pub const CONN_DATA: u64 = 8;
+    /// `net.conn.fd` in the concrete connection.
+    pub const NETFD: u64 = 0;
+    /// `netFD.pfd.Sysfd`.
+    pub const SYSFD: u64 = 16;
 }
 
 /// A TLS library call, made at its return (or at entry for the calls that
@@ -459,8 +509,9 @@ pub struct TlsRecord {
     /// The `SSL*` (or `gnutls_session_t`) the call was made on.
     pub ssl: u64,
     /// The return value (`SSL_read`, `gnutls_record_recv`: bytes or <= 0;
-    /// `_ex`: 1 or 0); for the GnuTLS calls that bind two fds, the send
-    /// side's fd (`fd` is the receive side's), or -1.
+    /// `_ex`: 1 or 0; Go: `n`, or -1 when an error came back with it);
+    /// for the GnuTLS calls that bind two fds, the send side's fd (`fd` is
+    /// the receive side's), or -1.
     pub ret: i64,
     /// Plaintext bytes moved (0 when the call failed).
     pub bytes: i64,
@@ -470,7 +521,8 @@ pub struct TlsRecord {
     pub direction: u8,
     pub _pad: u8,
     /// `SSL_set_*fd`, `gnutls_transport_set_*`: the (receive side's) fd
-    /// argument, -1 when it is not an fd; otherwise -1.
+    /// argument, -1 when it is not an fd; Go's calls: the socket's fd
+    /// under the `*tls.Conn`, -1 when not found; otherwise -1.
     pub fd: i32,
     /// Bytes of `head` filled.
     pub head_len: u32,
@@ -644,6 +696,7 @@ const _: () = {
     assert!(core::mem::size_of::<Pending>() == 56);
     assert!(core::mem::size_of::<SyscallRecord>() == 48 + 32 + 48 + 8 + limit::HEAD_BYTES);
     assert!(core::mem::size_of::<TlsPending>() == 40);
+    assert!(core::mem::size_of::<GoKey>() == 16);
     assert!(core::mem::size_of::<TlsRecord>() == 48 + 40 + limit::HEAD_BYTES);
     assert!(core::mem::size_of::<ExecRecord>() == 48 + 8 + limit::EXE_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 56);
@@ -678,7 +731,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TlsRecord>(), 120);
         assert_eq!(core::mem::size_of::<ExecRecord>(), 312);
         assert_eq!(core::mem::size_of::<ForkRecord>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 280);
+        assert_eq!(core::mem::size_of::<Config>(), 288);
     }
 
     #[test]

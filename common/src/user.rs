@@ -2,7 +2,8 @@
 //! from or writes to maps. Only built with the `user` feature.
 
 use crate::{
-    Config, Conn, ConnKey, CredOffsets, FileOffsets, PatternKey, Pending, ProcSel, TlsPending,
+    Config, Conn, ConnKey, CredOffsets, FileOffsets, GoKey, PatternKey, Pending, ProcSel,
+    TlsPending,
 };
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte
@@ -24,3 +25,5 @@ unsafe impl aya::Pod for ProcSel {}
 unsafe impl aya::Pod for Pending {}
 // SAFETY: as above.
 unsafe impl aya::Pod for TlsPending {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GoKey {}

@@ -50,8 +50,8 @@ impl v1::LossStage {
 }
 
 /// The `msg` prefixes of TLS library calls (`openssl/SSL_write`,
-/// `gnutls/gnutls_record_send`): their bytes are plaintext.
-pub const TLS_LIBRARY_PREFIXES: [&str; 2] = ["openssl/", "gnutls/"];
+/// `gnutls/gnutls_record_send`, `gotls/Write`): their bytes are plaintext.
+pub const TLS_LIBRARY_PREFIXES: [&str; 3] = ["openssl/", "gnutls/", "gotls/"];
 
 /// Whether an event's `msg` names a TLS library call.
 #[must_use]

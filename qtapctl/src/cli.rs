@@ -96,7 +96,7 @@ pub enum TraceCommand {
     /// Start a session and print its id (or follow it with --follow).
     Start {
         /// What to trace: `key:value` terms, comma-separated. Keys: mod
-        /// (socket, process, openssl, gnutls, protocol, data), exe, exe.contains,
+        /// (socket, process, openssl, gnutls, gotls, protocol, data), exe, exe.contains,
         /// exe.startsWith, exe.endsWith, comm, pid, uid, port, fd (socket,
         /// any), cgroup (a path prefix), container (an id prefix), unit (a
         /// systemd unit). Calls on sockets only unless the filter says

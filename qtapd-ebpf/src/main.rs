@@ -5,7 +5,9 @@
 //! (`sys_enter_read` → `syscalls:sys_enter_read`, `sched_process_exec` →
 //! `sched:sched_process_exec`) at load, and TLS library uprobes (`SSL_write`,
 //! and `SSL_write_ret` for its return) when a session needs them. qtapd
-//! attaches by that rule, so this file is the one list of hooks.
+//! attaches by that rule, so this file is the one list of hooks. Go's
+//! hooks are the exception (their symbols cannot name a program): see
+//! `mod gotls`.
 #![no_std]
 #![no_main]
 
@@ -18,7 +20,7 @@ use aya_ebpf::{
 };
 use qtap_common::{
     call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, FileOffsets,
-    PatternKey, Pending, ProcSel, SyscallRecord, TlsPending, TlsRecord, WithPayload,
+    GoKey, PatternKey, Pending, ProcSel, SyscallRecord, TlsPending, TlsRecord, WithPayload,
 };
 
 #[map]
@@ -51,6 +53,10 @@ static TLS_BUF: PerCpuArray<WithPayload<TlsRecord>> = PerCpuArray::with_max_entr
 // removes its entry.
 #[map]
 static TLS_ACTIVE: HashMap<u64, TlsPending> = HashMap::with_max_entries(limit::TLS_ACTIVE, 0);
+// A process gone inside a Go TLS call leaves its entry: qtapd's sweep
+// removes it.
+#[map]
+static GO_ACTIVE: HashMap<GoKey, TlsPending> = HashMap::with_max_entries(limit::GO_ACTIVE, 0);
 
 /// Offset of `child_pid` in `sched_process_fork`; set by qtapd from tracefs.
 #[no_mangle]
@@ -191,6 +197,36 @@ mod gnutls {
         GNUTLS_TRANSPORT_SET_PTR => gnutls_transport_set_ptr;
         GNUTLS_TRANSPORT_SET_PTR2 => gnutls_transport_set_ptr2;
         GNUTLS_DEINIT => gnutls_deinit;
+    }
+}
+
+/// Go's `crypto/tls` hooks. A Go symbol (`crypto/tls.(*Conn).Write`)
+/// cannot name a program, so these are named for what they probe (qtapd's
+/// `ebpf::GO_FUNCTIONS` pairs them): the entry program goes at the
+/// function's entry, the `_ret` program (a uprobe, never a uretprobe) at
+/// each of its `RET` instructions.
+mod gotls {
+    use super::{probes, tls_call, ProbeContext};
+    use aya_ebpf::macros::uprobe;
+
+    macro_rules! go_probes {
+        ($($call:ident => $enter:ident, $exit:ident;)*) => {$(
+            #[uprobe]
+            pub fn $enter(ctx: ProbeContext) -> u32 {
+                probes::gotls::enter(&ctx, tls_call::$call);
+                0
+            }
+            #[uprobe]
+            pub fn $exit(ctx: ProbeContext) -> u32 {
+                probes::gotls::exit(&ctx, tls_call::$call);
+                0
+            }
+        )*};
+    }
+
+    go_probes! {
+        GO_WRITE => go_tls_write, go_tls_write_ret;
+        GO_READ => go_tls_read, go_tls_read_ret;
     }
 }
 

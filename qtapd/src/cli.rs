@@ -76,7 +76,7 @@ pub struct Args {
     /// `mod:socket,exe.contains:curl`.
     ///
     /// Terms are `key:value`, comma-separated. Keys: mod (socket, process,
-    /// openssl, gnutls, protocol, data), exe, exe.contains, exe.startsWith,
+    /// openssl, gnutls, gotls, protocol, data), exe, exe.contains, exe.startsWith,
     /// exe.endsWith, comm, pid, uid, port, fd (socket, any), cgroup (a
     /// path prefix), container (an id prefix), unit (a systemd unit). The
     /// same key twice is OR, different keys AND. Without a process term

@@ -63,6 +63,39 @@ pub fn section<'a>(file: &'a File, name: &str) -> Option<&'a [u8]> {
     header.data(endian, file).ok()
 }
 
+/// Whether the file's code is x86-64's.
+pub fn is_x86_64(file: &File) -> bool {
+    FileHeader64::<Endianness>::parse(file)
+        .ok()
+        .and_then(|h| Some(h.e_machine(h.endian().ok()?)))
+        == Some(object::elf::EM_X86_64)
+}
+
+/// Where in the file the byte at `address` (in memory) is, through the
+/// section that holds it.
+pub fn file_offset(file: &File, address: u64) -> Option<u64> {
+    let (endian, sections) = sections(file)?;
+    sections.iter().find_map(|s| {
+        let start = s.sh_addr(endian);
+        let inside = s.sh_type(endian) != object::elf::SHT_NOBITS
+            && start != 0
+            && (start..start.saturating_add(s.sh_size(endian))).contains(&address);
+        inside.then(|| address - start + s.sh_offset(endian))
+    })
+}
+
+/// The address of the section named `name`.
+pub fn section_address(file: &File, name: &str) -> Option<u64> {
+    let (endian, sections) = sections(file)?;
+    let (_, header) = sections.section_by_name(endian, name.as_bytes())?;
+    Some(header.sh_addr(endian))
+}
+
+/// `len` bytes of the file at `offset` (one read).
+pub fn bytes_at(file: &File, offset: u64, len: u64) -> Option<&[u8]> {
+    object::ReadRef::read_bytes_at(file, offset, len).ok()
+}
+
 /// Whether `needle` occurs in the section named `name`.
 pub fn section_contains(file: &File, name: &str, needle: &[u8]) -> bool {
     section(file, name).is_some_and(|data| data.windows(needle.len()).any(|w| w == needle))

@@ -151,6 +151,10 @@ impl Enricher {
             state.free(rec.ssl);
             None
         } else {
+            // Go's calls carry their fd (read under the `*tls.Conn`).
+            if rec.fd >= 0 {
+                state.bind(rec.ssl, rec.fd, Side::Both);
+            }
             let len = (rec.head_len as usize).min(rec.head.len());
             let ingress = rec.direction == direction::INGRESS;
             state

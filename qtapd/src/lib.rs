@@ -13,6 +13,7 @@ pub mod enrich;
 pub mod events;
 pub mod filter;
 pub mod fuzz;
+pub mod gotls;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;

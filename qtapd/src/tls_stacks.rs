@@ -8,7 +8,11 @@ use std::path::Path;
 
 use qtap_proto::v1::TlsStack;
 
-use crate::{elf, procfs};
+use crate::{
+    elf,
+    gotls::{self, NotProbed},
+    procfs,
+};
 
 /// Shared libraries that carry a TLS stack, by file-name prefix.
 const LIBRARIES: &[(&str, &str, bool, &str)] = &[
@@ -132,21 +136,22 @@ fn in_executable(path: &Path, shown: String, owner: u32) -> Vec<TlsStack> {
             "mod:gnutls probes its gnutls_record_* functions from the process's exec on",
         ));
     }
-    if let Some(version) = elf::go_version(&file) {
-        // Function names are in .symtab's strings, or in .gopclntab when
-        // the binary is stripped.
-        let tls = b"crypto/tls.(*Conn).Write";
-        if elf::section_contains(&file, ".strtab", tls)
-            || elf::section_contains(&file, ".gopclntab", tls)
-        {
-            stacks.push(stack(
-                "Go crypto/tls",
-                version,
-                false,
-                "qtap has no Go TLS probes yet (mod:gotls): its socket calls \
-                 show ssl: true with the ciphertext",
-            ));
-        }
+    match gotls::sites(&file) {
+        Ok(found) => stacks.push(stack(
+            "Go crypto/tls",
+            found.version,
+            true,
+            "mod:gotls probes crypto/tls.(*Conn).Write and Read (at entry and at \
+             each RET) from the process's exec on; the calls carry the fd of the \
+             net.Conn under the tls.Conn",
+        )),
+        Err(NotProbed::NotGo | NotProbed::NoCryptoTls(_)) => {}
+        Err(why) => stacks.push(stack(
+            "Go crypto/tls",
+            elf::go_version(&file).unwrap_or_default(),
+            false,
+            &format!("no gotls probes: {why}; its socket calls show the ciphertext"),
+        )),
     }
     if elf::section_contains(&file, ".strtab", b"rustls") {
         stacks.push(stack(

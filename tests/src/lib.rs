@@ -10,9 +10,10 @@
 )]
 
 use std::{
+    fs,
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -214,6 +215,19 @@ impl Daemon {
     #[must_use]
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (a minute at most) until qtapd has logged a line that
+    /// contains every one of `words`.
+    pub fn wait_for_log(&mut self, words: &[&str]) -> Result<()> {
+        let log = Arc::clone(&self.stderr);
+        let logged = || {
+            log.lock()
+                .unwrap()
+                .lines()
+                .any(|line| words.iter().all(|w| line.contains(w)))
+        };
+        wait_until(&mut self.child, &self.stderr, &words.join(" "), logged)
     }
 
     /// Lets in-flight events drain, stops qtapd with SIGTERM, and returns
@@ -610,4 +624,29 @@ pub fn run_curl_at(program: impl AsRef<std::ffi::OsStr>, url: &str) -> u32 {
     let pid = child.id();
     assert!(child.wait().unwrap().success(), "curl {url} failed");
     pid
+}
+
+/// Builds the Go program `source` in `dir` with Debian's golang-go (which
+/// `make deps` installs), without modules; `strip`: without its symbol
+/// table (`-ldflags=-s -w`). Returns the executable.
+pub fn go_build(dir: &Path, source: &str, strip: bool) -> PathBuf {
+    fs::write(dir.join("main.go"), source).unwrap();
+    let out = dir.join(if strip { "stripped" } else { "plain" });
+    let mut go = Command::new("go");
+    go.current_dir(dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .args(["build", "-o"])
+        .arg(&out);
+    if strip {
+        go.arg("-ldflags=-s -w");
+    }
+    let built = go.arg("main.go").output().expect("go (Debian's golang-go)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
 }

@@ -28,7 +28,8 @@ fn scratch_dir(what: &str, port: u16) -> PathBuf {
     dir
 }
 
-fn wait_for_port(port: u16, what: &str) {
+/// Waits (10 s at most) until something listens on loopback `port`.
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
@@ -106,27 +107,7 @@ impl HttpsFiles {
         for (name, contents) in files {
             fs::write(dir.join(name), contents).unwrap();
         }
-        let made = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "cert.pem",
-            ])
-            .current_dir(&dir)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl is installed (make test installs it)");
-        assert!(made.success(), "openssl req failed");
+        self_signed(&dir);
         let child = Command::new("openssl")
             .args([
                 "s_server", "-WWW", "-quiet", "-cert", "cert.pem", "-key", "key.pem",
@@ -148,4 +129,30 @@ impl Drop for HttpsFiles {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes a fresh self-signed certificate for `localhost` and its key to
+/// `dir` (`cert.pem`, `key.pem`).
+pub fn self_signed(dir: &Path) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed (make test installs it)");
+    assert!(made.success(), "openssl req failed");
 }

@@ -1,8 +1,7 @@
 //! `qtapctl explain PID` on real programs: each TLS stack named, with the
 //! right verdict — OpenSSL shared (python's `ssl`) and linked in (Node.js)
-//! and GnuTLS (loaded by python) seen; Go's crypto/tls (built here, plain
-//! and stripped) not yet — and only for a caller who may trace the
-//! process.
+//! and GnuTLS (loaded by python) seen, and Go's crypto/tls (built here,
+//! plain and stripped) — and only for a caller who may trace the process.
 
 use std::{
     fs,
@@ -10,7 +9,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use qtap_tests::{require_root, stdout_of, system_user, Service};
+use qtap_tests::{go_build, require_root, stdout_of, system_user, Service};
 use serde_json::Value;
 
 const MEMBER: &str = "qtap-e2e-member";
@@ -57,36 +56,11 @@ fn stack<'a>(explained: &'a Value, name: &str) -> &'a Value {
 const PYTHON_WAITS: &str = "import ssl, time; print('ready', flush=True); time.sleep(60)";
 
 /// A Go program whose HTTPS client code is linked in (`http.Get` on an
-/// argument it is never given), built by the test; `strip`: without its
-/// symbol table (`-ldflags=-s -w`).
-fn go_program(dir: &std::path::Path, strip: bool) -> std::path::PathBuf {
-    let source = dir.join("main.go");
-    fs::write(
-        &source,
-        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\n\
-         func main() {\n\tif len(os.Args) > 1 {\n\t\thttp.Get(os.Args[1])\n\t}\n\
-         \tfmt.Println(\"ready\")\n\ttime.Sleep(time.Minute)\n}\n",
-    )
-    .unwrap();
-    let out = dir.join(if strip { "stripped" } else { "plain" });
-    let mut go = Command::new("go");
-    go.current_dir(dir)
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .args(["build", "-o"])
-        .arg(&out);
-    if strip {
-        go.arg("-ldflags=-s -w");
-    }
-    let built = go.arg("main.go").output().expect("go (Debian's golang-go)");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    out
-}
+/// argument it is never given).
+const GO_PROGRAM: &str =
+    "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\n\
+     func main() {\n\tif len(os.Args) > 1 {\n\t\thttp.Get(os.Args[1])\n\t}\n\
+     \tfmt.Println(\"ready\")\n\ttime.Sleep(time.Minute)\n}\n";
 
 #[test]
 fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
@@ -137,13 +111,16 @@ fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
         .unwrap();
     let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
     for strip in [false, true] {
-        let program = go_program(&dir, strip);
+        let program = go_build(&dir, GO_PROGRAM, strip);
         let go = Running::start(&mut Command::new(&program));
         let e = explain(&service, None, go.pid());
         let tls = stack(&e, "Go crypto/tls");
         assert_eq!(tls["version"], version.as_str(), "stripped: {strip}: {e:#}");
-        assert_eq!(tls["plaintext_seen"], false);
-        assert!(tls["detail"].as_str().unwrap().contains("no Go TLS probes"));
+        assert_eq!(tls["plaintext_seen"], true, "{e:#}");
+        assert!(
+            tls["detail"].as_str().unwrap().contains("mod:gotls"),
+            "{e:#}"
+        );
         assert!(e["stacks"].as_array().unwrap().len() == 1, "{e:#}");
     }
 

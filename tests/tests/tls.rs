@@ -1,6 +1,6 @@
 //! TLS that is right per fd, end to end: real nginx, curl, python, Node.js,
-//! `openssl s_server` and `gnutls-cli`, traced with the socket, openssl,
-//! gnutls and data modules.
+//! `openssl s_server`, `gnutls-cli` and Go programs built here, traced with
+//! the socket, openssl, gnutls, gotls and data modules.
 
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
@@ -126,6 +126,23 @@ fn assert_no_tls(span: &Span<'_>, what: &str) {
 fn assert_tls_syscalls(span: &Span<'_>, what: &str) {
     let mut data = 0;
     for e in span.data_syscalls() {
+        assert_eq!(e["ssl"], true, "{what} fd {}: {e}", span.fd);
+        assert_eq!(e["protocol"], "tls", "{what} fd {}: {e}", span.fd);
+        data += 1;
+    }
+    assert!(data > 0, "{what} fd {} moved no bytes: {span:#?}", span.fd);
+}
+
+/// Go binds a connection's fd at the return of its first TLS call: the
+/// calls before that which moved nothing (an `EAGAIN` read of the server
+/// waiting for the client's hello) show no TLS; every syscall that moved
+/// bytes does.
+fn assert_tls_transfers(span: &Span<'_>, what: &str) {
+    let mut data = 0;
+    for e in span
+        .data_syscalls()
+        .filter(|e| e["bytes"].as_i64() > Some(0))
+    {
         assert_eq!(e["ssl"], true, "{what} fd {}: {e}", span.fd);
         assert_eq!(e["protocol"], "tls", "{what} fd {}: {e}", span.fd);
         data += 1;
@@ -559,4 +576,245 @@ fn gnutls_cli_shows_plaintext_both_ways_on_its_fd() {
         assert_eq!(e["ssl"], true, "{e}");
         assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
     }
+}
+
+/// A Go HTTPS client (`net/http`, so its reads and writes run on
+/// different goroutines): it says `ready`, waits for a line on stdin, then
+/// fetches its argument and prints the body.
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+)
+
+func main() {
+	fmt.Println("ready")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	insecure := &tls.Config{InsecureSkipVerify: true}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: insecure}}
+	resp, err := client.Get(os.Args[1])
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Print(string(body))
+}
+"#;
+
+/// A Go HTTPS server (`net/http`: a goroutine per connection) that answers
+/// each request with its path; arguments: address, certificate, key.
+const GO_SERVER: &str = r#"package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "you asked for %s\n", r.URL.Path)
+	})
+	fmt.Println(http.ListenAndServeTLS(os.Args[1], os.Args[2], os.Args[3], nil))
+}
+"#;
+
+fn go_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("qtap-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Go's crypto/tls, built here with and without its symbol table, as an
+/// HTTPS client of `openssl s_server`: `gotls/Write` carries the request
+/// and `gotls/Read` the response, both on the fd the client's `connect`
+/// returned, whose syscalls are marked TLS.
+#[test]
+fn go_client_shows_plaintext_both_ways_on_its_fd() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    require_root();
+    let backend = HttpsFiles::start(&[("gotls", b"hello gotls\n")]);
+    let dir = go_dir("gotls-client");
+    for strip in [false, true] {
+        let program = qtap_tests::go_build(&dir, GO_CLIENT, strip);
+        let name = program.file_name().unwrap().to_str().unwrap().to_owned();
+        let mut daemon = Daemon::start_with(
+            &format!("mod:socket,mod:gotls,exe.endsWith:/{name}"),
+            &["--capture-bytes=64"],
+        )
+        .unwrap();
+        let mut client = Command::new(&program)
+            .arg(format!("https://127.0.0.1:{}/gotls", backend.port))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(client.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        // Probed from its exec: wait for the attach before the request.
+        daemon
+            .wait_for_log(&["tls probes attached", program.to_str().unwrap()])
+            .unwrap();
+        client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut shown = String::new();
+        out.read_to_string(&mut shown).unwrap();
+        assert!(client.wait().unwrap().success());
+        assert_eq!(shown, "hello gotls\n");
+        let events = daemon.stop().unwrap();
+
+        let connect = events
+            .iter()
+            .find(|e| {
+                syscall(e) == Some("connect")
+                    && e["conn_info"]["remote"].as_str()
+                        == Some(&format!("127.0.0.1:{}", backend.port))
+            })
+            .unwrap_or_else(|| panic!("no connect to the server: {events:#?}"));
+        let (pid, fd) = (
+            connect["pid"].as_u64().unwrap(),
+            connect["fd"].as_i64().unwrap(),
+        );
+        let spans = spans(&events, pid);
+        let span = spans
+            .iter()
+            .find(|s| s.fd == fd && s.remote().is_some())
+            .unwrap_or_else(|| panic!("no span of fd {fd}: {spans:#?}"));
+        assert_tls_transfers(span, &name);
+        let moved = |msg: &str| -> Vec<&Value> {
+            span.calls(msg)
+                .into_iter()
+                .filter(|e| e["bytes"].as_i64() > Some(0))
+                .collect()
+        };
+        let writes = moved("gotls/Write");
+        assert_eq!(writes.len(), 1, "stripped: {strip}: {span:#?}");
+        let request = format!(
+            "GET /gotls HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+            backend.port
+        );
+        assert!(
+            payload(writes[0]).starts_with(request.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&payload(writes[0]))
+        );
+        assert_eq!(writes[0]["direction"], 1);
+        assert_eq!(writes[0]["caller"], "uprobe/crypto/tls.(*Conn).Write");
+        let reads = moved("gotls/Read");
+        assert!(
+            reads
+                .first()
+                .is_some_and(|r| payload(r).starts_with(b"HTTP/1.0 200 ok")),
+            "the first plaintext read is the response: {reads:#?}"
+        );
+        for e in writes.iter().chain(&reads) {
+            assert_eq!(e["ssl"], true, "{e}");
+            assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
+        }
+        // No plaintext call went unbound or to another fd.
+        let elsewhere: Vec<_> = events
+            .iter()
+            .filter(|e| e["msg"].as_str().is_some_and(|m| m.starts_with("gotls/")))
+            .filter(|e| e["fd"].as_i64() != Some(fd))
+            .collect();
+        assert!(elsewhere.is_empty(), "{elsewhere:#?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Go HTTPS server under eight concurrent curl clients: each request's
+/// plaintext is read, and its answer written, on the fd that accepted that
+/// client's connection (a goroutine each, moved between threads by Go).
+#[test]
+fn go_server_binds_each_connections_plaintext_to_its_fd() {
+    require_root();
+    let dir = go_dir("gotls-server");
+    qtap_tests::servers::self_signed(&dir);
+    let program = qtap_tests::go_build(&dir, GO_SERVER, false);
+    let mut daemon = Daemon::start_with(
+        "mod:socket,mod:gotls,exe.endsWith:/plain",
+        &["--capture-bytes=256"],
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = Command::new(&program)
+        .arg(format!("127.0.0.1:{port}"))
+        .args([dir.join("cert.pem"), dir.join("key.pem")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    qtap_tests::servers::wait_for_port(port, "the Go server");
+    daemon
+        .wait_for_log(&["tls probes attached", program.to_str().unwrap()])
+        .unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            Command::new("curl")
+                .args(["-sk", "--http1.1", "--max-time", "20"])
+                .arg(format!("https://127.0.0.1:{port}/client{n}"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl (make test installs it)")
+        })
+        .collect();
+    let answers: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let _ = server.kill();
+    let _ = server.wait();
+    for (n, out) in answers.into_iter().enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("you asked for /client{n}\n")
+        );
+    }
+    let events = daemon.stop().unwrap();
+    let pid = events
+        .iter()
+        .find(|e| syscall(e) == Some("accept4") || syscall(e) == Some("accept"))
+        .and_then(|e| e["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no accept: {events:#?}"));
+    let mut paths = Vec::new();
+    for span in spans(&events, pid).iter().filter(|s| s.remote().is_some()) {
+        let reads = span.calls("gotls/Read");
+        let Some(request) = reads
+            .iter()
+            .map(|e| payload(e))
+            .find(|p| p.starts_with(b"GET /client"))
+        else {
+            continue;
+        };
+        let path: String = String::from_utf8_lossy(&request[4..])
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned();
+        let answer = format!("you asked for {path}\n");
+        let writes = span.calls("gotls/Write");
+        assert!(
+            writes
+                .iter()
+                .any(|w| String::from_utf8_lossy(&payload(w)).ends_with(&answer)),
+            "the answer to {path} is written on its fd {}: {span:#?}",
+            span.fd
+        );
+        for e in reads.iter().chain(&writes) {
+            assert_eq!(e["fd"], span.fd, "{e}");
+            assert_eq!(e["ssl"], true, "{e}");
+        }
+        assert_tls_transfers(span, "the Go server");
+        paths.push(path);
+    }
+    paths.sort();
+    let want: Vec<String> = (0..8).map(|n| format!("/client{n}")).collect();
+    assert_eq!(paths, want, "every request seen once, on its own fd");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

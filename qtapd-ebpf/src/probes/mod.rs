@@ -2,6 +2,7 @@
 
 pub mod creds;
 pub mod files;
+pub mod gotls;
 pub mod process;
 pub mod syscall;
 pub mod tls;
@@ -12,7 +13,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
     },
 };
-use qtap_common::{limit, stat, Header, WithPayload, ABI_VERSION};
+use qtap_common::{limit, module, stat, Header, WithPayload, ABI_VERSION};
 
 use crate::{CONFIG, EVENTS, PROCS, STATS};
 
@@ -80,6 +81,16 @@ pub fn module_sessions(module: usize) -> u64 {
         .get(0)
         .and_then(|c| c.modules.get(module).copied())
         .unwrap_or(0)
+}
+
+/// Sessions that asked for the records of a C TLS library (OpenSSL,
+/// GnuTLS): the ones whose calls fill `TLS_ACTIVE`. One read of the config.
+#[inline(always)]
+pub fn library_tls_sessions() -> u64 {
+    CONFIG.get(0).map_or(0, |c| {
+        c.modules.get(module::OPENSSL).copied().unwrap_or(0)
+            | c.modules.get(module::GNUTLS).copied().unwrap_or(0)
+    })
 }
 
 /// The sessions of `module` that select the current process (0: none).

@@ -24,8 +24,8 @@ use qtap_common::{
 };
 
 use super::{
-    copy_head, count, files, header, module_sessions, now, selected_for, still_selected, submit,
-    Urgency,
+    copy_head, count, files, header, library_tls_sessions, now, selected_for, still_selected,
+    submit, Urgency,
 };
 use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
@@ -138,10 +138,10 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     record.tls = 0;
     // Never carry another call's bytes.
     record.head = [0; limit::HEAD_BYTES];
-    // Only a session of a TLS module has uprobes attached that fill
-    // TLS_ACTIVE: without one, the lookup is skipped.
+    // Only a session of a C TLS library's module has uprobes attached that
+    // fill TLS_ACTIVE: without one, the lookup is skipped.
     // SAFETY: the value is copied out at once.
-    if let Some(active) = (module_sessions(module::OPENSSL) | module_sessions(module::GNUTLS) != 0)
+    if let Some(active) = (library_tls_sessions() != 0)
         .then(|| unsafe { TLS_ACTIVE.get(&id) })
         .flatten()
     {

@@ -43,7 +43,8 @@ pub fn enter(ctx: &ProbeContext, call: u16) {
             0
         },
         call,
-        _pad: [0; 6],
+        _pad: 0,
+        fd: -1,
     };
     if TLS_ACTIVE
         .insert(&bpf_get_current_pid_tgid(), &pending, 0)

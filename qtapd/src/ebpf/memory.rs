@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::Path};
 
 use super::{KernelError, KernelStats, Selector, TlsSymbols};
-use crate::filter::compile::Compiled;
+use crate::{filter::compile::Compiled, gotls::GoTls};
 
 #[derive(Debug, Default)]
 pub struct MemoryKernel {
@@ -46,6 +46,9 @@ impl Selector for MemoryKernel {
         Ok(())
     }
     fn attach_tls(&mut self, _: &Path, _: &TlsSymbols) -> Result<usize, KernelError> {
+        Ok(0)
+    }
+    fn attach_go(&mut self, _: &Path, _: &GoTls) -> Result<usize, KernelError> {
         Ok(0)
     }
     fn detach_tls(&mut self) {}

@@ -21,8 +21,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use qtap_common::{
-    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, FileOffsets, PatternKey, Pending,
-    ProcSel, TlsPending,
+    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, FileOffsets, GoKey, PatternKey,
+    Pending, ProcSel, TlsPending,
 };
 
 use tracing::warn;
@@ -31,6 +31,7 @@ use self::preflight::Features;
 
 use crate::{
     filter::compile::{CompileError, Compiled},
+    gotls::GoTls,
     tracefs::{self, TracefsError},
 };
 
@@ -89,6 +90,9 @@ pub const TLS_LIBRARIES: [(&str, &str, [&str; 2]); 2] = [
         ["gnutls_record_recv", "gnutls_record_send"],
     ),
 ];
+/// The gotls entry programs of `crypto/tls.(*Conn).Write` and `.Read`
+/// (their `_ret` programs go at the `RET`s; see qtapd-ebpf's `mod gotls`).
+const GO_PROBES: [&str; 2] = ["go_tls_write", "go_tls_read"];
 /// `bpf_map_update_elem` flag: update only an entry that exists.
 const BPF_EXIST: u64 = 2;
 /// Suffix of the return-probe programs (`SSL_read_ret`).
@@ -130,6 +134,7 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     pending: HashMap<MapData, u64, Pending>,
     tls_active: HashMap<MapData, u64, TlsPending>,
+    go_active: HashMap<MapData, GoKey, TlsPending>,
     installed: Vec<PatternKey>,
     features: Features,
 }
@@ -202,6 +207,8 @@ impl Kernel {
         let pending = HashMap::try_from(take(map::PENDING)?).map_err(map_err(map::PENDING))?;
         let tls_active =
             HashMap::try_from(take(map::TLS_ACTIVE)?).map_err(map_err(map::TLS_ACTIVE))?;
+        let go_active =
+            HashMap::try_from(take(map::GO_ACTIVE)?).map_err(map_err(map::GO_ACTIVE))?;
         let mut kernel = Kernel {
             ebpf,
             tracepoint_links: Vec::new(),
@@ -214,6 +221,7 @@ impl Kernel {
             stats,
             pending,
             tls_active,
+            go_active,
             installed: Vec::new(),
             features,
         };
@@ -253,7 +261,9 @@ pub trait Selector {
     /// process that runs it, at the offsets `symbols` gives (an optional
     /// function it lacks goes unprobed); returns the number attached.
     fn attach_tls(&mut self, target: &Path, symbols: &TlsSymbols) -> Result<usize, KernelError>;
-    /// Detaches the OpenSSL probes from every target.
+    /// Attaches the gotls probes to a Go executable, at the sites found.
+    fn attach_go(&mut self, target: &Path, found: &GoTls) -> Result<usize, KernelError>;
+    /// Detaches the TLS probes (all modules) from every target.
     fn detach_tls(&mut self);
 }
 
@@ -392,6 +402,16 @@ impl Selector for Kernel {
                 removed += 1;
             }
         }
+        // Go TLS calls of processes gone mid-call.
+        let keys: Vec<GoKey> = self.go_active.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let exists = *alive
+                .entry(key.tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{}", key.tgid)).exists());
+            if !exists {
+                let _ = self.go_active.remove(&key);
+            }
+        }
         removed
     }
 
@@ -410,6 +430,14 @@ impl Selector for Kernel {
             if entry.sessions & sessions != 0 {
                 entry.sessions &= !sessions;
                 let _ = self.tls_active.insert(key, entry, BPF_EXIST);
+            }
+        }
+        let active: Vec<(GoKey, TlsPending)> =
+            self.go_active.iter().filter_map(Result::ok).collect();
+        for (key, mut entry) in active {
+            if entry.sessions & sessions != 0 {
+                entry.sessions &= !sessions;
+                let _ = self.go_active.insert(key, entry, BPF_EXIST);
             }
         }
     }
@@ -433,14 +461,12 @@ impl Selector for Kernel {
     fn attach_tls(&mut self, target: &Path, symbols: &TlsSymbols) -> Result<usize, KernelError> {
         // Each library whose functions the target defines must be whole,
         // and one must be there.
-        let mut defined: Vec<_> = TLS_LIBRARIES
+        let defined = TLS_LIBRARIES
             .into_iter()
-            .filter(|(_, prefix, _)| symbols.keys().any(|name| name.starts_with(prefix)))
-            .collect();
-        if defined.is_empty() {
-            defined.push(TLS_LIBRARIES[0]);
-        }
+            .filter(|(_, prefix, _)| symbols.keys().any(|name| name.starts_with(prefix)));
+        let mut any = false;
         for (library, _, required) in defined {
+            any = true;
             if let Some(symbol) = required.into_iter().find(|s| !symbols.contains_key(*s)) {
                 return Err(KernelError::TlsMissing {
                     target: target.to_owned(),
@@ -449,31 +475,31 @@ impl Selector for Kernel {
                 });
             }
         }
-        let mut links = Vec::new();
-        let mut failure = None;
-        for (name, program) in self.uprobes() {
-            let Some(&offset) = symbols.get(name.trim_end_matches(RET_SUFFIX)) else {
-                continue;
-            };
-            let at = UProbeAttachLocation::AbsoluteOffset(offset);
-            match program.attach(at, target, UProbeScope::AllProcesses) {
-                Ok(link) => links.push((name.to_owned(), link)),
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        if let Some(error) = failure {
-            self.detach_links(links);
-            return Err(KernelError::TlsAttach {
+        if !any {
+            return Err(KernelError::TlsMissing {
                 target: target.to_owned(),
-                source: Box::new(error),
+                library: TLS_LIBRARIES[0].0,
+                symbol: TLS_LIBRARIES[0].2[0],
             });
         }
-        let count = links.len();
-        self.tls_links.push((target.to_owned(), links));
-        Ok(count)
+        let sites: Vec<(String, u64)> = self
+            .uprobes()
+            .filter_map(|(name, _)| {
+                let offset = symbols.get(name.trim_end_matches(RET_SUFFIX))?;
+                Some((name.to_owned(), *offset))
+            })
+            .collect();
+        self.attach_at(target, sites)
+    }
+
+    fn attach_go(&mut self, target: &Path, found: &GoTls) -> Result<usize, KernelError> {
+        let mut sites = Vec::new();
+        for (program, sites_of) in [(GO_PROBES[0], &found.write), (GO_PROBES[1], &found.read)] {
+            sites.push((program.to_owned(), sites_of.entry));
+            let ret = format!("{program}{RET_SUFFIX}");
+            sites.extend(sites_of.rets.iter().map(|&at| (ret.clone(), at)));
+        }
+        self.attach_at(target, sites)
     }
 
     /// Synchronous (about 1.3 s here: a grace period per probe), because a
@@ -485,6 +511,7 @@ impl Selector for Kernel {
             self.detach_links(links);
         }
         clear(&mut self.tls_active);
+        clear(&mut self.go_active);
     }
 }
 
@@ -503,7 +530,42 @@ impl Kernel {
     fn forget_in_flight(&mut self) {
         clear(&mut self.pending);
         clear(&mut self.tls_active);
+        clear(&mut self.go_active);
         clear(&mut self.conns);
+    }
+
+    /// Attaches uprobe programs at `(program name, file offset)` sites of
+    /// `target`, all or none; returns the number attached.
+    fn attach_at(
+        &mut self,
+        target: &Path,
+        sites: Vec<(String, u64)>,
+    ) -> Result<usize, KernelError> {
+        let mut links = Vec::new();
+        let mut failure = None;
+        for (name, offset) in sites {
+            let Some(Program::UProbe(program)) = self.ebpf.program_mut(&name) else {
+                continue;
+            };
+            let at = UProbeAttachLocation::AbsoluteOffset(offset);
+            match program.attach(at, target, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((name, link)),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failure {
+            self.detach_links(links);
+            return Err(KernelError::TlsAttach {
+                target: target.to_owned(),
+                source: Box::new(error),
+            });
+        }
+        let count = links.len();
+        self.tls_links.push((target.to_owned(), links));
+        Ok(count)
     }
 
     /// Detaches `(program name, link)` pairs.

@@ -79,7 +79,7 @@ pub struct Features {
     /// Reading task credentials in the kernel (BTF): without it, sessions
     /// of users other than root get only processes running at their start.
     pub btf: bool,
-    /// Uprobes: `mod:openssl`, `mod:gnutls`.
+    /// Uprobes: `mod:openssl`, `mod:gnutls`, `mod:gotls`.
     pub uprobes: bool,
 }
 
@@ -106,7 +106,8 @@ impl Features {
         }
         if !self.uprobes {
             off.push(
-                "no uprobes (CONFIG_UPROBE_EVENTS): mod:openssl and mod:gnutls are off".to_owned(),
+                "no uprobes (CONFIG_UPROBE_EVENTS): mod:openssl, mod:gnutls and mod:gotls are off"
+                    .to_owned(),
             );
         }
         off
@@ -272,7 +273,7 @@ mod tests {
         let off = features.off();
         assert_eq!(off.len(), 2);
         assert!(
-            off[1].contains("mod:openssl and mod:gnutls are off"),
+            off[1].contains("mod:openssl, mod:gnutls and mod:gotls are off"),
             "{off:?}"
         );
     }

@@ -379,8 +379,7 @@ impl<K: Selector> Engine<K> {
         compiled.config.restricted = self.hub.restricted();
         self.kernel.install(&compiled)?;
         let modules = &compiled.config.modules;
-        let tls_needed =
-            modules[qtap_common::module::OPENSSL] | modules[qtap_common::module::GNUTLS] != 0;
+        let tls_needed = qtap_common::module::TLS.iter().any(|&m| modules[m] != 0);
         self.tls.set_needed(&mut self.kernel, tls_needed);
         self.kernel.set_tracing(!self.hub.is_empty())?;
         Ok(())

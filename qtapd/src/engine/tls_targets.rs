@@ -1,7 +1,8 @@
 //! Where the TLS library probes go: the system's `libssl` and `libgnutls`,
-//! every such library a selected process maps, and every executable that
-//! links OpenSSL or GnuTLS statically, each file once (by device and inode), for as long as a
-//! session needs TLS records. A uprobe attached to a file fires in every
+//! every such library a selected process maps, every executable that
+//! links OpenSSL or GnuTLS statically, and every Go executable that uses
+//! crypto/tls ([`crate::gotls`]), each file once (by device and inode),
+//! for as long as a session needs TLS records. A uprobe attached to a file fires in every
 //! process that maps it; the kernel keeps only selected processes.
 //!
 //! A selected process's maps name files its owner chose (any user can map
@@ -25,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     ebpf::{Selector, TlsSymbols},
-    elf, procfs,
+    elf,
+    gotls::{self, GoTls, NotProbed},
+    procfs,
 };
 
 /// Where distributions put the system's TLS libraries.
@@ -50,6 +53,8 @@ pub struct Examined {
     library: bool,
     /// The TLS library functions it defines (none: not a TLS library).
     symbols: TlsSymbols,
+    /// A Go executable's crypto/tls probe sites.
+    go: Option<GoTls>,
 }
 
 pub struct TlsTargets {
@@ -170,11 +175,16 @@ impl TlsTargets {
 
     /// Attaches to a file an examination found to be a TLS library, once.
     pub fn attach(&mut self, kernel: &mut impl Selector, found: &Examined) {
-        if !self.active || !self.examined.insert(found.id) || found.symbols.is_empty() {
+        let nothing = found.symbols.is_empty() && found.go.is_none();
+        if !self.active || !self.examined.insert(found.id) || nothing {
             return;
         }
         let path = found.path.as_path();
-        match kernel.attach_tls(path, &found.symbols) {
+        let attached = match &found.go {
+            Some(go) => kernel.attach_go(path, go),
+            None => kernel.attach_tls(path, &found.symbols),
+        };
+        match attached {
             Ok(probes) => info!(target = %path.display(), probes, "tls probes attached"),
             Err(error) if found.library => warn!(%error, "tls probes not attached"),
             Err(error) => debug!(%error, "tls probes not attached"),
@@ -224,11 +234,25 @@ fn scan(pids: HashSet<u32>, mut seen: HashSet<(u64, u64)>, tx: &mpsc::UnboundedS
 /// functions it defines. `None` when it is not such a file.
 fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
     let (path, file, meta) = elf::open_trusted(path, owner)?;
+    let symbols = elf::tls_symbols(&file);
+    let go = if symbols.is_empty() && !library {
+        match gotls::sites(&file) {
+            Ok(go) => Some(go),
+            Err(NotProbed::NotGo | NotProbed::NoCryptoTls(_)) => None,
+            Err(why) => {
+                info!(path = %path.display(), %why, "a Go program without gotls probes");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Some(Examined {
         id: (meta.dev(), meta.ino()),
         path,
         library,
-        symbols: elf::tls_symbols(&file),
+        symbols,
+        go,
     })
 }
 

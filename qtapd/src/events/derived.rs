@@ -53,12 +53,18 @@ fn reason(event: &Event, notes: Notes) -> Option<String> {
                 event.ret.unwrap_or_default()
             )
         } else if event.fd.is_none() {
-            let binder = if library == "gnutls" {
-                "gnutls_transport_set_*"
-            } else {
-                "SSL_set_fd"
-            };
-            format!("plaintext via {library}; fd unknown: no {binder} or nested syscall seen")
+            match library {
+                "gotls" => "plaintext via gotls; fd unknown: the tls.Conn is not over a net.Conn \
+                     of package net"
+                    .to_owned(),
+                "gnutls" => format!(
+                    "plaintext via {library}; fd unknown: no gnutls_transport_set_* or nested \
+                     syscall seen"
+                ),
+                _ => format!(
+                    "plaintext via {library}; fd unknown: no SSL_set_fd or nested syscall seen"
+                ),
+            }
         } else {
             format!("plaintext via {library}")
         });

@@ -279,9 +279,16 @@ pub fn call_labels(c: u16) -> CallLabels {
 /// The labels of a `qtap_common::tls_call` number: `openssl/SSL_write`,
 /// reported by `uretprobe/SSL_write`, or `gnutls/gnutls_record_send` (calls
 /// that bind or free an `SSL*` or GnuTLS session are reported at entry, by
-/// `uprobe/…`).
+/// `uprobe/…`), or `gotls/Write`, reported by the uprobes of Go's
+/// `crypto/tls.(*Conn).Write` (at its `RET`s).
 #[must_use]
 pub fn tls_call_labels(c: u16) -> CallLabels {
+    if tls_call::module_of(c) == qtap_common::module::GOTLS {
+        return labels!(c, "gotls/", "uprobe/unknown",
+            tls_call::GO_WRITE => "uprobe/crypto/tls.(*Conn)." "Write",
+            tls_call::GO_READ => "uprobe/crypto/tls.(*Conn)." "Read",
+        );
+    }
     if tls_call::module_of(c) == qtap_common::module::GNUTLS {
         return labels!(c, "gnutls/", "uprobe/unknown",
             tls_call::GNUTLS_RECORD_RECV => "uretprobe/" "gnutls_record_recv",

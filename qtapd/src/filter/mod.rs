@@ -108,6 +108,8 @@ pub enum Module {
     Openssl,
     /// GnuTLS library calls (plaintext side of TLS).
     Gnutls,
+    /// Go crypto/tls calls (plaintext side of TLS).
+    Gotls,
     /// Protocol detections, once per fd (and once inside TLS).
     Protocol,
     /// What was done with each data event's bytes, and why.
@@ -116,11 +118,12 @@ pub enum Module {
 
 impl Module {
     /// Every module, in the order help and errors list them.
-    pub const ALL: [Module; 6] = [
+    pub const ALL: [Module; 7] = [
         Module::Socket,
         Module::Process,
         Module::Openssl,
         Module::Gnutls,
+        Module::Gotls,
         Module::Protocol,
         Module::Data,
     ];
@@ -132,6 +135,7 @@ impl Module {
             Module::Process => "process",
             Module::Openssl => "openssl",
             Module::Gnutls => "gnutls",
+            Module::Gotls => "gotls",
             Module::Protocol => "protocol",
             Module::Data => "data",
         }
@@ -146,30 +150,31 @@ impl Module {
     /// syscalls and the TLS library calls.
     #[must_use]
     pub fn kernel_families(self) -> &'static [usize] {
-        use qtap_common::module::{GNUTLS, OPENSSL, SOCKET};
+        use qtap_common::module::{GNUTLS, GOTLS, OPENSSL, SOCKET};
         match self {
             Module::Socket => &[SOCKET],
             Module::Process => &[],
             Module::Openssl => &[OPENSSL],
             Module::Gnutls => &[GNUTLS],
-            Module::Protocol | Module::Data => &[SOCKET, OPENSSL, GNUTLS],
+            Module::Gotls => &[GOTLS],
+            Module::Protocol | Module::Data => &[SOCKET, OPENSSL, GNUTLS, GOTLS],
         }
     }
 
     /// The module of a TLS library call (`qtap_common::tls_call`).
     #[must_use]
     pub fn of_tls_call(call: u16) -> Module {
-        if qtap_common::tls_call::module_of(call) == qtap_common::module::GNUTLS {
-            Module::Gnutls
-        } else {
-            Module::Openssl
+        match qtap_common::tls_call::module_of(call) {
+            qtap_common::module::GNUTLS => Module::Gnutls,
+            qtap_common::module::GOTLS => Module::Gotls,
+            _ => Module::Openssl,
         }
     }
 
     /// Whether the module's records come from uprobes on a TLS library.
     #[must_use]
     pub fn is_tls_library(self) -> bool {
-        matches!(self, Module::Openssl | Module::Gnutls)
+        matches!(self, Module::Openssl | Module::Gnutls | Module::Gotls)
     }
 }
 

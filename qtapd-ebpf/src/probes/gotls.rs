@@ -1,0 +1,141 @@
+//! The gotls module: Go's `crypto/tls.(*Conn).Write` and `(*Conn).Read`,
+//! probed in Go executables (amd64, Go ≥ 1.17's register ABI).
+//!
+//! Go is not C: arguments and results travel in registers (`rax`, `rbx`,
+//! `rcx`, …), the current goroutine's `g` is in `r14`, goroutines move
+//! between threads while a call blocks, and stacks move as they grow. So
+//! a call is keyed by its goroutine, not its thread (`GO_ACTIVE`), and its
+//! return is taken by a uprobe on each of the function's `RET`
+//! instructions, which qtapd finds by disassembly: a uretprobe rewrites a
+//! return address on a stack Go may copy, and crashes the program.
+//!
+//! The fd is read at entry through the `*tls.Conn`: `conn` (a `net.Conn`)
+//! → its `*net.TCPConn` → `*netFD` → `pfd.Sysfd` (offsets in
+//! `qtap_common::go`), and travels in the record, so no `SSL_set_fd`-like
+//! binding is needed.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    programs::ProbeContext,
+};
+use qtap_common::{
+    direction, go, kind, limit, module, stat, tls_call, GoKey, TlsPending, TlsRecord,
+};
+
+use super::{copy_head, count, files, header, now, selected_for, still_selected, submit, Urgency};
+use crate::{GO_ACTIVE, TLS_BUF};
+
+/// A register of the task's saved user registers.
+#[inline(always)]
+fn reg(ctx: &ProbeContext, read: impl Fn(&pt_regs) -> u64) -> u64 {
+    // SAFETY: a uprobe's context is the task's saved user registers; one
+    // field is loaded.
+    read(unsafe { &*ctx.regs })
+}
+
+/// The calling goroutine of the current process.
+#[inline(always)]
+fn goroutine(ctx: &ProbeContext) -> GoKey {
+    GoKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        goroutine: reg(ctx, |r| r.r14),
+    }
+}
+
+/// A word of user memory.
+#[inline(always)]
+fn word(addr: u64) -> Option<u64> {
+    // SAFETY: user memory, read through the helper (0 on a fault).
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// The socket fd under a `*tls.Conn`, or -1. A `tls.Conn` over a
+/// connection type of the program's own has no `netFD` where package
+/// net's have it: a number that is not a socket fd is not taken.
+#[inline(always)]
+fn sysfd(conn: u64) -> i32 {
+    let fd = word(conn + go::CONN_DATA)
+        .and_then(|data| word(data + go::NETFD))
+        .and_then(|netfd| word(netfd + go::SYSFD));
+    match fd {
+        Some(fd) if fd <= i32::MAX as u64 && files::is_socket(fd as i32) != Some(false) => {
+            fd as i32
+        }
+        _ => -1,
+    }
+}
+
+/// Entry of `(*Conn).Write(b)`/`(*Conn).Read(b)`: the receiver is in
+/// `rax`, `b`'s pointer in `rbx`.
+#[inline(always)]
+pub fn enter(ctx: &ProbeContext, call: u16) {
+    let sessions = selected_for(module::GOTLS);
+    if sessions == 0 {
+        return;
+    }
+    let conn = reg(ctx, |r| r.rax);
+    let pending = TlsPending {
+        sessions,
+        ssl: conn,
+        buf: reg(ctx, |r| r.rbx),
+        count_ptr: 0,
+        call,
+        _pad: 0,
+        fd: sysfd(conn),
+    };
+    // A stack that grows at entry runs the entry again: the same key.
+    if GO_ACTIVE.insert(&goroutine(ctx), &pending, 0).is_err() {
+        count(stat::TLS_FULL);
+    }
+}
+
+/// A `RET` of the function: `n` is in `rax`, the error's type word in
+/// `rbx` (0: no error).
+#[inline(always)]
+pub fn exit(ctx: &ProbeContext, call: u16) {
+    let ts = now();
+    let key = goroutine(ctx);
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { GO_ACTIVE.get(&key) }).copied() else {
+        return;
+    };
+    let _ = GO_ACTIVE.remove(&key);
+    if pending.call != call {
+        return;
+    }
+    let sessions = still_selected(key.tgid, pending.sessions);
+    if sessions == 0 {
+        return;
+    }
+    let n = (reg(ctx, |r| r.rax) as i64).max(0);
+    let failed = reg(ctx, |r| r.rbx) != 0;
+    let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, only this program on this CPU uses it.
+    let buf = unsafe { &mut *buf };
+    buf.record = TlsRecord {
+        hdr: header(kind::TLS, sessions, ts),
+        ssl: pending.ssl,
+        ret: if failed { -1 } else { n },
+        bytes: n,
+        call,
+        direction: if tls_call::is_read(call) {
+            direction::INGRESS
+        } else {
+            direction::EGRESS
+        },
+        _pad: 0,
+        fd: pending.fd,
+        head_len: 0,
+        _pad2: 0,
+        head: [0; limit::HEAD_BYTES],
+    };
+    let plaintext = n as u64;
+    if plaintext > 0 {
+        buf.record.head_len = copy_head(pending.buf, plaintext, &mut buf.record.head);
+    }
+    submit(buf, pending.buf, plaintext, Urgency::Batched);
+}
