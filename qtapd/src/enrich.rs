@@ -14,6 +14,8 @@ use qtap_common::{
     SyscallRecord, TlsRecord,
 };
 
+use qtap_proto::v1::TlsFd;
+
 use crate::{
     cgroup::{self, Cgroup},
     events::{
@@ -37,6 +39,25 @@ impl Enricher {
     #[must_use]
     pub fn new() -> Enricher {
         Enricher::default()
+    }
+
+    /// The fds of `pid` on which TLS was seen, with their peers and
+    /// whether a library call is bound to them; `None` when qtapd holds
+    /// no state of `pid` (no session selected it, or it made no call).
+    #[must_use]
+    pub fn tls_fds(&self, pid: u32) -> Option<Vec<TlsFd>> {
+        let state = self.procs.get(&pid)?;
+        Some(
+            state
+                .tls_fds()
+                .into_iter()
+                .map(|(fd, stream, conn)| TlsFd {
+                    fd,
+                    remote: conn.and_then(|c| c.remote.clone()).unwrap_or_default(),
+                    plaintext_seen: stream.bound,
+                })
+                .collect(),
+        )
     }
 
     /// The state of `pid`, empty if nothing is known yet.
@@ -589,6 +610,66 @@ mod tests {
         assert_eq!(cut.remote, Some(format!("@{}…", "a".repeat(31))));
         let whole = remote(&unix_connect(90_003, b"\0qtap", false, -111));
         assert_eq!(whole.remote.as_deref(), Some("@qtap"));
+    }
+
+    fn gnutls_record(call: u16, fd: i32, ret: i64) -> TlsRecord {
+        TlsRecord {
+            hdr: Header {
+                kind: kind::TLS,
+                abi: ABI_VERSION,
+                pid: 90_100,
+                ..Header::default()
+            },
+            ssl: 0x5555_0000,
+            call,
+            fd,
+            ret,
+            bytes: ret.max(0),
+            direction: if tls_call::is_read(call) {
+                qtap_common::direction::INGRESS
+            } else {
+                qtap_common::direction::EGRESS
+            },
+            ..TlsRecord::default()
+        }
+    }
+
+    /// `gnutls_transport_set_int2(session, 8, 9)`: receives bind to fd 8,
+    /// sends to fd 9, both fds carry TLS with plaintext seen; after
+    /// `gnutls_deinit` the session's calls are bound to no fd.
+    #[test]
+    fn gnutls_binds_its_receive_and_send_fds_apart() {
+        let mut enricher = Enricher::new();
+        let set = gnutls_record(tls_call::GNUTLS_TRANSPORT_SET_INT2, 8, 9);
+        let (Some(bound), _) = enricher.tls(&set, true) else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(bound.msg.as_str(), "gnutls/gnutls_transport_set_int2");
+        assert_eq!(bound.fd, Some(8));
+        let fd_of = |enricher: &mut Enricher, call, ret| {
+            enricher
+                .tls(&gnutls_record(call, -1, ret), true)
+                .0
+                .unwrap()
+                .fd
+        };
+        assert_eq!(
+            fd_of(&mut enricher, tls_call::GNUTLS_RECORD_SEND, 18),
+            Some(9)
+        );
+        assert_eq!(
+            fd_of(&mut enricher, tls_call::GNUTLS_RECORD_RECV, 100),
+            Some(8)
+        );
+        let fds = enricher.tls_fds(90_100).unwrap();
+        let seen: Vec<(i32, bool)> = fds.iter().map(|f| (f.fd, f.plaintext_seen)).collect();
+        assert_eq!(seen, [(8, true), (9, true)]);
+        enricher.tls(&gnutls_record(tls_call::GNUTLS_DEINIT, -1, 0), true);
+        assert_eq!(fd_of(&mut enricher, tls_call::GNUTLS_RECORD_SEND, 5), None);
+        assert!(
+            enricher.tls_fds(90_101).is_none(),
+            "a process qtapd holds nothing of"
+        );
     }
 
     fn exec_record(pid: u32, name: &[u8]) -> ExecRecord {

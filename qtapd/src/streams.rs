@@ -86,6 +86,27 @@ pub struct Seen {
 /// The stream side of a process's state (`state::ProcState`): each fd's
 /// stream and the `SSL*` bindings.
 impl ProcState {
+    /// The fds on which TLS is seen, by fd, with the connection last
+    /// known on each.
+    #[must_use]
+    pub fn tls_fds(&self) -> Vec<(i32, &Stream, Option<&Arc<ConnInfo>>)> {
+        let mut fds: Vec<_> = self
+            .fds
+            .iter()
+            .filter_map(|(fd, state)| {
+                let stream = state.stream.as_ref().filter(|s| s.ssl)?;
+                let conn = stream
+                    .conn
+                    .as_ref()
+                    .or(state.kernel_conn.as_ref().map(|(_, info)| info))
+                    .or(state.resolved.as_ref().and_then(Option::as_ref));
+                Some((*fd, stream, conn))
+            })
+            .collect();
+        fds.sort_unstable_by_key(|(fd, _, _)| *fd);
+        fds
+    }
+
     /// The stream of `fd`, if anything is known of it.
     #[must_use]
     pub fn stream(&self, fd: i32) -> Option<&Stream> {

@@ -1,7 +1,9 @@
 //! `qtapctl explain PID` on real programs: each TLS stack named, with the
 //! right verdict — OpenSSL shared (python's `ssl`) and linked in (Node.js)
 //! and GnuTLS (loaded by python) seen, and Go's crypto/tls (built here,
-//! plain and stripped) — and only for a caller who may trace the process.
+//! plain and stripped); for a traced process, its fds that carry TLS and
+//! whether their plaintext is seen — and only for a caller who may trace
+//! the process.
 
 use std::{
     fs,
@@ -9,7 +11,9 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use qtap_tests::{go_build, require_root, stdout_of, system_user, Service};
+use qtap_tests::{
+    go_build, python_named, require_root, servers::HttpsFiles, stdout_of, system_user, Service,
+};
 use serde_json::Value;
 
 const MEMBER: &str = "qtap-e2e-member";
@@ -144,9 +148,68 @@ fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
     assert!(why.contains("root's to examine"), "{why}");
     assert!(denied.stdout.is_empty(), "nothing of root's process told");
 
+    tls_fds_of_traced_processes(&service);
+
     let gone = service.ctl(&["explain", "4194303"]);
     assert!(!gone.status.success());
     let why = String::from_utf8_lossy(&gone.stderr);
     assert!(why.contains("no process 4194303"), "{why}");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A python TLS client that has fetched a page and keeps its connection.
+const TLS_CLIENT: &str = "import socket, ssl, sys, time
+s = ssl._create_unverified_context().wrap_socket(
+    socket.create_connection(('127.0.0.1', int(sys.argv[1]))))
+s.sendall(b'GET /page HTTP/1.0\\r\\n\\r\\n')
+s.recv(100)
+print('ready', flush=True)
+time.sleep(60)";
+
+/// Two such clients, each traced by its own session: without the TLS
+/// modules its fd shows TLS, ciphertext only; with `mod:openssl`,
+/// plaintext seen. An untraced process's fds are not known.
+fn tls_fds_of_traced_processes(service: &Service) {
+    let backend = HttpsFiles::start(&[("page", b"a page\n")]);
+    let remote = format!("127.0.0.1:{}", backend.port);
+    let port = backend.port.to_string();
+    for (name, modules, seen) in [
+        ("qtap-explain-bare", "mod:socket", false),
+        ("qtap-explain-ossl", "mod:socket,mod:openssl", true),
+    ] {
+        let (dir, program) = python_named(name);
+        let id = service.start_session(&format!("{modules},exe.endsWith:/{name}"));
+        let client = Running::start(Command::new(&program).args(["-c", TLS_CLIENT, &port]));
+        // The ring is read in batches: wait until qtapd has the fd.
+        let mut e = explain(service, None, client.pid());
+        for _ in 0..50 {
+            if !e["tls_fds"].as_array().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            e = explain(service, None, client.pid());
+        }
+        assert_eq!(e["traced"], true, "{e:#}");
+        let fds = e["tls_fds"].as_array().unwrap();
+        assert_eq!(fds.len(), 1, "{name}: one TLS fd: {e:#}");
+        assert_eq!(fds[0]["remote"], remote.as_str(), "{e:#}");
+        assert_eq!(fds[0]["plaintext_seen"], seen, "{name}: {e:#}");
+        let screen = stdout_of(&service.ctl(&["explain", &client.pid().to_string()]));
+        let verdict = if seen {
+            "plaintext seen"
+        } else {
+            "ciphertext only"
+        };
+        assert!(
+            screen.contains(&format!("{remote} ")) && screen.contains(verdict),
+            "{screen}"
+        );
+        assert!(service.ctl(&["trace", "stop", &id]).status.success());
+        drop(client);
+        fs::remove_dir_all(dir).unwrap();
+    }
+    let untraced = Running::start(Command::new("/usr/bin/python3").args(["-c", TLS_CLIENT, &port]));
+    let e = explain(service, None, untraced.pid());
+    assert_eq!(e["traced"], false, "{e:#}");
+    assert!(e["tls_fds"].as_array().unwrap().is_empty(), "{e:#}");
 }

@@ -56,6 +56,37 @@ fn screen(e: &Explanation) -> String {
             terminal_safe(&s.detail),
         );
     }
+    out.push_str(&fds_screen(e));
+    out
+}
+
+/// The fds on which TLS was seen, or why none can be shown.
+fn fds_screen(e: &Explanation) -> String {
+    if !e.traced {
+        return format!(
+            "\nfds: not known: no session traces process {} (start one that selects \
+             it, e.g. --filter 'pid:{},mod:socket,mod:openssl,mod:gnutls,mod:gotls', to learn which fds \
+             carry TLS and whether their plaintext is seen)\n",
+            e.pid, e.pid
+        );
+    }
+    if e.tls_fds.is_empty() {
+        return "\nfds: no TLS seen on any fd since it was traced\n".into();
+    }
+    let mut out = String::from("\nfds with TLS:\n");
+    for f in &e.tls_fds {
+        let remote = if f.remote.is_empty() {
+            "peer unknown".into()
+        } else {
+            terminal_safe(&f.remote)
+        };
+        let verdict = if f.plaintext_seen {
+            "plaintext seen"
+        } else {
+            "ciphertext only: no TLS library call is bound to it"
+        };
+        let _ = writeln!(out, "  fd {:<4} {remote:<22} {verdict}", f.fd);
+    }
     out
 }
 
@@ -73,12 +104,29 @@ fn explanation_json(e: &Explanation) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "pid": e.pid, "exe": e.exe, "stacks": stacks })
+    let fds: Vec<_> = e
+        .tls_fds
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "fd": f.fd,
+                "remote": f.remote,
+                "plaintext_seen": f.plaintext_seen,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "pid": e.pid,
+        "exe": e.exe,
+        "stacks": stacks,
+        "traced": e.traced,
+        "tls_fds": fds,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use qtap_proto::v1::TlsStack;
+    use qtap_proto::v1::{TlsFd, TlsStack};
 
     use super::*;
 
@@ -103,6 +151,19 @@ mod tests {
                     detail: "probed".into(),
                 },
             ],
+            traced: true,
+            tls_fds: vec![
+                TlsFd {
+                    fd: 5,
+                    remote: "10.0.0.1:443".into(),
+                    plaintext_seen: false,
+                },
+                TlsFd {
+                    fd: 7,
+                    remote: String::new(),
+                    plaintext_seen: true,
+                },
+            ],
         };
         let text = screen(&e);
         assert!(!text.contains('\x1b'), "terminal escapes are neutralised");
@@ -111,20 +172,35 @@ mod tests {
             text.contains("\nOpenSSL (shared libssl): plaintext seen\n"),
             "{text}"
         );
+        assert!(
+            text.contains("\nfds with TLS:\n  fd 5    10.0.0.1:443           ciphertext only"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  fd 7    peer unknown           plaintext seen"),
+            "{text}"
+        );
         let json = explanation_json(&e);
+        assert_eq!(json["tls_fds"][0]["fd"], 5);
+        assert_eq!(json["traced"], true);
         assert_eq!(json["stacks"][0]["version"], "go1.22.2");
         assert_eq!(json["stacks"][1]["plaintext_seen"], true);
         let none = screen(&Explanation {
             pid: 1,
             exe: "/x".into(),
-            stacks: vec![],
+            ..Explanation::default()
         });
         assert!(none.contains("no TLS stack found"), "{none}");
+        assert!(none.contains("no session traces process 1"), "{none}");
         let kernel_thread = screen(&Explanation {
             pid: 2,
-            exe: String::new(),
-            stacks: vec![],
+            traced: true,
+            ..Explanation::default()
         });
+        assert!(
+            kernel_thread.contains("no TLS seen on any fd"),
+            "{kernel_thread}"
+        );
         assert!(
             kernel_thread.starts_with("process 2  (executable unreadable"),
             "{kernel_thread}"

@@ -15,7 +15,9 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use qtap_common::{limit, MAX_SESSIONS};
-use qtap_proto::v1::{Counters, EndReason, LossStage, Session as SessionInfo, SessionEnd, Status};
+use qtap_proto::v1::{
+    Counters, EndReason, LossStage, Session as SessionInfo, SessionEnd, Status, TlsFd,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, oneshot},
@@ -126,6 +128,11 @@ pub enum Command {
     },
     Status {
         reply: oneshot::Sender<Status>,
+    },
+    /// The fds of a process on which TLS was seen (`Enricher::tls_fds`).
+    TlsFds {
+        pid: u32,
+        reply: oneshot::Sender<Option<Vec<TlsFd>>>,
     },
     Follow {
         target: Target,
@@ -548,6 +555,7 @@ impl<K: Selector> Engine<K> {
             Command::Stop { id, caller, reply } => drop(reply.send(self.stop(&id, caller))),
             Command::List { caller, reply } => drop(reply.send(self.list(caller))),
             Command::Status { reply } => drop(reply.send(self.status())),
+            Command::TlsFds { pid, reply } => drop(reply.send(self.enricher.tls_fds(pid))),
             Command::Follow {
                 target,
                 caller,

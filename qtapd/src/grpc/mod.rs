@@ -181,7 +181,8 @@ impl Qtap for Service {
 
     /// Off the runtime's threads (it reads `/proc` and ELF files), and
     /// only of a process the caller may trace: checked before and again
-    /// after the reads, so a pid reused meanwhile tells nothing.
+    /// after the reads (of files and of the engine's fd state), so a pid
+    /// reused meanwhile tells nothing.
     async fn explain_process(
         &self,
         request: Request<ExplainProcessRequest>,
@@ -204,6 +205,8 @@ impl Qtap for Service {
                 )))
             }
         };
+        // The engine's view first: the last access check comes after it.
+        let tls_fds = self.ask(|reply| Command::TlsFds { pid, reply }).await?;
         let (exe, stacks) = tokio::task::spawn_blocking(move || {
             allowed()?;
             let found = tls_stacks::explain(pid)
@@ -213,6 +216,12 @@ impl Qtap for Service {
         })
         .await
         .map_err(|_| unavailable())??;
-        Ok(Response::new(Explanation { pid, exe, stacks }))
+        Ok(Response::new(Explanation {
+            pid,
+            exe,
+            stacks,
+            traced: tls_fds.is_some(),
+            tls_fds: tls_fds.unwrap_or_default(),
+        }))
     }
 }
