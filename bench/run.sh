@@ -57,6 +57,30 @@ CONF
 sleep 0.5
 worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
 
+# A Go HTTPS server (net/http, crypto/tls) for scenarios 8: the same
+# certificate and a 17-byte answer; GOMAXPROCS=1, as nginx's one worker.
+go_port=18444
+mkdir -p "$work/goserver"
+cat >"$work/goserver/main.go" <<'GO'
+package main
+
+import (
+	"net/http"
+	"os"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("hello from go!!!\n"))
+	})
+	panic(http.ListenAndServeTLS(os.Args[1], os.Args[2], os.Args[3], nil))
+}
+GO
+(cd "$work/goserver" && GOCACHE=$work/goserver/cache GO111MODULE=off go build -o qtap-bench-goserver main.go)
+GOMAXPROCS=1 "$work/goserver/qtap-bench-goserver" "127.0.0.1:$go_port" "$work/cert.pem" "$work/key.pem" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 50); do curl -sk "https://127.0.0.1:$go_port/" >/dev/null && break; sleep 0.1; done
+
 start_qtapd() {
 	"$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 	qtapd_pid=$!
@@ -93,10 +117,11 @@ to_ms() { # wrk prints 1.23ms / 456.00us / 1.10s
 
 echo 'function delay() return 10 end' >"$work/pace.lua"
 
-# A session selecting nginx (with more modules given as $1), and a JSON
-# follower writing to a file: sets id and follower_pid.
+# A session selecting nginx (with more modules given as $1; another
+# program's name as $2), and a JSON follower writing to a file: sets id
+# and follower_pid.
 follow_nginx() {
-	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:nginx")
+	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:${2:-nginx}")
 	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
 	follower_pid=$!
 	sleep 0.5
@@ -131,7 +156,7 @@ account() {
 
 url_static="http://127.0.0.1:$port/"
 url_ok="http://127.0.0.1:$port/ok"
-scenarios=(baseline idle other quiet nginx ok_base ok_quiet ok_nginx https_base https strace)
+scenarios=(baseline idle other quiet nginx ok_base ok_quiet ok_nginx https_base https go_base go_tls strace)
 command -v bpftrace >/dev/null && scenarios+=(bpftrace bpfcount)
 fixed_rates=(1000 10000)
 for r in "${fixed_rates[@]}"; do scenarios+=("base@$r" "qtap@$r"); done
@@ -183,6 +208,14 @@ run_scenario() {
 		start_qtapd
 		follow_nginx "mod:openssl,"
 		result=$(url="https://127.0.0.1:$tls_port/" load)
+		account "$s"
+		stop_pid "$qtapd_pid"
+		;;
+	go_base) result=$(url="https://127.0.0.1:$go_port/" load) ;;
+	go_tls)
+		start_qtapd
+		follow_nginx "mod:gotls," qtap-bench-goserver
+		result=$(url="https://127.0.0.1:$go_port/" load)
 		account "$s"
 		stop_pid "$qtapd_pid"
 		;;
@@ -249,6 +282,8 @@ declare -A label=(
 	[ok_nginx]="7. \`return 200\`, session selecting nginx, one json follower"
 	[https_base]="5a. HTTPS baseline (no qtapd); the × columns of 5a and 5 are against it"
 	[https]="5. HTTPS, session with mod:socket,mod:openssl selecting nginx, one json follower"
+	[go_base]="8a. HTTPS Go server (net/http, GOMAXPROCS=1; no qtapd); the × columns of 8a and 8 are against it"
+	[go_tls]="8. HTTPS Go server, session with mod:socket,mod:gotls selecting it, one json follower"
 	[strace]="6a. strace -f -p <worker> to a file"
 	[bpftrace]="6b. bpftrace printing each exit of nginx's $nginx_calls"
 	[bpfcount]="6c. bpftrace counting enter and exit of nginx's $nginx_calls in a map (the cost of probes alone)"
@@ -278,6 +313,7 @@ table=$(
 		against=baseline
 		[[ $s == https* ]] && against=https_base
 		[[ $s == ok_* ]] && against=ok_base
+		[[ $s == go_* ]] && against=go_base
 		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" \
 			-v base="$(echo "${rps[$against]}" | median)" -v a="$a" -v b="$b" \
 			-v ba="$(echo "${p50[$against]}" | median)" -v bb="$(echo "${p99[$against]}" | median)" \

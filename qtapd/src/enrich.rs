@@ -60,6 +60,20 @@ impl Enricher {
         )
     }
 
+    /// Over every traced process: the fds on which TLS was seen, and how
+    /// many of them a TLS library call is bound to (plaintext seen).
+    #[must_use]
+    pub fn tls_coverage(&self) -> (u32, u32) {
+        let (mut tls, mut plaintext) = (0, 0);
+        for state in self.procs.values() {
+            for (_, stream, _) in state.tls_fds() {
+                tls += 1;
+                plaintext += u32::from(stream.bound);
+            }
+        }
+        (tls, plaintext)
+    }
+
     /// The state of `pid`, empty if nothing is known yet.
     fn proc(&mut self, pid: u32) -> &mut ProcState {
         self.procs.entry(pid).or_default()

@@ -204,6 +204,19 @@ fn tls_fds_of_traced_processes(service: &Service) {
             screen.contains(&format!("{remote} ")) && screen.contains(verdict),
             "{screen}"
         );
+        // status counts the same fds (and nothing of whose they are).
+        let status: Value =
+            serde_json::from_str(&stdout_of(&service.ctl(&["status", "--output", "json"])))
+                .unwrap();
+        let coverage = &status["tls_coverage"];
+        if seen {
+            assert!(coverage["plaintext_fds"].as_u64() >= Some(1), "{status:#}");
+            assert!(coverage["probed_files"].as_u64() >= Some(1), "{status:#}");
+        } else {
+            assert_eq!(coverage["tls_fds"], 1, "{status:#}");
+            assert_eq!(coverage["plaintext_fds"], 0, "{status:#}");
+            assert_eq!(coverage["probed_files"], 0, "{status:#}");
+        }
         assert!(service.ctl(&["trace", "stop", &id]).status.success());
         drop(client);
         fs::remove_dir_all(dir).unwrap();

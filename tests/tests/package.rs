@@ -111,16 +111,26 @@ fn trace_curl_with_the_installed_qtapctl() {
     let server = thread::spawn(move || serve_once(&listener));
     let curl = run_curl(&format!("http://127.0.0.1:{port}/packaged"));
     server.join().unwrap();
-    let status = String::from_utf8_lossy(&run("/usr/bin/qtapctl", &["status"]).stdout).to_string();
-    let attached: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("programs attached"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{status}"));
-    assert!(
-        attached >= 40 + 12,
-        "tracepoints and OpenSSL probes attached: {status}"
-    );
+    // The OpenSSL probes are attached as the session starts; read the
+    // count until it is there (10 s at most), not once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status =
+            String::from_utf8_lossy(&run("/usr/bin/qtapctl", &["status"]).stdout).to_string();
+        let attached: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("programs attached"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{status}"));
+        if attached >= 40 + 12 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tracepoints and OpenSSL probes attached: {status}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
     let events = follower.stop().unwrap();
     assert!(
         events

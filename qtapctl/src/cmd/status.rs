@@ -32,6 +32,11 @@ pub async fn run(conn: &client::Connection, output: Output) -> anyhow::Result<()
         "table overflows     pending {}  connections {}  processes {}  tls {}",
         c.pending_full, c.conns_full, c.procs_full, c.tls_full
     );
+    let tls = s.tls_coverage.unwrap_or_default();
+    println!(
+        "tls coverage        {} of {} fds with TLS show plaintext  probes on {} files",
+        tls.plaintext_fds, tls.tls_fds, tls.probed_files
+    );
     for off in &s.features_off {
         println!(
             "off on this kernel  {}",
@@ -44,6 +49,7 @@ pub async fn run(conn: &client::Connection, output: Output) -> anyhow::Result<()
 /// The status as one JSON object, for scripts (`make bench`, monitoring).
 fn status_json(s: &Status) -> serde_json::Value {
     let c = s.counters.unwrap_or_default();
+    let tls = s.tls_coverage.unwrap_or_default();
     let Counters {
         records,
         kernel_ring_full,
@@ -63,6 +69,11 @@ fn status_json(s: &Status) -> serde_json::Value {
         "sessions": s.sessions,
         "selected_processes": s.selected_processes,
         "features_off": s.features_off,
+        "tls_coverage": {
+            "probed_files": tls.probed_files,
+            "tls_fds": tls.tls_fds,
+            "plaintext_fds": tls.plaintext_fds,
+        },
         "counters": {
             "records": records,
             "kernel_ring_full": kernel_ring_full,
@@ -96,5 +107,6 @@ mod tests {
         assert_eq!(v["counters"]["records"], 7);
         assert_eq!(v["counters"]["tls_full"], 2);
         assert_eq!(v["counters"].as_object().map(serde_json::Map::len), Some(8));
+        assert_eq!(v["tls_coverage"]["plaintext_fds"], 0);
     }
 }

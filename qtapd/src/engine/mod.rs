@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use qtap_common::{limit, MAX_SESSIONS};
 use qtap_proto::v1::{
-    Counters, EndReason, LossStage, Session as SessionInfo, SessionEnd, Status, TlsFd,
+    Counters, EndReason, LossStage, Session as SessionInfo, SessionEnd, Status, TlsCoverage, TlsFd,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -535,6 +535,14 @@ impl<K: Selector> Engine<K> {
             sessions: self.hub.len() as u32,
             selected_processes: self.kernel.selected().len() as u32,
             features_off: self.kernel.features().off(),
+            tls_coverage: Some({
+                let (tls_fds, plaintext_fds) = self.enricher.tls_coverage();
+                TlsCoverage {
+                    probed_files: self.tls.probed_files(),
+                    tls_fds,
+                    plaintext_fds,
+                }
+            }),
             counters: Some(Counters {
                 records: self.records,
                 kernel_ring_full: stats.ring_full,

@@ -62,6 +62,8 @@ pub struct TlsTargets {
     active: bool,
     /// Files examined (attached or found not to be a TLS library), by identity.
     examined: HashSet<(u64, u64)>,
+    /// Files with probes attached.
+    attached: u32,
     /// Processes whose maps are read at the next tick: a process's
     /// libraries are mapped after its exec.
     to_scan: HashSet<u32>,
@@ -77,6 +79,7 @@ impl Default for TlsTargets {
         TlsTargets {
             active: false,
             examined: HashSet::new(),
+            attached: 0,
             to_scan: HashSet::new(),
             found_tx,
             found_rx: Some(found_rx),
@@ -101,9 +104,15 @@ impl TlsTargets {
         } else {
             kernel.detach_tls();
             self.examined.clear();
+            self.attached = 0;
             self.to_scan.clear();
             info!("tls probes detached: no session needs them");
         }
+    }
+
+    /// Files with TLS probes attached now.
+    pub fn probed_files(&self) -> u32 {
+        self.attached
     }
 
     /// `pid` was selected: its libraries are examined at the next tick.
@@ -185,7 +194,10 @@ impl TlsTargets {
             None => kernel.attach_tls(path, &found.symbols),
         };
         match attached {
-            Ok(probes) => info!(target = %path.display(), probes, "tls probes attached"),
+            Ok(probes) => {
+                self.attached += 1;
+                info!(target = %path.display(), probes, "tls probes attached");
+            }
             Err(error) if found.library => warn!(%error, "tls probes not attached"),
             Err(error) => debug!(%error, "tls probes not attached"),
         }
