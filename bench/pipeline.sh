@@ -45,18 +45,18 @@ run() {
 	done
 	sleep 1
 	local rec0 ring0 cpu0 rec1 ring1 cpu1 out
-	rec0=$(status_field 'records decoded' 3)
-	ring0=$(status_field 'lost' 4)
+	rec0=$(counter records)
+	ring0=$(counter kernel_ring_full)
 	cpu0=$(cpu_ticks "$qpid")
 	out=$("$loadgen" "$duration" "$rate")
 	sleep 0.5 # the last records out of the ring
-	rec1=$(status_field 'records decoded' 3)
-	ring1=$(status_field 'lost' 4)
+	rec1=$(counter records)
+	ring1=$(counter kernel_ring_full)
 	local t0 drain
 	t0=$(date +%s.%N)
-	# "stopped ID: D events delivered, L lost" (summed over followers).
+	# "OFFERED LOST", summed over the followers.
 	local stopped
-	stopped=$("${ctl[@]}" trace stop "$id")
+	stopped=$(stop_session "$id")
 	# A follower that does not finish in a minute is stopped (and shows).
 	local deadline=$((SECONDS + 60))
 	for p in "${fpids[@]}"; do
@@ -84,7 +84,7 @@ run() {
 	awk -v nf="$nf" -v rate="$rate" -v w="$writes" -v r="$reads" -v s="$secs" \
 		-v rec=$((rec1 - rec0)) -v ring=$((ring1 - ring0)) -v cpu=$((cpu1 - cpu0)) \
 		-v per="$per" -v drain="$drain" -v stopped="$stopped" 'BEGIN {
-		split(stopped, st, " "); offered = st[3] + st[6]
+		split(stopped, st, " "); offered = st[1]
 		n = split(per, f, "\n"); ev = 0; lost = 0; accounted = 0; exact = "yes"
 		for (i = 1; i <= n; i++) {
 			split(f[i], x, " ")

@@ -91,9 +91,8 @@ start_qtapd() {
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-status_field() { # status_field 'records decoded' N: the N-th word of that status line
-	"${ctl[@]}" status | awk -v k="$1" -v n="$2" 'index($0, k) == 1 {print $n}'
-}
+# shellcheck source=bench/counters.sh
+source "$(dirname "$0")/counters.sh"
 
 # One wrk run: prints "req_per_s p50_ms p99_ms". With a rate: as many
 # connections as that needs at a 10 ms pause between a response and the
@@ -134,14 +133,11 @@ follow_nginx() {
 # were offered without being told of the difference (a ratio bought by
 # losing events), then the run fails at the end.
 account() {
-	local s=$1 records stopped offered lost received told kernel
+	local s=$1 records offered lost received told kernel
 	sleep 0.3 # the last records out of the ring (drained every 5 ms)
-	records=$(status_field 'records decoded' 3)
-	kernel=$("${ctl[@]}" status | awk '/^lost/ {print $4} /^table overflows/ {print $4 + $6 + $8 + $10}' | awk '{n += $1} END {print n + 0}')
-	# "stopped ID: D events delivered, L lost"
-	stopped=$("${ctl[@]}" trace stop "$id")
-	offered=$(echo "$stopped" | awk '{print $3 + $6}')
-	lost=$(echo "$stopped" | awk '{print $6}')
+	records=$(counter records)
+	kernel=$(kernel_lost)
+	read -r offered lost < <(stop_session "$id")
 	wait "$follower_pid" 2>/dev/null || true
 	# The follower's last line: "qtapctl: N events, M lost (...)".
 	local queue_told
@@ -241,7 +237,7 @@ run_scenario() {
 		rss=$(awk '/VmHWM/ {print $2}' "/proc/$qtapd_pid/status")
 		account "$s"
 		local records
-		records=$(status_field 'records decoded' 3)
+		records=$(counter records)
 		extra[$s]+="records=$records cpu_ticks=$((after - before)) peak_rss_kib=$rss;"
 		stop_pid "$qtapd_pid"
 		;;

@@ -85,8 +85,8 @@ for i in 1 2; do
 	pids+=($!)
 done
 sleep 1
-rec0=$(status_field 'records decoded' 3)
-ring0=$(status_field 'lost' 4)
+rec0=$(counter records)
+ring0=$(counter kernel_ring_full)
 echo "soak: load for $soak_seconds s" >&2
 "$loadgen" "$soak_seconds" >"$work/loadgen.out" &
 lpid=$!
@@ -100,9 +100,9 @@ while kill -0 "$lpid" 2>/dev/null; do
 done
 wait "$lpid"
 sleep 0.5 # the last records out of the ring
-rec1=$(status_field 'records decoded' 3)
-ring1=$(status_field 'lost' 4)
-stopped=$("${ctl[@]}" trace stop "$id")
+rec1=$(counter records)
+ring1=$(counter kernel_ring_full)
+stopped=$(stop_session "$id")
 for p in "${fpids[@]}"; do
 	for _ in $(seq 1200); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
 	wait "$p" 2>/dev/null || fail "a follower did not end with the session"
@@ -115,8 +115,8 @@ gen=$(cat "$work/loadgen.out")
 made=$(($(sed 's/.*writes=\([0-9]*\).*/\1/' <<<"$gen") + $(sed 's/.*reads=\([0-9]*\).*/\1/' <<<"$gen")))
 decoded=$((rec1 - rec0))
 ring_lost=$((ring1 - ring0))
-# "stopped ID: D events delivered, L lost", summed over both followers.
-offered=$(awk '{print $3 + $6}' <<<"$stopped")
+# "OFFERED LOST", summed over both followers.
+offered=$(awk '{print $1}' <<<"$stopped")
 
 {
 	echo

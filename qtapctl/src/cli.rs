@@ -146,6 +146,10 @@ pub enum TraceCommand {
     Stop {
         /// The session id.
         id: String,
+        /// console: a sentence; json: one object with the session's
+        /// events delivered and lost, for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Console)]
+        output: Output,
     },
     /// List the sessions you may see (all of them as root).
     List {

@@ -195,8 +195,7 @@ mod tests {
 
     use super::*;
 
-    /// A Go program using crypto/tls, built here (Debian's golang-go,
-    /// which `make deps` installs): it prints where its fd lives under a
+    /// A Go program using crypto/tls, built here: it prints where its fd lives under a
     /// `*tls.Conn`, as `reflect` sees the structs.
     const PROGRAM: &str = r#"package main
 
@@ -223,31 +222,6 @@ func main() {
 }
 "#;
 
-    fn build(dir: &Path, strip: bool) -> std::path::PathBuf {
-        fs::write(dir.join("main.go"), PROGRAM).unwrap();
-        let out = dir.join(if strip { "stripped" } else { "plain" });
-        let mut go = Command::new("go");
-        go.current_dir(dir)
-            .env("GOCACHE", dir.join("cache"))
-            .env("GOPATH", dir.join("gopath"))
-            .env("GO111MODULE", "off")
-            .args(["build", "-o"])
-            .arg(&out);
-        if strip {
-            go.arg("-ldflags=-s -w");
-        }
-        let built = go
-            .arg("main.go")
-            .output()
-            .expect("go (Debian's golang-go; make deps installs it)");
-        assert!(
-            built.status.success(),
-            "{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        out
-    }
-
     fn open(path: &Path) -> elf::File {
         object::ReadCache::new(fs::File::open(path).unwrap())
     }
@@ -260,8 +234,8 @@ func main() {
         use object::{Object, ObjectSection, ObjectSymbol};
         let dir = std::env::temp_dir().join(format!("qtap-gotls-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let plain = build(&dir, false);
-        let stripped = build(&dir, true);
+        let plain = qtap_tests::go_build(&dir, PROGRAM, false);
+        let stripped = qtap_tests::go_build(&dir, PROGRAM, true);
 
         let printed = Command::new(&plain).output().unwrap();
         let printed = String::from_utf8_lossy(&printed.stdout).trim().to_owned();

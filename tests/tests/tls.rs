@@ -46,6 +46,14 @@ impl Span<'_> {
             .collect()
     }
 
+    /// The `msg` calls that moved bytes.
+    fn moved(&self, msg: &str) -> Vec<&Value> {
+        self.calls(msg)
+            .into_iter()
+            .filter(|e| e["bytes"].as_i64() > Some(0))
+            .collect()
+    }
+
     /// Bytes moved by syscalls in `direction` (failures and peeks left out).
     fn syscall_bytes(&self, direction: i64) -> i64 {
         self.data_syscalls()
@@ -88,6 +96,26 @@ fn spans(events: &[Value], pid: u64) -> Vec<Span<'_>> {
     }
     done.extend(open);
     done
+}
+
+/// The `connect` to loopback `port` in `events`, and its process's span
+/// of that fd.
+fn connect_span(events: &[Value], port: u16) -> (&Value, Span<'_>) {
+    let remote = format!("127.0.0.1:{port}");
+    let connect = events
+        .iter()
+        .find(|e| syscall(e) == Some("connect") && e["conn_info"]["remote"] == remote.as_str())
+        .unwrap_or_else(|| panic!("no connect to {remote}: {events:#?}"));
+    let (pid, fd) = (
+        connect["pid"].as_u64().unwrap(),
+        connect["fd"].as_i64().unwrap(),
+    );
+    let mut spans = spans(events, pid);
+    let at = spans
+        .iter()
+        .position(|s| s.fd == fd && s.remote().is_some())
+        .unwrap_or_else(|| panic!("no span of fd {fd}: {spans:#?}"));
+    (connect, spans.swap_remove(at))
 }
 
 /// `curl --http1.0 URL`; returns the bytes it received (headers + body),
@@ -536,36 +564,16 @@ fn gnutls_cli_shows_plaintext_both_ways_on_its_fd() {
     client.wait().unwrap();
     assert!(shown.contains("hello gnutls"), "gnutls-cli printed {shown}");
     let events = daemon.stop().unwrap();
-    let connect = events
-        .iter()
-        .find(|e| {
-            syscall(e) == Some("connect")
-                && e["conn_info"]["remote"].as_str() == Some(&format!("127.0.0.1:{}", backend.port))
-        })
-        .unwrap_or_else(|| panic!("no connect to the server: {events:#?}"));
-    let (pid, fd) = (
-        connect["pid"].as_u64().unwrap(),
-        connect["fd"].as_i64().unwrap(),
-    );
-    let spans = spans(&events, pid);
-    let span = spans
-        .iter()
-        .find(|s| s.fd == fd && s.remote().is_some())
-        .unwrap_or_else(|| panic!("no span of fd {fd}: {spans:#?}"));
+    let (connect, span) = connect_span(&events, backend.port);
+    let (span, fd) = (&span, span.fd);
     assert_tls_syscalls(span, "gnutls-cli");
     let bound = span.calls("gnutls/gnutls_transport_set_int2");
     assert_eq!(bound.len(), 1, "one binding of fd {fd}: {span:#?}");
-    let moved = |msg: &str| -> Vec<&Value> {
-        span.calls(msg)
-            .into_iter()
-            .filter(|e| e["bytes"].as_i64() > Some(0))
-            .collect()
-    };
-    let sends = moved("gnutls/gnutls_record_send");
+    let sends = span.moved("gnutls/gnutls_record_send");
     assert_eq!(sends.len(), 1, "{span:#?}");
     assert_eq!(payload(sends[0]), b"GET /gnutls HTTP/1.0\r\n\r\n");
     assert_eq!(sends[0]["direction"], 1);
-    let recvs = moved("gnutls/gnutls_record_recv");
+    let recvs = span.moved("gnutls/gnutls_record_recv");
     assert!(
         recvs
             .first()
@@ -670,31 +678,10 @@ fn go_client_shows_plaintext_both_ways_on_its_fd() {
         assert_eq!(shown, "hello gotls\n");
         let events = daemon.stop().unwrap();
 
-        let connect = events
-            .iter()
-            .find(|e| {
-                syscall(e) == Some("connect")
-                    && e["conn_info"]["remote"].as_str()
-                        == Some(&format!("127.0.0.1:{}", backend.port))
-            })
-            .unwrap_or_else(|| panic!("no connect to the server: {events:#?}"));
-        let (pid, fd) = (
-            connect["pid"].as_u64().unwrap(),
-            connect["fd"].as_i64().unwrap(),
-        );
-        let spans = spans(&events, pid);
-        let span = spans
-            .iter()
-            .find(|s| s.fd == fd && s.remote().is_some())
-            .unwrap_or_else(|| panic!("no span of fd {fd}: {spans:#?}"));
+        let (connect, span) = connect_span(&events, backend.port);
+        let (span, fd) = (&span, span.fd);
         assert_tls_transfers(span, &name);
-        let moved = |msg: &str| -> Vec<&Value> {
-            span.calls(msg)
-                .into_iter()
-                .filter(|e| e["bytes"].as_i64() > Some(0))
-                .collect()
-        };
-        let writes = moved("gotls/Write");
+        let writes = span.moved("gotls/Write");
         assert_eq!(writes.len(), 1, "stripped: {strip}: {span:#?}");
         let request = format!(
             "GET /gotls HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
@@ -707,7 +694,7 @@ fn go_client_shows_plaintext_both_ways_on_its_fd() {
         );
         assert_eq!(writes[0]["direction"], 1);
         assert_eq!(writes[0]["caller"], "uprobe/crypto/tls.(*Conn).Write");
-        let reads = moved("gotls/Read");
+        let reads = span.moved("gotls/Read");
         assert!(
             reads
                 .first()

@@ -77,7 +77,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         Command::Status { output } => status::run(&conn, output).await,
                         Command::Health { service } => health::run(&conn, service).await,
                         Command::Explain { pid, output } => explain::run(&conn, pid, output).await,
-                        Command::Trace(TraceCommand::Stop { id }) => trace::stop(&conn, id).await,
+                        Command::Trace(TraceCommand::Stop { id, output }) => {
+                            trace::stop(&conn, id, output).await
+                        }
                         Command::Trace(TraceCommand::List { output }) => {
                             trace::list(&conn, output).await
                         }

@@ -19,12 +19,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     programs::ProbeContext,
 };
-use qtap_common::{
-    direction, go, kind, limit, module, stat, tls_call, GoKey, TlsPending, TlsRecord,
-};
+use qtap_common::{go, module, stat, GoKey, TlsPending};
 
-use super::{copy_head, count, files, header, now, selected_for, still_selected, submit, Urgency};
-use crate::{GO_ACTIVE, TLS_BUF};
+use super::{count, files, now, selected_for, still_selected, tls};
+use crate::GO_ACTIVE;
 
 /// A register of the task's saved user registers.
 #[inline(always)]
@@ -111,31 +109,5 @@ pub fn exit(ctx: &ProbeContext, call: u16) {
     }
     let n = (reg(ctx, |r| r.rax) as i64).max(0);
     let failed = reg(ctx, |r| r.rbx) != 0;
-    let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch, only this program on this CPU uses it.
-    let buf = unsafe { &mut *buf };
-    buf.record = TlsRecord {
-        hdr: header(kind::TLS, sessions, ts),
-        ssl: pending.ssl,
-        ret: if failed { -1 } else { n },
-        bytes: n,
-        call,
-        direction: if tls_call::is_read(call) {
-            direction::INGRESS
-        } else {
-            direction::EGRESS
-        },
-        _pad: 0,
-        fd: pending.fd,
-        head_len: 0,
-        _pad2: 0,
-        head: [0; limit::HEAD_BYTES],
-    };
-    let plaintext = n as u64;
-    if plaintext > 0 {
-        buf.record.head_len = copy_head(pending.buf, plaintext, &mut buf.record.head);
-    }
-    submit(buf, pending.buf, plaintext, Urgency::Batched);
+    tls::emit_data(ts, sessions, &pending, if failed { -1 } else { n }, n);
 }

@@ -89,6 +89,13 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     } else {
         ret.max(0)
     };
+    emit_data(ts, sessions, &pending, ret, bytes);
+}
+
+/// The record of a call of `pending` that moved `bytes` of plaintext (at
+/// `pending.buf`), returning `ret`.
+#[inline(always)]
+pub fn emit_data(ts: u64, sessions: u64, pending: &TlsPending, ret: i64, bytes: i64) {
     let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
         return;
     };
@@ -99,14 +106,14 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
         ssl: pending.ssl,
         ret,
         bytes,
-        call,
-        direction: if tls_call::is_read(call) {
+        call: pending.call,
+        direction: if tls_call::is_read(pending.call) {
             direction::INGRESS
         } else {
             direction::EGRESS
         },
         _pad: 0,
-        fd: -1,
+        fd: pending.fd,
         head_len: 0,
         _pad2: 0,
         head: [0; limit::HEAD_BYTES],

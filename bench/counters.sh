@@ -1,0 +1,30 @@
+# Sourced by the bench scripts: qtapd's counters as typed values, read
+# from `qtapctl status --output json` and `qtapctl trace stop --output
+# json`, never from the lines printed for people. Needs `ctl` (qtapctl
+# with its --socket).
+
+# counter NAME: one of the daemon's counters (records, kernel_ring_full,
+# pending_full, conns_full, procs_full, tls_full, malformed,
+# follower_queue_full).
+counter() {
+	"${ctl[@]}" status --output json |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["counters"][sys.argv[1]])' "$1"
+}
+
+# kernel_lost: what the kernel could not record (ring full, tables full).
+kernel_lost() {
+	"${ctl[@]}" status --output json | python3 -c '
+import json, sys
+c = json.load(sys.stdin)["counters"]
+print(sum(c[k] for k in ("kernel_ring_full", "pending_full", "conns_full", "procs_full", "tls_full")))'
+}
+
+# stop_session ID: stops the session and prints "OFFERED LOST": the events
+# it offered its followers (summed over them) and those lost in their
+# queues.
+stop_session() {
+	"${ctl[@]}" trace stop "$1" --output json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s["events_delivered"] + s["events_lost"], s["events_lost"])'
+}
