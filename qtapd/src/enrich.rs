@@ -23,6 +23,7 @@ use crate::{
         role_name, tls_call_labels, type_name, ConnInfo, Event, Text,
     },
     procfs::{self, FdTarget},
+    protocol,
     state::ProcState,
     streams::{Side, Stream},
     unix_socket,
@@ -117,12 +118,25 @@ impl Enricher {
         let mut notes = Notes::default();
         let state = self.proc(pid);
         let stream = if is_data_call(rec.call) {
-            let tls = (rec.flags & flag::IN_TLS != 0).then_some(rec.tls);
+            let mut tls = (rec.flags & flag::IN_TLS != 0).then_some(rec.tls);
+            if state.memory_bio {
+                let ciphertext = conn.is_some()
+                    && rec.bytes > 0
+                    && rec.flags & flag::PEEK == 0
+                    && protocol::is_tls_record(
+                        &rec.head[..(rec.head_len as usize).min(rec.head.len())],
+                    );
+                let ingress = rec.direction == direction::INGRESS;
+                tls = tls.or(state.adjacent_syscall(hdr.tid, rec.fd, ingress, ciphertext));
+            }
             let len = (rec.head_len as usize).min(rec.head.len());
             let (stream, seen) = state.data_syscall(rec.fd, conn.as_ref(), tls, &rec.head[..len]);
             notes.detected = seen.detected;
             Some(StreamFields::of(stream))
         } else {
+            if state.memory_bio {
+                state.adjacent.remove(&hdr.tid);
+            }
             state.stream(rec.fd).map(StreamFields::of)
         };
         notes.bound = stream.is_some_and(|s| s.bound);
@@ -186,12 +200,14 @@ impl Enricher {
             state.free(rec.ssl);
             None
         } else {
+            let ingress = rec.direction == direction::INGRESS;
             // Go's calls carry their fd (read under the `*tls.Conn`).
             if rec.fd >= 0 {
                 state.bind(rec.ssl, rec.fd, Side::Both);
+            } else {
+                state.tls_call_returned(hdr.tid, rec.ssl, ingress);
             }
             let len = (rec.head_len as usize).min(rec.head.len());
-            let ingress = rec.direction == direction::INGRESS;
             state
                 .tls_call(rec.ssl, ingress, &rec.head[..len])
                 .map(|(fd, _, seen)| {
@@ -684,6 +700,61 @@ mod tests {
             enricher.tls_fds(90_101).is_none(),
             "a process qtapd holds nothing of"
         );
+    }
+
+    /// Node.js hands OpenSSL memory, not its socket: after a call on an
+    /// `SSL*` nothing binds, the thread's next write of a TLS record to a
+    /// socket binds it there (and the `SSL_write` after it carries that
+    /// fd); a write that is not a TLS record binds nothing.
+    #[test]
+    fn memory_bio_calls_bind_to_the_ciphertext_next_to_them() {
+        let mut enricher = Enricher::new();
+        let pid = std::process::id();
+        let tls = |call, ssl, ret: i64| TlsRecord {
+            hdr: Header {
+                kind: kind::TLS,
+                abi: ABI_VERSION,
+                pid,
+                tid: 7,
+                ..Header::default()
+            },
+            ssl,
+            call,
+            fd: -1,
+            ret,
+            bytes: ret.max(0),
+            direction: if tls_call::is_read(call) {
+                qtap_common::direction::INGRESS
+            } else {
+                qtap_common::direction::EGRESS
+            },
+            ..TlsRecord::default()
+        };
+        let write = |fd, head: &[u8]| {
+            let mut rec = record(call::WRITE, fd, -1);
+            rec.hdr.tid = 7;
+            rec.direction = qtap_common::direction::EGRESS;
+            rec.head_len = head.len() as u32;
+            rec.head[..head.len()].copy_from_slice(head);
+            rec
+        };
+        enricher.tls(&tls(tls_call::SSL_READ, 0xa, -1), false);
+        enricher.syscall(&write(5, b"GET / HTTP/1.1\r\n"), false);
+        assert!(enricher.tls_fds(pid).unwrap().is_empty(), "plain bytes");
+        // The handshake's first flight, made by an SSL_read.
+        enricher.tls(&tls(tls_call::SSL_READ, 0xb, -1), false);
+        let (Some(hello), _) = enricher.syscall(&write(6, &[0x16, 3, 1, 0, 5]), true) else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(hello.ssl, Some(true));
+        let (Some(request), _) = enricher.tls(&tls(tls_call::SSL_WRITE, 0xb, 20), true) else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(request.fd, Some(6));
+        let (Some(other), _) = enricher.tls(&tls(tls_call::SSL_WRITE, 0xa, 20), true) else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(other.fd, None, "the first SSL* stays unbound");
     }
 
     fn exec_record(pid: u32, name: &[u8]) -> ExecRecord {

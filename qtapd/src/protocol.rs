@@ -55,6 +55,12 @@ pub fn detect(head: &[u8], ports: [Option<u16>; 2], datagram: bool) -> Option<De
     None
 }
 
+/// Whether `head` begins with a TLS record header.
+#[must_use]
+pub fn is_tls_record(head: &[u8]) -> bool {
+    tls_record_version(head).is_some()
+}
+
 /// The version of a TLS record header (content type 20..=23, major 3).
 fn tls_record_version(head: &[u8]) -> Option<&'static str> {
     let [content_type, 3, minor, ..] = *head else {

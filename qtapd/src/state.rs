@@ -14,7 +14,7 @@ use qtap_proto::v1::ConnInfo;
 
 use crate::{
     cgroup::Cgroup,
-    streams::{Binding, Stream},
+    streams::{Adjacent, Binding, Stream},
 };
 
 /// What is known of one fd.
@@ -47,6 +47,11 @@ pub struct ProcState {
     pub(crate) fds: HashMap<i32, FdState>,
     /// `SSL*` objects and the fds they are bound to (`streams`).
     pub(crate) bindings: HashMap<u64, Binding>,
+    /// A TLS library call returned on an `SSL*` that nothing bound: the
+    /// program hands its TLS library memory, not sockets (Node.js), and
+    /// its threads' last calls are kept in `adjacent` (`streams`).
+    pub(crate) memory_bio: bool,
+    pub(crate) adjacent: HashMap<u32, Adjacent>,
 }
 
 impl ProcState {
@@ -111,7 +116,7 @@ impl ProcState {
             // An exec does not move the process.
             cgroup: self.cgroup.clone(),
             fds,
-            bindings: HashMap::default(),
+            ..ProcState::default()
         }
     }
 }

@@ -10,6 +10,15 @@
 //! kernel clears the "inside" state on every `SSL_*` return); such a
 //! binding never re-points an existing one, so a syscall on another fd
 //! during an `SSL_*` call cannot mark that fd as TLS.
+//!
+//! A program that hands OpenSSL memory buffers instead of its socket
+//! (Node.js) makes no syscall inside its `SSL_*` calls. Once an `SSL_*`
+//! call of a process returns on an `SSL*` that nothing bound, each of its
+//! threads' last call is kept ([`Adjacent`]): an `SSL*` whose call
+//! returned just before the thread wrote to a socket (the ciphertext the
+//! call made: a handshake flight, a record) is bound to that socket, and
+//! an `SSL_read` just after the thread read from a socket (the ciphertext
+//! it decrypts) to that one. Those bindings too never re-point.
 
 use std::sync::Arc;
 
@@ -66,6 +75,15 @@ impl Binding {
     pub(crate) fn uses(self, fd: i32) -> bool {
         self.rfd == fd || self.wfd == fd
     }
+}
+
+/// The last call of a thread of a memory-BIO process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adjacent {
+    /// It read bytes from this socket fd.
+    Read(i32),
+    /// A TLS library call on this `SSL*`, which nothing binds, returned.
+    Tls(u64),
 }
 
 /// How an `SSL_set_*fd` call binds.
@@ -165,6 +183,49 @@ impl ProcState {
             stream.conn = conn.cloned();
         }
         (stream, seen)
+    }
+
+    /// A data syscall of thread `tid` in a memory-BIO process
+    /// (`ciphertext`: on a socket, and its bytes begin with a TLS record
+    /// header): the `SSL*` whose call the thread returned from just
+    /// before, when this call writes ciphertext (what that call made); a
+    /// read of ciphertext is kept for the thread's next TLS call.
+    pub fn adjacent_syscall(
+        &mut self,
+        tid: u32,
+        fd: i32,
+        ingress: bool,
+        ciphertext: bool,
+    ) -> Option<u64> {
+        let last = self.adjacent.remove(&tid);
+        if !ciphertext {
+            return None;
+        }
+        if ingress {
+            self.adjacent.insert(tid, Adjacent::Read(fd));
+            return None;
+        }
+        match last {
+            Some(Adjacent::Tls(ssl)) => Some(ssl),
+            _ => None,
+        }
+    }
+
+    /// Thread `tid`'s call on an `SSL*` returned: when nothing binds
+    /// `ssl`, the process is memory-BIO; an `SSL_read` (`ingress`) binds
+    /// `ssl` to the socket the thread read just before; either is kept
+    /// for the thread's next syscall.
+    pub fn tls_call_returned(&mut self, tid: u32, ssl: u64, ingress: bool) {
+        let last = self.adjacent.remove(&tid);
+        if self.bindings.contains_key(&ssl) {
+            return;
+        }
+        self.memory_bio = true;
+        if let (true, Some(Adjacent::Read(fd))) = (ingress, last) {
+            self.bind(ssl, fd, Side::Both);
+            return;
+        }
+        self.adjacent.insert(tid, Adjacent::Tls(ssl));
     }
 
     /// `SSL_set_fd` and friends: `ssl` is bound to `fd`, which carries TLS.

@@ -124,8 +124,9 @@ fn in_executable(path: &Path, shown: String, owner: u32) -> Vec<TlsStack> {
             String::new(),
             true,
             "mod:openssl probes its SSL_* functions from the process's exec on; \
-             the calls carry an fd only when the program gives OpenSSL its \
-             socket (SSL_set_fd), not when it hands it memory buffers (Node.js)",
+             the calls carry the fd the program gave OpenSSL (SSL_set_fd), or, \
+             when it hands OpenSSL memory buffers (Node.js), the socket its \
+             thread wrote the call's ciphertext to or read it from",
         ));
     }
     if defines("gnutls_") {

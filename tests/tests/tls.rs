@@ -475,8 +475,9 @@ print(wants, len(got), tls.fileno(), plain.fileno())
 /// Node.js links OpenSSL into its own executable (no `libssl.so` in its
 /// maps): qtapd finds the `SSL_*` functions in the executable at its exec
 /// and probes it before the script's request goes out. The request's
-/// plaintext is seen. (Not yet bound to its fd: Node hands OpenSSL memory
-/// buffers, never the socket, so no `SSL_set_fd` names it.)
+/// plaintext is seen, on the fd the script connected: Node hands OpenSSL
+/// memory buffers, never the socket, and qtapd binds its `SSL*` to the
+/// socket its thread writes the handshake's ciphertext to.
 #[test]
 fn node_with_openssl_linked_in_shows_its_plaintext() {
     require_root();
@@ -524,6 +525,13 @@ fn node_with_openssl_linked_in_shows_its_plaintext() {
         reads.iter().any(|r| payload(r).starts_with(b"HTTP/1.")),
         "no SSL_read of the response: {events:#?}"
     );
+    let (connect, span) = connect_span(&events, backend.port);
+    assert_eq!(connect["pid"].as_u64(), Some(pid));
+    for e in writes.iter().chain(&reads) {
+        assert_eq!(e["fd"], connect["fd"], "{e}");
+        assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
+    }
+    assert_tls_transfers(&span, "node");
 }
 
 /// `gnutls-cli` (GnuTLS) against `openssl s_server`: the request and the

@@ -62,7 +62,8 @@ fn reason(event: &Event, notes: Notes) -> Option<String> {
                      syscall seen"
                 ),
                 _ => format!(
-                    "plaintext via {library}; fd unknown: no SSL_set_fd or nested syscall seen"
+                    "plaintext via {library}; fd unknown: no SSL_set_fd, nested syscall or \
+                     adjacent ciphertext seen"
                 ),
             }
         } else {
