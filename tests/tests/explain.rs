@@ -106,6 +106,16 @@ fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
     assert_eq!(linked["plaintext_seen"], true);
     assert_eq!(linked["path"], e["exe"], "{e:#}");
 
+    // An unsupported stack, named as such: qtapd itself serves mutual TLS
+    // with rustls.
+    let e = explain(&service, None, service.pid());
+    let rustls = stack(&e, "rustls");
+    assert_eq!(rustls["plaintext_seen"], false, "{e:#}");
+    assert!(
+        rustls["detail"].as_str().unwrap().contains("ciphertext"),
+        "{e:#}"
+    );
+
     let dir = std::env::temp_dir().join(format!("qtap-explain-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let version = Command::new("go")
