@@ -643,14 +643,20 @@ mod tests {
     }
 
     fn gnutls_record(call: u16, fd: i32, ret: i64) -> TlsRecord {
+        tls_record(90_100, 0x5555_0000, call, fd, ret)
+    }
+
+    /// A TLS call of thread 7 of `pid` on `ssl`.
+    fn tls_record(pid: u32, ssl: u64, call: u16, fd: i32, ret: i64) -> TlsRecord {
         TlsRecord {
             hdr: Header {
                 kind: kind::TLS,
                 abi: ABI_VERSION,
-                pid: 90_100,
+                pid,
+                tid: 7,
                 ..Header::default()
             },
-            ssl: 0x5555_0000,
+            ssl,
             call,
             fd,
             ret,
@@ -710,26 +716,7 @@ mod tests {
     fn memory_bio_calls_bind_to_the_ciphertext_next_to_them() {
         let mut enricher = Enricher::new();
         let pid = std::process::id();
-        let tls = |call, ssl, ret: i64| TlsRecord {
-            hdr: Header {
-                kind: kind::TLS,
-                abi: ABI_VERSION,
-                pid,
-                tid: 7,
-                ..Header::default()
-            },
-            ssl,
-            call,
-            fd: -1,
-            ret,
-            bytes: ret.max(0),
-            direction: if tls_call::is_read(call) {
-                qtap_common::direction::INGRESS
-            } else {
-                qtap_common::direction::EGRESS
-            },
-            ..TlsRecord::default()
-        };
+        let tls = |call, ssl, ret| tls_record(pid, ssl, call, -1, ret);
         let write = |fd, head: &[u8]| {
             let mut rec = record(call::WRITE, fd, -1);
             rec.hdr.tid = 7;
