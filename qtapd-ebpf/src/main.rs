@@ -202,7 +202,7 @@ mod gnutls {
 
 /// Go's `crypto/tls` hooks. A Go symbol (`crypto/tls.(*Conn).Write`)
 /// cannot name a program, so these are named for what they probe (qtapd's
-/// `ebpf::GO_FUNCTIONS` pairs them): the entry program goes at the
+/// `ebpf::GO_PROBES` names them): the entry program goes at the
 /// function's entry, the `_ret` program (a uprobe, never a uretprobe) at
 /// each of its `RET` instructions.
 mod gotls {

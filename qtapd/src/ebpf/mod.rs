@@ -250,8 +250,9 @@ pub trait Selector {
     /// Removes the session bits `sessions` from every syscall and TLS call
     /// in flight: the slots are being retired.
     fn forget_sessions(&mut self, sessions: u64);
-    /// Removes the connection entries of processes that no longer exist
-    /// (gone without an exit record qtapd saw); returns how many.
+    /// Removes the connection entries (and Go TLS calls in flight) of
+    /// processes that no longer exist (gone without an exit record qtapd
+    /// saw); returns how many connections.
     fn sweep_conns(&mut self) -> usize;
     /// The kernel's counters, summed over CPUs.
     fn stats(&self) -> KernelStats;
@@ -391,24 +392,23 @@ impl Selector for Kernel {
     }
 
     fn sweep_conns(&mut self) -> usize {
-        let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
         let mut alive = std::collections::HashMap::new();
+        let mut gone = |tgid: u32| {
+            !*alive
+                .entry(tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{tgid}")).exists())
+        };
+        let keys: Vec<ConnKey> = self.conns.keys().filter_map(Result::ok).collect();
         let mut removed = 0;
         for key in keys {
-            let exists = *alive
-                .entry(key.tgid)
-                .or_insert_with(|| Path::new(&format!("/proc/{}", key.tgid)).exists());
-            if !exists && self.conns.remove(&key).is_ok() {
+            if gone(key.tgid) && self.conns.remove(&key).is_ok() {
                 removed += 1;
             }
         }
         // Go TLS calls of processes gone mid-call.
         let keys: Vec<GoKey> = self.go_active.keys().filter_map(Result::ok).collect();
         for key in keys {
-            let exists = *alive
-                .entry(key.tgid)
-                .or_insert_with(|| Path::new(&format!("/proc/{}", key.tgid)).exists());
-            if !exists {
+            if gone(key.tgid) {
                 let _ = self.go_active.remove(&key);
             }
         }
