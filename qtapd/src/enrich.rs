@@ -65,14 +65,14 @@ impl Enricher {
     /// many of them a TLS library call is bound to (plaintext seen).
     #[must_use]
     pub fn tls_coverage(&self) -> (u32, u32) {
-        let (mut tls, mut plaintext) = (0, 0);
-        for state in self.procs.values() {
-            for (_, stream, _) in state.tls_fds() {
-                tls += 1;
-                plaintext += u32::from(stream.bound);
-            }
-        }
-        (tls, plaintext)
+        let streams = self
+            .procs
+            .values()
+            .flat_map(|state| state.fds.values())
+            .filter_map(|fd| fd.stream.as_ref().filter(|s| s.ssl));
+        streams.fold((0, 0), |(tls, plaintext), s| {
+            (tls + 1, plaintext + u32::from(s.bound))
+        })
     }
 
     /// The state of `pid`, empty if nothing is known yet.

@@ -216,11 +216,16 @@ impl ProcState {
     /// `ssl` to the socket the thread read just before; either is kept
     /// for the thread's next syscall.
     pub fn tls_call_returned(&mut self, tid: u32, ssl: u64, ingress: bool) {
-        let last = self.adjacent.remove(&tid);
         if self.bindings.contains_key(&ssl) {
+            // The common case (a bound `SSL*`): no thread state unless the
+            // process is memory-BIO.
+            if self.memory_bio {
+                self.adjacent.remove(&tid);
+            }
             return;
         }
         self.memory_bio = true;
+        let last = self.adjacent.remove(&tid);
         if let (true, Some(Adjacent::Read(fd))) = (ingress, last) {
             self.bind(ssl, fd, Side::Both);
             return;

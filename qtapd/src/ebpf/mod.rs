@@ -424,22 +424,8 @@ impl Selector for Kernel {
                 let _ = self.pending.insert(key, entry, BPF_EXIST);
             }
         }
-        let active: Vec<(u64, TlsPending)> =
-            self.tls_active.iter().filter_map(Result::ok).collect();
-        for (key, mut entry) in active {
-            if entry.sessions & sessions != 0 {
-                entry.sessions &= !sessions;
-                let _ = self.tls_active.insert(key, entry, BPF_EXIST);
-            }
-        }
-        let active: Vec<(GoKey, TlsPending)> =
-            self.go_active.iter().filter_map(Result::ok).collect();
-        for (key, mut entry) in active {
-            if entry.sessions & sessions != 0 {
-                entry.sessions &= !sessions;
-                let _ = self.go_active.insert(key, entry, BPF_EXIST);
-            }
-        }
+        forget_tls_sessions(&mut self.tls_active, sessions);
+        forget_tls_sessions(&mut self.go_active, sessions);
     }
 
     /// The kernel's counters, summed over CPUs.
@@ -512,6 +498,22 @@ impl Selector for Kernel {
         }
         clear(&mut self.tls_active);
         clear(&mut self.go_active);
+    }
+}
+
+/// Removes the session bits `sessions` from the TLS calls in flight of
+/// `map` (`TLS_ACTIVE`, `GO_ACTIVE`); a call that returned meanwhile is
+/// gone, which is fine.
+fn forget_tls_sessions<K: aya::Pod + Copy>(
+    map: &mut HashMap<MapData, K, TlsPending>,
+    sessions: u64,
+) {
+    let active: Vec<(K, TlsPending)> = map.iter().filter_map(Result::ok).collect();
+    for (key, mut entry) in active {
+        if entry.sessions & sessions != 0 {
+            entry.sessions &= !sessions;
+            let _ = map.insert(key, entry, BPF_EXIST);
+        }
     }
 }
 
