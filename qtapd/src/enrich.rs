@@ -217,8 +217,13 @@ impl Enricher {
         };
         let seen = fd.and_then(|fd| self.proc(hdr.pid).stream(fd));
         let stream = seen.map(StreamFields::of);
-        // The connection a bound stream saw on its syscalls.
-        let known = seen.and_then(|s| s.conn.clone());
+        // The connection a bound stream saw on its syscalls, else the
+        // fd's last from the kernel (Go binds at a call's return, after
+        // the call's syscalls).
+        let known = seen.and_then(|s| s.conn.clone()).or_else(|| {
+            let fd = self.proc(hdr.pid).fd(fd?)?;
+            fd.kernel_conn.as_ref().map(|(_, info)| Arc::clone(info))
+        });
         notes.bound = stream.is_some_and(|s| s.bound);
         if !build {
             return (None, notes);

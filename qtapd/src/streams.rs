@@ -157,6 +157,9 @@ impl ProcState {
             }
         }
         let stream = self.stream_mut(fd);
+        if stream.bound && stream.conn.is_none() {
+            stream.conn = conn.cloned();
+        }
         let mut seen = Seen::default();
         if !stream.classified && !head.is_empty() {
             stream.classified = true;
@@ -175,12 +178,6 @@ impl ProcState {
                 stream.ssl |= protocol == "tls";
                 seen.detected = true;
             }
-        }
-        // Kept for the TLS library calls on this fd, which carry no
-        // connection of their own: a bound fd's, and (for Go, whose
-        // calls bind only at their return) a fd seen to carry TLS.
-        if stream.ssl && stream.conn.is_none() {
-            stream.conn = conn.cloned();
         }
         (stream, seen)
     }
