@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 7;
+pub const ABI_VERSION: u16 = 8;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -657,7 +657,10 @@ pub struct CredOffsets {
 /// Where the kernel keeps a task's open files, for telling a socket fd
 /// from a file or pipe: `task_struct.files` → `files_struct.fdt` →
 /// `fdtable.fd[fd]` (below `fdtable.max_fds`) → `file.f_inode` →
-/// `inode.i_mode`. From the kernel's BTF, like [`CredOffsets`].
+/// `inode.i_mode`; and a socket's own local address, which a `connect`
+/// gives it without the caller passing it: `file.private_data` (the
+/// `struct socket`) → `socket.sk` → `sock_common`'s bound address and
+/// port. From the kernel's BTF, like [`CredOffsets`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileOffsets {
@@ -667,9 +670,16 @@ pub struct FileOffsets {
     pub fdt_fd: u32,
     pub file_inode: u32,
     pub inode_mode: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock_common.skc_rcv_saddr` (IPv4, network order).
+    pub sk_rcv_saddr: u32,
+    /// `sock_common.skc_num` (local port, host order).
+    pub sk_num: u32,
+    /// `sock_common.skc_v6_rcv_saddr`; 0 on a kernel without IPv6.
+    pub sk_v6_rcv_saddr: u32,
     /// 1 once qtapd set the offsets; while 0 the kernel does not look.
     pub valid: u32,
-    pub _pad: u32,
 }
 
 /// Offsets of tracepoint fields that differ between kernels, read by
@@ -706,7 +716,7 @@ const _: () = {
             == 8 + 64 + 8 * module::COUNT + 32 + 32 + 32 + 64 + 8 + 8 + 8
     );
     assert!(core::mem::size_of::<CredOffsets>() == 48);
-    assert!(core::mem::size_of::<FileOffsets>() == 32);
+    assert!(core::mem::size_of::<FileOffsets>() == 48);
     assert!(core::mem::align_of::<SyscallRecord>() == 8);
     // Offsets user space relies on when it reads a record's fields.
     assert!(core::mem::offset_of!(Header, ts_ns) == 16);

@@ -80,7 +80,7 @@ static CRED_OFFSETS: CredOffsets = CredOffsets {
 };
 
 /// Where `files_struct`, `fdtable`, `file` and `inode` keep what tells a
-/// socket fd from another; set by qtapd from the kernel's BTF (all zero,
+/// socket fd from another, and `socket` and `sock_common` its local address; set by qtapd from the kernel's BTF (all zero,
 /// `valid: 0`, until then: the kernel does not look).
 #[no_mangle]
 static FILE_OFFSETS: FileOffsets = FileOffsets {
@@ -90,8 +90,12 @@ static FILE_OFFSETS: FileOffsets = FileOffsets {
     fdt_fd: 0,
     file_inode: 0,
     inode_mode: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    sk_rcv_saddr: 0,
+    sk_num: 0,
+    sk_v6_rcv_saddr: 0,
     valid: 0,
-    _pad: 0,
 };
 
 /// One enter and one exit program per syscall of the socket module.

@@ -362,6 +362,15 @@ fn on_connect(record: &SyscallRecord, pending: &Pending, key: ConnKey) -> Option
     }
     conn.role = role::CLIENT;
     if record.ret == 0 || record.ret == -EINPROGRESS {
+        // The port and address the kernel chose (for an unbound socket,
+        // or one bound to a wildcard) are there by now, even while a TCP
+        // handshake is in progress.
+        if conn.family == family::INET || conn.family == family::INET6 {
+            if let Some(local) = files::local_addr(key.fd as i32, conn.family) {
+                conn.local = local;
+                conn.flags |= conn_flag::LOCAL_KNOWN;
+            }
+        }
         store(key, &conn);
     }
     Some(conn)

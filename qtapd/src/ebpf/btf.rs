@@ -15,6 +15,7 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -28,6 +29,41 @@ pub enum BtfError {
     NoMember(&'static str, &'static str),
     #[error("struct {0} member {1} is a bitfield or not byte-aligned")]
     Unaligned(&'static str, &'static str),
+}
+
+/// A struct or union of the type section: its name when it is a named
+/// struct, and its members' names, type ids and bit offsets.
+struct Composite {
+    name: Option<String>,
+    members: Vec<(String, u32, u32)>,
+}
+
+/// Puts `composite`'s members, at `base` bits, into `into`; an anonymous
+/// struct or union member (`sock_common`'s `skc_num` lives in one) gives
+/// its own members instead. Bitfields stay `u32::MAX`.
+fn flatten(
+    composites: &[Option<Composite>],
+    composite: &Composite,
+    base: u32,
+    into: &mut HashMap<String, u32>,
+    depth: u8,
+) {
+    for (name, type_id, bits) in &composite.members {
+        let at = if *bits == u32::MAX {
+            u32::MAX
+        } else {
+            base + bits
+        };
+        if !name.is_empty() {
+            into.insert(name.clone(), at);
+        } else if let Some(Some(inner)) = composites.get(*type_id as usize) {
+            // Anonymous members nest a few levels at most; the bound only
+            // guards against a malformed, self-referencing blob.
+            if depth < 8 && at != u32::MAX {
+                flatten(composites, inner, at, into, depth + 1);
+            }
+        }
+    }
 }
 
 /// The byte offsets of the members of each struct, by name.
@@ -79,7 +115,9 @@ impl Structs {
         };
         let types = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?;
-        let mut structs = HashMap::new();
+        // Every struct and union by type id (ids count from 1), so that a
+        // named struct's anonymous members can be flattened into it.
+        let mut composites: Vec<Option<Composite>> = vec![None];
         let mut at = 0;
         while at < types.len() {
             let name_off = u32_at(types, at)?;
@@ -95,11 +133,12 @@ impl Structs {
                 2 | 7..=12 | 16 | 18 => 0,
                 _ => return Err(BtfError::Format("unknown type kind")),
             };
-            if kind == KIND_STRUCT && name_off != 0 {
-                let mut members = HashMap::new();
+            let composite = if kind == KIND_STRUCT || kind == KIND_UNION {
+                let mut members = Vec::with_capacity(vlen);
                 for m in 0..vlen {
                     let base = at + m * 12;
                     let name = str_at(strings, u32_at(types, base)?);
+                    let type_id = u32_at(types, base + 4)?;
                     let mut bits = u32_at(types, base + 8)?;
                     if kind_flag == 1 {
                         // The top byte is the bitfield size: a plain member has 0.
@@ -109,11 +148,25 @@ impl Structs {
                             bits &= 0x00ff_ffff;
                         }
                     }
-                    members.insert(name, bits);
+                    members.push((name, type_id, bits));
                 }
-                structs.insert(str_at(strings, name_off), members);
-            }
+                Some(Composite {
+                    name: (kind == KIND_STRUCT && name_off != 0).then(|| str_at(strings, name_off)),
+                    members,
+                })
+            } else {
+                None
+            };
+            composites.push(composite);
             at += trailing;
+        }
+        let mut structs = HashMap::new();
+        for composite in composites.iter().flatten() {
+            if let Some(name) = &composite.name {
+                let mut members = HashMap::new();
+                flatten(&composites, composite, 0, &mut members, 0);
+                structs.insert(name.clone(), members);
+            }
         }
         Ok(Structs { structs })
     }
@@ -156,7 +209,8 @@ impl Structs {
         })
     }
 
-    /// Where a task's fd table leads to each file's inode mode.
+    /// Where a task's fd table leads to each file's inode mode, and a
+    /// socket file to its local address.
     ///
     /// # Errors
     /// A member the programs read is missing.
@@ -168,8 +222,12 @@ impl Structs {
             fdt_fd: self.offset("fdtable", "fd")?,
             file_inode: self.offset("file", "f_inode")?,
             inode_mode: self.offset("inode", "i_mode")?,
+            file_private_data: self.offset("file", "private_data")?,
+            socket_sk: self.offset("socket", "sk")?,
+            sk_rcv_saddr: self.offset("sock_common", "skc_rcv_saddr")?,
+            sk_num: self.offset("sock_common", "skc_num")?,
+            sk_v6_rcv_saddr: self.offset("sock_common", "skc_v6_rcv_saddr").unwrap_or(0),
             valid: 1,
-            _pad: 0,
         })
     }
 }
@@ -250,5 +308,10 @@ mod tests {
         assert!(files.task_files > 0 && files.file_inode > 0, "{files:?}");
         // i_mode is the first member of struct inode.
         assert_eq!(files.inode_mode, 0, "{files:?}");
+        // sock_common's address pair and port pair, inside anonymous
+        // unions, have had these places since they were grouped for
+        // lookups; the IPv6 address follows them.
+        assert_eq!((files.sk_rcv_saddr, files.sk_num), (4, 14), "{files:?}");
+        assert!(files.sk_v6_rcv_saddr > 16, "{files:?}");
     }
 }
