@@ -15,7 +15,7 @@ ENCODING ?= console
 DEMO ?= 1
 BPF_LINKER_VERSION := 0.10.1
 # Debian packages the build, the demo and the tests use.
-DEB_PACKAGES := curl nginx-light python3 iproute2 openssl gcc libcap2-bin tshark golang-go gnutls-bin
+DEB_PACKAGES := curl nginx-light python3 iproute2 openssl gcc libssl-dev libcap2-bin tshark golang-go gnutls-bin
 # What booting other kernels in a VM needs (tests/kernels/kernels.txt).
 VM_PACKAGES := qemu-system-x86 busybox-static kmod
 VIRTME_NG_VERSION := 1.42

@@ -17,6 +17,7 @@ pub mod gotls;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
+pub mod openssl_search;
 pub mod otlp;
 pub mod procfs;
 pub mod protocol;

@@ -11,6 +11,7 @@ use qtap_proto::v1::TlsStack;
 use crate::{
     elf,
     gotls::{self, NotProbed},
+    openssl_search::{self, NotFound},
     procfs,
 };
 
@@ -128,6 +129,28 @@ fn in_executable(path: &Path, shown: String, owner: u32) -> Vec<TlsStack> {
              when it hands OpenSSL memory buffers (Node.js), the socket its \
              thread wrote the call's ciphertext to or read it from",
         ));
+    }
+    if !defines("SSL_") {
+        match openssl_search::search(&file) {
+            Ok(_) => stacks.push(stack(
+                "OpenSSL 3 (linked into the executable, without symbols)",
+                String::new(),
+                true,
+                "mod:openssl probes its SSL_* functions from the process's exec on, \
+                 found by the function names OpenSSL 3 puts in its errors",
+            )),
+            Err(NotFound::NotOpenssl) => {}
+            Err(why) => stacks.push(stack(
+                if why == NotFound::Boringssl {
+                    "BoringSSL (linked into the executable, without symbols)"
+                } else {
+                    "OpenSSL (linked into the executable, without symbols)"
+                },
+                String::new(),
+                false,
+                &format!("no openssl probes: {why}; its socket calls show the ciphertext"),
+            )),
+        }
     }
     if defines("gnutls_") {
         stacks.push(stack(

@@ -650,3 +650,42 @@ pub fn go_build(dir: &Path, source: &str, strip: bool) -> PathBuf {
     );
     out
 }
+
+/// Builds the C program `source` in `dir` with OpenSSL linked in from
+/// Debian's `libssl-dev` archives (which `make deps` installs) and strips
+/// it: an executable that carries OpenSSL 3 with no symbol naming any of
+/// its functions (checked with `nm`). Returns the executable.
+pub fn cc_openssl_stripped(dir: &Path, source: &str) -> PathBuf {
+    fs::write(dir.join("main.c"), source).unwrap();
+    let out = dir.join("static-openssl");
+    let built = Command::new("gcc")
+        .current_dir(dir)
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .args([
+            "main.c",
+            "-Wl,-Bstatic",
+            "-lssl",
+            "-lcrypto",
+            "-Wl,-Bdynamic",
+        ])
+        .args(["-ldl", "-pthread"])
+        .output()
+        .expect("gcc (make deps installs it)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let stripped = Command::new("strip").arg(&out).status().unwrap();
+    assert!(stripped.success());
+    for table in [&["--defined-only"][..], &["-D", "--defined-only"]] {
+        let nm = Command::new("nm").args(table).arg(&out).output().unwrap();
+        let symbols = String::from_utf8_lossy(&nm.stdout);
+        assert!(
+            !symbols.contains("SSL_"),
+            "{out:?} names OpenSSL: {symbols}"
+        );
+    }
+    out
+}

@@ -1,7 +1,7 @@
 //! `qtapctl explain PID` on real programs: each TLS stack named, with the
 //! right verdict — OpenSSL shared (python's `ssl`) and linked in (Node.js)
-//! and GnuTLS (loaded by python) seen, and Go's crypto/tls (built here,
-//! plain and stripped); for a traced process, its fds that carry TLS and
+//! and GnuTLS (loaded by python) seen, Go's crypto/tls (built here,
+//! plain and stripped) and OpenSSL 3 linked into a stripped C program; for a traced process, its fds that carry TLS and
 //! whether their plaintext is seen — and only for a caller who may trace
 //! the process.
 
@@ -12,7 +12,8 @@ use std::{
 };
 
 use qtap_tests::{
-    go_build, python_named, require_root, servers::HttpsFiles, stdout_of, system_user, Service,
+    cc_openssl_stripped, go_build, python_named, require_root, servers::HttpsFiles, stdout_of,
+    system_user, Service,
 };
 use serde_json::Value;
 
@@ -65,6 +66,15 @@ const GO_PROGRAM: &str =
     "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\n\
      func main() {\n\tif len(os.Args) > 1 {\n\t\thttp.Get(os.Args[1])\n\t}\n\
      \tfmt.Println(\"ready\")\n\ttime.Sleep(time.Minute)\n}\n";
+
+/// A C program with OpenSSL's client calls linked in (called only when it
+/// is given an argument, which it never is).
+const C_PROGRAM: &str = "#include <openssl/ssl.h>\n#include <stdio.h>\n#include <unistd.h>\n\
+     int main(int argc, char **argv) {\n\
+     \tif (argc > 1) {\n\
+     \t\tSSL *s = SSL_new(SSL_CTX_new(TLS_client_method()));\n\
+     \t\tSSL_set_fd(s, 0);\n\t\tSSL_write(s, argv[1], 1);\n\t\tSSL_read(s, argv[1], 1);\n\t}\n\
+     \tputs(\"ready\");\n\tfflush(stdout);\n\tsleep(60);\n\treturn 0;\n}\n";
 
 #[test]
 fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
@@ -137,6 +147,17 @@ fn explain_names_each_programs_tls_stack_and_whether_qtap_sees_it() {
         );
         assert!(e["stacks"].as_array().unwrap().len() == 1, "{e:#}");
     }
+
+    // OpenSSL 3 linked into a stripped C program: found without symbols.
+    let program = cc_openssl_stripped(&dir, C_PROGRAM);
+    let c = Running::start(&mut Command::new(&program));
+    let e = explain(&service, None, c.pid());
+    let linked = stack(
+        &e,
+        "OpenSSL 3 (linked into the executable, without symbols)",
+    );
+    assert_eq!(linked["plaintext_seen"], true, "{e:#}");
+    assert!(e["stacks"].as_array().unwrap().len() == 1, "{e:#}");
 
     // A member of group qtap: its own process, not root's.
     system_user(MEMBER, true);

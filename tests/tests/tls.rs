@@ -1,5 +1,6 @@
 //! TLS that is right per fd, end to end: real nginx, curl, python, Node.js,
-//! `openssl s_server`, `gnutls-cli` and Go programs built here, traced with
+//! `openssl s_server`, `gnutls-cli`, and Go and C (stripped, OpenSSL linked
+//! in) programs built here, traced with
 //! the socket, openssl, gnutls, gotls and data modules.
 
 use std::{net::TcpListener, process::Command, thread, time::Duration};
@@ -532,6 +533,109 @@ fn node_with_openssl_linked_in_shows_its_plaintext() {
         assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
     }
     assert_tls_transfers(&span, "node");
+}
+
+/// A TLS client in C on OpenSSL 3: it says `ready`, waits for a line on
+/// stdin, connects to 127.0.0.1:PORT (its argument), writes a request with
+/// `SSL_write_ex` and reads the answer with `SSL_read` until the end.
+const C_CLIENT: &str = r#"#include <arpa/inet.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    char line[8], buf[4096];
+    puts("ready");
+    fflush(stdout);
+    if (argc < 2 || !fgets(line, sizeof line, stdin))
+        return 1;
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0)
+        return 2;
+    SSL *ssl = SSL_new(SSL_CTX_new(TLS_client_method()));
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1)
+        return 3;
+    const char *request = "GET /static HTTP/1.0\r\n\r\n";
+    size_t written;
+    if (!SSL_write_ex(ssl, request, strlen(request), &written))
+        return 4;
+    int n;
+    while ((n = SSL_read(ssl, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, n, stdout);
+    close(fd);
+    return 0;
+}
+"#;
+
+/// OpenSSL 3 linked into a stripped executable (built here from Debian's
+/// `libssl.a`): the probes go where `openssl_search` found the functions,
+/// with no symbol to name them, and the request (`SSL_write_ex`) and the
+/// response (`SSL_read`) are seen on the fd the client connected.
+#[test]
+fn stripped_static_openssl_shows_plaintext_both_ways_on_its_fd() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    require_root();
+    let backend = HttpsFiles::start(&[("static", b"hello static openssl\n")]);
+    let dir = go_dir("static-openssl");
+    let program = qtap_tests::cc_openssl_stripped(&dir, C_CLIENT);
+    let mut daemon = Daemon::start_with(
+        "mod:socket,mod:openssl,exe.endsWith:/static-openssl",
+        &["--capture-bytes=64"],
+    )
+    .unwrap();
+    let mut client = Command::new(&program)
+        .arg(backend.port.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    daemon
+        .wait_for_log(&["tls probes attached", program.to_str().unwrap()])
+        .unwrap();
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut shown = String::new();
+    out.read_to_string(&mut shown).unwrap();
+    assert!(client.wait().unwrap().success());
+    assert!(shown.ends_with("hello static openssl\n"), "{shown}");
+    let events = daemon.stop().unwrap();
+
+    let (connect, span) = connect_span(&events, backend.port);
+    assert_tls_syscalls(&span, "static-openssl");
+    let bound = span.calls("openssl/SSL_set_fd");
+    assert_eq!(bound.len(), 1, "one binding of fd {}: {span:#?}", span.fd);
+    let writes = span.moved("openssl/SSL_write_ex");
+    assert_eq!(writes.len(), 1, "{span:#?}");
+    assert_eq!(payload(writes[0]), b"GET /static HTTP/1.0\r\n\r\n");
+    assert_eq!(writes[0]["direction"], 1);
+    let reads = span.moved("openssl/SSL_read");
+    assert!(
+        reads
+            .first()
+            .is_some_and(|r| payload(r).starts_with(b"HTTP/1.0 200 ok")),
+        "the first plaintext read is the response: {reads:#?}"
+    );
+    for e in writes.iter().chain(&reads) {
+        assert_eq!(e["ssl"], true, "{e}");
+        assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
+    }
+    // The local address came from the kernel at the connect: the client
+    // exited before anything could look it up.
+    assert!(
+        connect["conn_info"]["local"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("127.0.0.1:") && !l.ends_with(":0")),
+        "{connect}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `gnutls-cli` (GnuTLS) against `openssl s_server`: the request and the

@@ -1,6 +1,7 @@
 //! Where the TLS library probes go: the system's `libssl` and `libgnutls`,
 //! every such library a selected process maps, every executable that
-//! links OpenSSL or GnuTLS statically, and every Go executable that uses
+//! links OpenSSL or GnuTLS statically (with symbols, or OpenSSL 3 found
+//! without them by [`crate::openssl_search`]), and every Go executable that uses
 //! crypto/tls ([`crate::gotls`]), each file once (by device and inode),
 //! for as long as a session needs TLS records. A uprobe attached to a file fires in every
 //! process that maps it; the kernel keeps only selected processes.
@@ -28,6 +29,7 @@ use crate::{
     ebpf::{Selector, TlsSymbols},
     elf,
     gotls::{self, GoTls, NotProbed},
+    openssl_search::{self, NotFound},
     procfs,
 };
 
@@ -246,19 +248,27 @@ fn scan(pids: HashSet<u32>, mut seen: HashSet<(u64, u64)>, tx: &mpsc::UnboundedS
 /// functions it defines. `None` when it is not such a file.
 fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
     let (path, file, meta) = elf::open_trusted(path, owner)?;
-    let symbols = elf::tls_symbols(&file);
-    let go = if symbols.is_empty() && !library {
+    let mut symbols = elf::tls_symbols(&file);
+    let mut go = None;
+    if symbols.is_empty() && !library {
         match gotls::sites(&file) {
-            Ok(go) => Some(go),
-            Err(NotProbed::NotGo | NotProbed::NoCryptoTls(_)) => None,
+            Ok(found) => go = Some(found),
+            Err(NotProbed::NotGo) => match openssl_search::search(&file) {
+                Ok(found) => {
+                    info!(path = %path.display(), functions = found.len(), "OpenSSL without symbols found by its error names");
+                    symbols = found;
+                }
+                Err(NotFound::NotOpenssl) => {}
+                Err(why) => {
+                    info!(path = %path.display(), %why, "a TLS library without openssl probes")
+                }
+            },
+            Err(NotProbed::NoCryptoTls(_)) => {}
             Err(why) => {
                 info!(path = %path.display(), %why, "a Go program without gotls probes");
-                None
             }
         }
-    } else {
-        None
-    };
+    }
     Some(Examined {
         id: (meta.dev(), meta.ino()),
         path,
