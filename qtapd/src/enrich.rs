@@ -280,7 +280,9 @@ impl Enricher {
                 }
             }
             let mut info = kernel_conn(&rec.conn);
-            if info.local.is_none() && info.family.starts_with("inet") {
+            // A new socket has no address yet, and by the time its record
+            // is read its number may name the next one: not looked up.
+            if info.local.is_none() && info.family.starts_with("inet") && rec.call != call::SOCKET {
                 info.local = self.local_of(rec);
             }
             if info.family == "unix" {
@@ -357,9 +359,10 @@ impl Enricher {
         }
     }
 
-    /// The local address of a connection the kernel knows without one: it
-    /// saw `connect()` but not the port the system chose, or `accept()` on a
-    /// listener bound before tracing began (or by a parent, as nginx's
+    /// The local address of a connection the kernel knows without one: a
+    /// socket connected before tracing began (the kernel reads the port
+    /// the system chose at `connect()`'s exit), or accepted on a listener
+    /// bound before tracing began (or by a parent, as nginx's
     /// master binds for its workers). An accepted socket's local address
     /// is its listener's, and the listener outlives the connection, so
     /// that is the one resolved; the answer is kept for the connection's
@@ -600,6 +603,21 @@ mod tests {
             panic!("an event is made when asked for")
         };
         assert_eq!(reused.conn_info.unwrap().local, None);
+    }
+
+    /// A `socket()` record is read after the call returned, when its
+    /// number may already name the next socket (here a bound listener):
+    /// that socket's address is not looked up for it.
+    #[test]
+    fn a_new_socket_takes_no_local_address_from_proc() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut enricher = Enricher::new();
+        let (Some(socket), _) =
+            enricher.syscall(&record(call::SOCKET, listener.as_raw_fd(), -1), true)
+        else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(socket.conn_info.unwrap().local, None);
     }
 
     /// A unix `connect` as the kernel records it: the name's first bytes

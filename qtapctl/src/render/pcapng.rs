@@ -216,10 +216,11 @@ impl<W: Write> Pcapng<W> {
         if moved == 0 {
             // A read that returns 0 is the peer's end of stream: its FIN,
             // which also tells Wireshark where an HTTP/1.0 body ends. On a
-            // TLS fd the syscall's 0 can come before the plaintext the
-            // library call around it returns: its FIN waits for the close.
-            let ciphertext_eof = e.msg.starts_with("syscall/") && e.ssl == Some(true);
-            if e.direction == Some(0) && !ciphertext_eof && self.flows.contains_key(&key) {
+            // TLS fd no 0 says so: the syscall's can come before the
+            // plaintext the library call around it returns, and a library
+            // read that would block (SSL_read's -1, WANT_READ) moved 0
+            // bytes too. Its FIN waits for the close.
+            if e.direction == Some(0) && e.ssl != Some(true) && self.flows.contains_key(&key) {
                 self.fin(&key, false, ts(e), "end of stream: a read returned 0")?;
             }
             return Ok(());
@@ -760,6 +761,8 @@ mod tests {
                 18,
                 true,
             ),
+            // A nonblocking SSL_read that found no whole record yet.
+            data("openssl/SSL_read", 5, 0, b"", 0, true),
             data("syscall/recvfrom", 5, 0, &[0x17, 3, 3], 90, true),
             // The end of stream read inside the SSL_read that returns the
             // response: no FIN before the plaintext.
