@@ -6,7 +6,7 @@
 //! `"SSL_write"` sits in `.rodata` and one function's code loads its
 //! address: `SSL_write` itself. The search
 //! 1. checks that the file is OpenSSL's: `.rodata` holds the name of
-//!    OpenSSL's `ssl/ssl_lib.c` (BoringSSL's is `ssl_lib.cc`, and it
+//!    OpenSSL's `ssl/ssl_lib.c` (BoringSSL names `ssl_lib.cc`, and it
 //!    reports errors without function names: it is named, not probed);
 //! 2. finds each function name as a whole NUL-terminated string;
 //! 3. finds the instructions in `.text` that load that string's address
@@ -56,7 +56,7 @@ pub enum NotFound {
 
 /// The source file OpenSSL names in its errors (`../ssl/ssl_lib.c`),
 /// matched with the NUL that ends it, which this file's own string lacks
-/// (qtapd is not OpenSSL); BoringSSL's is `ssl_lib.cc`.
+/// (qtapd is not OpenSSL); BoringSSL names `ssl_lib.cc`.
 const SSL_LIB: &[u8] = b"ssl/ssl_lib.c";
 
 enum Library {

@@ -684,7 +684,8 @@ pub fn cc_openssl_stripped(dir: &Path, source: &str) -> PathBuf {
         let symbols = String::from_utf8_lossy(&nm.stdout);
         assert!(
             !symbols.contains("SSL_"),
-            "{out:?} names OpenSSL: {symbols}"
+            "{} names OpenSSL: {symbols}",
+            out.display()
         );
     }
     out

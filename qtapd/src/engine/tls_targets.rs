@@ -260,7 +260,7 @@ fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
                 }
                 Err(NotFound::NotOpenssl) => {}
                 Err(why) => {
-                    info!(path = %path.display(), %why, "a TLS library without openssl probes")
+                    info!(path = %path.display(), %why, "a TLS library without openssl probes");
                 }
             },
             Err(NotProbed::NoCryptoTls(_)) => {}
