@@ -255,7 +255,7 @@ fn examine(path: &Path, library: bool, owner: u32) -> Option<Examined> {
             Ok(found) => go = Some(found),
             Err(NotProbed::NotGo) => match openssl_search::search(&file) {
                 Ok(found) => {
-                    info!(path = %path.display(), functions = found.len(), "OpenSSL without symbols found by its error names");
+                    debug!(path = %path.display(), functions = found.len(), "OpenSSL without symbols found by its error names");
                     symbols = found;
                 }
                 Err(NotFound::NotOpenssl) => {}
