@@ -62,6 +62,15 @@ fetch_deb() {
 	echo "$release"
 }
 
+# A VM sees this machine's /etc read-only: the users the tests run as
+# (tests/src/lib.rs system_user) are made here, before any boots.
+getent group qtap >/dev/null || groupadd --system qtap
+for user in qtap-e2e-member qtap-e2e-stranger; do
+	id "$user" >/dev/null 2>&1 && continue
+	groups=(); [[ $user == qtap-e2e-member ]] && groups=(--groups qtap)
+	useradd --system --no-create-home --shell /usr/sbin/nologin "${groups[@]}" "$user"
+done
+
 rows=() failed=0
 while read -r name source subset; do
 	[[ -z $name || $name == \#* ]] && continue

@@ -97,7 +97,9 @@ pub fn require_root() {
 }
 
 /// Creates (once) a system user without a home or shell, in group
-/// `qtap` or not; the group must exist (qtapd creates it).
+/// `qtap` or not; the group must exist (qtapd creates it). A test VM
+/// cannot write `/etc`: `scripts/test-kernels.sh` makes these users
+/// before it boots one.
 pub fn system_user(name: &str, in_qtap: bool) {
     let exists = Command::new("id")
         .arg(name)
