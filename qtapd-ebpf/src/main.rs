@@ -80,8 +80,9 @@ static CRED_OFFSETS: CredOffsets = CredOffsets {
 };
 
 /// Where `files_struct`, `fdtable`, `file` and `inode` keep what tells a
-/// socket fd from another, and `socket` and `sock_common` its local address; set by qtapd from the kernel's BTF (all zero,
-/// `valid: 0`, until then: the kernel does not look).
+/// socket fd from another, and `socket` and `sock_common` its local
+/// address; set by qtapd from the kernel's BTF (all zero, `valid: 0`,
+/// until then: the kernel does not look).
 #[no_mangle]
 static FILE_OFFSETS: FileOffsets = FileOffsets {
     task_files: 0,

@@ -535,6 +535,32 @@ fn node_with_openssl_linked_in_shows_its_plaintext() {
     assert_tls_transfers(&span, "node");
 }
 
+/// Runs `program ARG`, a client that prints `ready` and waits for a line
+/// on stdin: once the daemon has attached its TLS probes (from its exec
+/// on), tells it to go. Returns what it printed after `ready`; it must
+/// succeed.
+fn run_when_probed(daemon: &mut Daemon, program: &std::path::Path, arg: &str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut client = Command::new(program)
+        .arg(arg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    daemon
+        .wait_for_log(&["tls probes attached", program.to_str().unwrap()])
+        .unwrap();
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut shown = String::new();
+    out.read_to_string(&mut shown).unwrap();
+    assert!(client.wait().unwrap().success(), "{shown}");
+    shown
+}
+
 /// A TLS client in C on OpenSSL 3: it says `ready`, waits for a line on
 /// stdin, connects to 127.0.0.1:PORT (its argument), writes a request with
 /// `SSL_write_ex` and reads the answer with `SSL_read` until the end.
@@ -578,33 +604,16 @@ int main(int argc, char **argv) {
 /// response (`SSL_read`) are seen on the fd the client connected.
 #[test]
 fn stripped_static_openssl_shows_plaintext_both_ways_on_its_fd() {
-    use std::io::{BufRead, BufReader, Read, Write};
     require_root();
     let backend = HttpsFiles::start(&[("static", b"hello static openssl\n")]);
-    let dir = go_dir("static-openssl");
+    let dir = build_dir("static-openssl");
     let program = qtap_tests::cc_openssl_stripped(&dir, C_CLIENT);
     let mut daemon = Daemon::start_with(
         "mod:socket,mod:openssl,exe.endsWith:/static-openssl",
         &["--capture-bytes=64"],
     )
     .unwrap();
-    let mut client = Command::new(&program)
-        .arg(backend.port.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    daemon
-        .wait_for_log(&["tls probes attached", program.to_str().unwrap()])
-        .unwrap();
-    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut shown = String::new();
-    out.read_to_string(&mut shown).unwrap();
-    assert!(client.wait().unwrap().success());
+    let shown = run_when_probed(&mut daemon, &program, &backend.port.to_string());
     assert!(shown.ends_with("hello static openssl\n"), "{shown}");
     let events = daemon.stop().unwrap();
 
@@ -745,7 +754,8 @@ func main() {
 }
 "#;
 
-fn go_dir(what: &str) -> std::path::PathBuf {
+/// A directory of this test run's own, for a program it builds.
+fn build_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("qtap-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -757,10 +767,9 @@ fn go_dir(what: &str) -> std::path::PathBuf {
 /// returned, whose syscalls are marked TLS.
 #[test]
 fn go_client_shows_plaintext_both_ways_on_its_fd() {
-    use std::io::{BufRead, BufReader, Read, Write};
     require_root();
     let backend = HttpsFiles::start(&[("gotls", b"hello gotls\n")]);
-    let dir = go_dir("gotls-client");
+    let dir = build_dir("gotls-client");
     for strip in [false, true] {
         let program = qtap_tests::go_build(&dir, GO_CLIENT, strip);
         let name = program.file_name().unwrap().to_str().unwrap().to_owned();
@@ -769,24 +778,8 @@ fn go_client_shows_plaintext_both_ways_on_its_fd() {
             &["--capture-bytes=64"],
         )
         .unwrap();
-        let mut client = Command::new(&program)
-            .arg(format!("https://127.0.0.1:{}/gotls", backend.port))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(client.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n");
-        // Probed from its exec: wait for the attach before the request.
-        daemon
-            .wait_for_log(&["tls probes attached", program.to_str().unwrap()])
-            .unwrap();
-        client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let mut shown = String::new();
-        out.read_to_string(&mut shown).unwrap();
-        assert!(client.wait().unwrap().success());
+        let url = format!("https://127.0.0.1:{}/gotls", backend.port);
+        let shown = run_when_probed(&mut daemon, &program, &url);
         assert_eq!(shown, "hello gotls\n");
         let events = daemon.stop().unwrap();
 
@@ -834,7 +827,7 @@ fn go_client_shows_plaintext_both_ways_on_its_fd() {
 #[test]
 fn go_server_binds_each_connections_plaintext_to_its_fd() {
     require_root();
-    let dir = go_dir("gotls-server");
+    let dir = build_dir("gotls-server");
     qtap_tests::servers::self_signed(&dir);
     let program = qtap_tests::go_build(&dir, GO_SERVER, false);
     let mut daemon = Daemon::start_with(

@@ -52,7 +52,7 @@ fn flatten(
         let at = if *bits == u32::MAX {
             u32::MAX
         } else {
-            base + bits
+            base.saturating_add(*bits)
         };
         if !name.is_empty() {
             into.insert(name.clone(), at);
