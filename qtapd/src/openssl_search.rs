@@ -263,7 +263,12 @@ fn function_starts(hdr: &Loaded) -> Option<Vec<u64>> {
         data.get(at..at + 4)
             .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
     };
+    // The count is the file's word: the table must hold that many entries
+    // before anything is sized by it.
     let count = word(8)? as u32 as usize;
+    if count > data.len().saturating_sub(12) / 8 {
+        return None;
+    }
     let mut starts = Vec::with_capacity(count);
     for i in 0..count {
         let start = word(12 + i * 8)?;
@@ -324,6 +329,29 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let file = object::ReadCache::new(fs::File::open(me).unwrap());
         assert_eq!(search(&file), Err(NotFound::NotOpenssl));
+    }
+
+    /// A table that claims more entries than it holds is refused before
+    /// anything is sized by its count (the file is its owner's to craft).
+    #[test]
+    fn a_function_table_is_read_only_as_far_as_it_goes() {
+        let mut data = vec![1, 0x1b, 0x03, 0x3b, 0, 0, 0, 0];
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(&[0; 16]);
+        let hdr = Loaded {
+            data: &data,
+            address: 0x1000,
+        };
+        assert_eq!(function_starts(&hdr), None);
+        data[8..12].copy_from_slice(&2u32.to_le_bytes());
+        // Entries: start -0x10 and +0x20 from the table's address.
+        data[12..16].copy_from_slice(&0x20i32.to_le_bytes());
+        data[20..24].copy_from_slice(&(-0x10i32).to_le_bytes());
+        let hdr = Loaded {
+            data: &data,
+            address: 0x1000,
+        };
+        assert_eq!(function_starts(&hdr), Some(vec![0xff0, 0x1020]));
     }
 
     #[test]
