@@ -24,7 +24,7 @@ CARGO_DEB_VERSION := 3.8.0
 K8S_VALIDATE_VERSION := 1.37.0
 PKG := target/packaging
 
-.PHONY: all deps vm-deps build run test test-kernels deb bench soak lint clean
+.PHONY: all deps vm-deps build run test test-kernels deb bench profile soak lint clean
 
 all: build
 
@@ -82,6 +82,14 @@ bench: build
 	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) wrk strace bpftrace
 	cargo build --release --locked -p qtap-tests --bin qtap-loadgen
 	bench/run.sh $(QTAPD) target/release/qtapctl target/release/qtap-loadgen
+
+# Where the pipeline's user-space time goes: qtapd and one JSON follower
+# under qtap-loadgen, sampled by perf; CPU per event and the hottest
+# symbols of each. Needs root and perf (linux-perf).
+profile: build
+	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) linux-perf
+	cargo build --release --locked -p qtap-tests --bin qtap-loadgen
+	bench/profile.sh $(QTAPD) target/release/qtapctl target/release/qtap-loadgen
 
 # The long runs of the reliability work (docs/reliability.md): each fuzz
 # target for FUZZ_SECONDS (120), then SOAK_SECONDS (600) of full-speed load

@@ -3,7 +3,6 @@
 //! `conn_info`, which socket events always carry (null for a file or pipe).
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::{
@@ -25,191 +24,186 @@ fn is_socket_msg(msg: &str) -> bool {
             .any(|prefix| msg.starts_with(prefix))
 }
 
-/// The JSON object of an event, borrowed from it. Fields are in
-/// alphabetical order, the order of the object's keys; `None` fields are
-/// left out.
-#[derive(Serialize)]
-struct Fields<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    app_protocol: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes: Option<i64>,
-    caller: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cgroup: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cgroup_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    child_pid: Option<u32>,
-    comm: &'a str,
-    #[serde(skip_serializing_if = "ConnField::is_absent")]
-    conn_info: ConnField<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    direction: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    exe: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fd: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    filename: Option<&'a str>,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    host: &'a str,
-    msg: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    new_fd: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    open: Option<bool>,
-    #[serde(skip_serializing_if = "<[u8]>::is_empty", serialize_with = "base64")]
-    payload: &'a [u8],
-    /// Only `true` is shown.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peek: Option<bool>,
-    pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_uid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    protocol: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ret: Option<i64>,
-    /// With `session` only: events printed by `--bpf-trace` have neither.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ssl: Option<bool>,
-    tid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_version: Option<&'a str>,
-    ts: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
+/// `,"name":`, the way each field of a line begins.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
 }
 
-/// `conn_info` is absent from events that are not about an fd, and `null`
-/// for an fd that is not a network socket.
-enum ConnField<'a> {
-    Absent,
-    Null,
-    Conn(Conn<'a>),
+/// One JSON object, written by hand into a buffer: keys in alphabetical
+/// order, `None` fields left out, strings escaped as `serde_json` escapes
+/// them (the object parses back to [`event`]'s, and prints back the same).
+/// Each field is appended with its key's comma (the first comma becomes
+/// the `{`), and a string with nothing to escape is copied whole: serde's
+/// per-character escaping of every key and value was a quarter of a JSON
+/// follower's time.
+struct Object<'b> {
+    buf: &'b mut Vec<u8>,
+    /// Where the object starts in `buf`.
+    start: usize,
 }
 
-impl ConnField<'_> {
-    fn is_absent(&self) -> bool {
-        matches!(self, ConnField::Absent)
+impl<'b> Object<'b> {
+    fn new(buf: &'b mut Vec<u8>) -> Object<'b> {
+        let start = buf.len();
+        Object { buf, start }
     }
-}
 
-impl Serialize for ConnField<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            ConnField::Conn(conn) => conn.serialize(s),
-            ConnField::Absent | ConnField::Null => s.serialize_none(),
+    fn str(&mut self, key: &[u8], value: &str) {
+        self.buf.extend_from_slice(key);
+        string(self.buf, value);
+    }
+
+    fn opt_str(&mut self, key: &[u8], value: Option<&str>) {
+        if let Some(value) = value {
+            self.str(key, value);
         }
     }
-}
 
-/// `conn_info`, keys in alphabetical order.
-#[derive(Serialize)]
-struct Conn<'a> {
-    family: &'a str,
-    local: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peer_pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peer_uid: Option<u32>,
-    remote: Option<&'a str>,
-    role: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-}
+    fn int(&mut self, key: &[u8], value: impl itoa::Integer) {
+        self.buf.extend_from_slice(key);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
 
-fn base64<S: Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&STANDARD.encode(bytes))
-}
-
-impl<'a> Fields<'a> {
-    fn of(e: &EventView<'a>) -> Fields<'a> {
-        let session = (!e.session.is_empty()).then_some(e.session);
-        Fields {
-            app_protocol: e.app_protocol,
-            bytes: e.bytes,
-            caller: e.caller,
-            child_pid: e.child_pid,
-            comm: e.comm,
-            conn_info: match (is_socket_msg(e.msg), e.conn_info) {
-                (false, _) => ConnField::Absent,
-                (true, None) => ConnField::Null,
-                (true, Some(c)) => ConnField::Conn(Conn::of(c)),
-            },
-            direction: e.direction,
-            error: e.error,
-            exe: e.exe,
-            fd: e.fd,
-            filename: e.filename,
-            cgroup: e.cgroup,
-            cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
-            container_id: e.container_id,
-            pod_uid: e.pod_uid,
-            unit: e.unit,
-            host: e.host,
-            msg: e.msg,
-            new_fd: e.new_fd,
-            open: e.open,
-            payload: e.payload,
-            peek: e.peek.then_some(true),
-            pid: e.pid,
-            protocol: e.protocol,
-            ret: e.ret,
-            seq: session.map(|_| e.seq),
-            session,
-            ssl: e.ssl,
-            tid: e.tid,
-            tls_version: e.tls_version,
-            ts: e.ts,
+    fn opt_int(&mut self, key: &[u8], value: Option<impl itoa::Integer>) {
+        if let Some(value) = value {
+            self.int(key, value);
         }
+    }
+
+    fn opt_bool(&mut self, key: &[u8], value: Option<bool>) {
+        if let Some(value) = value {
+            self.buf.extend_from_slice(key);
+            self.buf
+                .extend_from_slice(if value { b"true" } else { b"false" });
+        }
+    }
+
+    /// `value`, or `null`.
+    fn str_or_null(&mut self, key: &[u8], value: Option<&str>) {
+        if let Some(value) = value {
+            self.str(key, value);
+        } else {
+            self.buf.extend_from_slice(key);
+            self.buf.extend_from_slice(b"null");
+        }
+    }
+
+    fn end(self) {
+        if self.buf.len() == self.start {
+            self.buf.push(b'{');
+        } else {
+            self.buf[self.start] = b'{';
+        }
+        self.buf.push(b'}');
     }
 }
 
-impl<'a> Conn<'a> {
-    fn of(c: &'a ConnInfo) -> Conn<'a> {
-        Conn {
-            family: &c.family,
-            local: c.local.as_deref(),
-            peer_pid: c.peer_pid,
-            peer_uid: c.peer_uid,
-            remote: c.remote.as_deref(),
-            role: &c.role,
-            kind: &c.r#type,
-        }
+/// A JSON string: copied whole between quotes when nothing in it needs
+/// escaping (no `"`, `\\` or control character), else escaped by
+/// `serde_json`; both ways give serde's bytes.
+fn string(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        serde_json::to_writer(buf, s).expect("writing to a Vec does not fail");
     }
 }
 
-/// `conn_info` as JSON.
-#[must_use]
-pub fn conn_info(conn: &ConnInfo) -> Value {
-    serde_json::to_value(Conn::of(conn)).unwrap_or(Value::Null)
+/// `conn_info`'s object (`local` and `remote` are `null` when unknown).
+fn push_conn(buf: &mut Vec<u8>, c: &ConnInfo) {
+    let mut o = Object::new(buf);
+    o.str(key!("family"), &c.family);
+    o.str_or_null(key!("local"), c.local.as_deref());
+    o.opt_int(key!("peer_pid"), c.peer_pid);
+    o.opt_int(key!("peer_uid"), c.peer_uid);
+    o.str_or_null(key!("remote"), c.remote.as_deref());
+    o.str(key!("role"), &c.role);
+    o.str(key!("type"), &c.r#type);
+    o.end();
+}
+
+/// Appends the JSON object of `e` (without a newline) to `buf`.
+fn push_object(buf: &mut Vec<u8>, e: &EventView<'_>) {
+    let mut o = Object::new(buf);
+    let session = (!e.session.is_empty()).then_some(e.session);
+    o.opt_str(key!("app_protocol"), e.app_protocol);
+    o.opt_int(key!("bytes"), e.bytes);
+    o.str(key!("caller"), e.caller);
+    o.opt_str(key!("cgroup"), e.cgroup);
+    o.opt_int(key!("cgroup_id"), (e.cgroup_id != 0).then_some(e.cgroup_id));
+    o.opt_int(key!("child_pid"), e.child_pid);
+    o.str(key!("comm"), e.comm);
+    if is_socket_msg(e.msg) {
+        o.buf.extend_from_slice(key!("conn_info"));
+        match e.conn_info {
+            Some(conn) => push_conn(o.buf, conn),
+            None => o.buf.extend_from_slice(b"null"),
+        }
+    }
+    o.opt_str(key!("container_id"), e.container_id);
+    o.opt_int(key!("direction"), e.direction);
+    o.opt_str(key!("error"), e.error);
+    o.str(key!("exe"), e.exe);
+    o.opt_int(key!("fd"), e.fd);
+    o.opt_str(key!("filename"), e.filename);
+    o.opt_str(key!("host"), (!e.host.is_empty()).then_some(e.host));
+    o.str(key!("msg"), e.msg);
+    o.opt_int(key!("new_fd"), e.new_fd);
+    o.opt_bool(key!("open"), e.open);
+    if !e.payload.is_empty() {
+        // Base64 needs no escaping.
+        o.buf.extend_from_slice(key!("payload"));
+        o.buf.push(b'"');
+        let at = o.buf.len();
+        o.buf.resize(at + e.payload.len().div_ceil(3) * 4, 0);
+        let written = STANDARD
+            .encode_slice(e.payload, &mut o.buf[at..])
+            .expect("the buffer was sized for the encoding");
+        o.buf.truncate(at + written);
+        o.buf.push(b'"');
+    }
+    // Only `true` is shown.
+    o.opt_bool(key!("peek"), e.peek.then_some(true));
+    o.int(key!("pid"), e.pid);
+    o.opt_str(key!("pod_uid"), e.pod_uid);
+    o.opt_str(key!("protocol"), e.protocol);
+    o.opt_int(key!("ret"), e.ret);
+    // With `session` only: events printed by `--bpf-trace` have neither.
+    o.opt_int(key!("seq"), session.map(|_| e.seq));
+    o.opt_str(key!("session"), session);
+    o.opt_bool(key!("ssl"), e.ssl);
+    o.int(key!("tid"), e.tid);
+    o.opt_str(key!("tls_version"), e.tls_version);
+    o.str(key!("ts"), e.ts);
+    o.opt_str(key!("unit"), e.unit);
+    o.end();
 }
 
 /// The event as one JSON object.
 #[must_use]
 pub fn event(e: &Event) -> Value {
-    serde_json::to_value(Fields::of(&e.view())).unwrap_or(Value::Null)
+    let mut object = Vec::with_capacity(512);
+    push_object(&mut object, &e.view());
+    serde_json::from_slice(&object).expect("the object written is JSON")
 }
 
-/// Writes the event as one line of JSON (the object of [`event`]), without
-/// building it first.
+/// Appends the event's line of JSON (the object of [`event`] and a
+/// newline) to `buf`, without building the object first.
+pub fn push_view_line(buf: &mut Vec<u8>, e: &EventView<'_>) {
+    push_object(buf, e);
+    buf.push(b'\n');
+}
+
+/// Writes the event as one line of JSON ([`push_view_line`]).
 pub fn write_line(out: &mut impl std::io::Write, e: &Event) -> std::io::Result<()> {
-    write_view_line(out, &e.view())
-}
-
-/// [`write_line`] of a borrowed event.
-pub fn write_view_line(out: &mut impl std::io::Write, e: &EventView<'_>) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, &Fields::of(e))?;
-    out.write_all(b"\n")
+    let mut line = Vec::with_capacity(512);
+    push_view_line(&mut line, &e.view());
+    out.write_all(&line)
 }
 
 #[cfg(test)]
@@ -292,6 +286,42 @@ mod tests {
             (v["session"].as_str(), v["seq"].as_u64()),
             (Some("s1"), Some(7))
         );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for s in [
+            "plain",
+            "",
+            "quote\"d",
+            "back\\slash",
+            "nl\n\r\t",
+            "\x01ctl\x1f",
+            "del\x7f",
+            "ünïcode ✓",
+            "\u{2028}",
+        ] {
+            let mut ours = Vec::new();
+            string(&mut ours, s);
+            assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    /// Strings a traced process chooses (its exe path, a peer's unix
+    /// socket name) come back whole from the line.
+    #[test]
+    fn odd_strings_survive_the_line() {
+        let mut e = writev();
+        e.exe = "/tmp/a \"b\"\\c\n".into();
+        e.comm = "\x1b[2J".into();
+        e.conn_info.as_mut().unwrap().remote = Some("@\u{0}sock\"".into());
+        let v = event(&e);
+        assert_eq!(v["exe"], e.exe.as_str());
+        assert_eq!(v["comm"], e.comm.as_str());
+        assert_eq!(v["conn_info"]["remote"], "@\u{0}sock\"");
+        assert_eq!(v["conn_info"]["local"], "127.0.0.1:8080");
+        e.conn_info.as_mut().unwrap().local = None;
+        assert!(event(&e)["conn_info"]["local"].is_null());
     }
 
     #[test]

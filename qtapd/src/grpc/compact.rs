@@ -293,7 +293,7 @@ mod tests {
                 in_place.ts(record, &mut ts);
                 let view = in_place.view(record, payload, &batch.session, &ts).unwrap();
                 let (mut a, mut b) = (Vec::new(), Vec::new());
-                json::write_view_line(&mut a, &view).unwrap();
+                json::push_view_line(&mut a, &view);
                 json::write_line(&mut b, message).unwrap();
                 assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
             }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# make profile: where the pipeline's user-space time goes, per event. A
+# session selects qtap-loadgen (64-byte writes over loopback TCP at RATE
+# writes/s); one follower runs `qtapctl trace follow --output json` to a
+# file; `perf record -g` samples qtapd and the follower while the load
+# runs. Prints each one's CPU per event received (from /proc ticks) and
+# its hottest symbols, self time, as perf reports them.
+#
+# Usage: bench/profile.sh QTAPD QTAPCTL LOADGEN   (root)
+# Knobs: DURATION (5 s), RATE (100000 writes/s; 0 = as fast as it can),
+# TOP (20 symbols each), PERF_DATA (a path to keep the samples at, for
+# `perf report -i PATH` with call graphs).
+set -euo pipefail
+
+qtapd=$(realpath "$1")
+qtapctl=$(realpath "$2")
+loadgen=$(realpath "$3")
+duration=${DURATION:-5}
+rate=${RATE:-100000}
+top=${TOP:-20}
+# shellcheck source=bench/daemon.sh
+source "$(dirname "$0")/daemon.sh" profile
+command -v perf >/dev/null || { echo "profile: perf is not installed (linux-perf)" >&2; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+"$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
+qpid=$!
+pids+=("$qpid")
+for _ in $(seq 100); do "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
+id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")")
+"${ctl[@]}" trace follow "$id" --output json >"$work/follow.json" 2>"$work/follow.err" &
+fpid=$!
+pids+=("$fpid")
+sleep 1
+
+q0=$(cpu_ticks "$qpid") f0=$(cpu_ticks "$fpid")
+perf record -q -F 1999 -g -p "$qpid,$fpid" -o "$work/perf.data" -- sleep "$((duration + 1))" 2>/dev/null &
+perf_pid=$!
+"$loadgen" "$duration" "$rate" >/dev/null
+wait "$perf_pid"
+q1=$(cpu_ticks "$qpid") f1=$(cpu_ticks "$fpid")
+stopped=$(stop_session "$id")
+wait "$fpid" 2>/dev/null || true
+received=$(grep -h 'events,' "$work/follow.err" | tail -1 | awk '{print $2}')
+hz=$(getconf CLK_TCK)
+
+echo "## Profile: one JSON follower, loadgen at ${rate} writes/s for ${duration} s"
+echo
+echo "events offered, lost (session): $stopped; received by the follower: $received"
+awk -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v n="$received" -v hz="$hz" 'BEGIN {
+	if (n == 0) { print "no events received"; exit 1 }
+	printf "qtapd CPU per event: %.2f us; follower CPU per event: %.2f us (ticks over the load and drain)\n",
+		q / hz / n * 1e6, f / hz / n * 1e6
+}'
+for who in "qtapd $qpid" "follower $fpid"; do
+	echo
+	echo "### ${who% *}: hottest symbols (self time, all its threads)"
+	echo '```'
+	perf report -i "$work/perf.data" --pid "${who#* }" --no-children --sort dso,symbol \
+		--stdio -g none -q --percentage relative --percent-limit 0.5 2>/dev/null |
+		grep "%" | sed "s/ *- *- *$//; s/ *$//" | head -"$top"
+	echo '```'
+done
+[[ -z ${PERF_DATA:-} ]] || cp "$work/perf.data" "$PERF_DATA"
