@@ -9,7 +9,10 @@
 # Usage: bench/profile.sh QTAPD QTAPCTL LOADGEN   (root)
 # Knobs: DURATION (5 s), RATE (100000 writes/s; 0 = as fast as it can),
 # TOP (20 symbols each), PERF_DATA (a path to keep the samples at, for
-# `perf report -i PATH` with call graphs).
+# `perf report -i PATH` with call graphs), PERF_CALL_GRAPH (perf's option,
+# `-g`; release builds keep no frame pointers, so for callers build with
+# CARGO_PROFILE_RELEASE_DEBUG=line-tables-only and use
+# `--call-graph dwarf,16384`).
 set -euo pipefail
 
 qtapd=$(realpath "$1")
@@ -35,7 +38,7 @@ pids+=("$fpid")
 sleep 1
 
 q0=$(cpu_ticks "$qpid") f0=$(cpu_ticks "$fpid")
-perf record -q -F 1999 -g -p "$qpid,$fpid" -o "$work/perf.data" -- sleep "$((duration + 1))" 2>/dev/null &
+perf record -q -F 1999 ${PERF_CALL_GRAPH:--g} -p "$qpid,$fpid" -o "$work/perf.data" -- sleep "$((duration + 1))" 2>/dev/null &
 perf_pid=$!
 "$loadgen" "$duration" "$rate" >/dev/null
 wait "$perf_pid"
