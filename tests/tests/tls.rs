@@ -162,6 +162,40 @@ fn assert_tls_syscalls(span: &Span<'_>, what: &str) {
     assert!(data > 0, "{what} fd {} moved no bytes: {span:#?}", span.fd);
 }
 
+/// A TLS client of `openssl s_server -WWW` on loopback `port` that binds
+/// its session to the fd it connected with one call (`bind`), writes
+/// `request` with one plaintext call (`send`) and reads the response
+/// (`recv`): each of those on that fd, with its connection, and every
+/// syscall of the fd marked TLS. Returns the `connect`.
+fn assert_plaintext_both_ways<'e>(
+    events: &'e [Value],
+    port: u16,
+    [bind, send, recv]: [&str; 3],
+    request: &[u8],
+) -> &'e Value {
+    let (connect, span) = connect_span(events, port);
+    let what = connect["comm"].as_str().unwrap_or_default();
+    assert_tls_syscalls(&span, what);
+    let bound = span.calls(bind);
+    assert_eq!(bound.len(), 1, "one binding of fd {}: {span:#?}", span.fd);
+    let sends = span.moved(send);
+    assert_eq!(sends.len(), 1, "{span:#?}");
+    assert_eq!(payload(sends[0]), request);
+    assert_eq!(sends[0]["direction"], 1);
+    let recvs = span.moved(recv);
+    assert!(
+        recvs
+            .first()
+            .is_some_and(|r| payload(r).starts_with(b"HTTP/1.0 200 ok")),
+        "the first plaintext read is the response: {recvs:#?}"
+    );
+    for e in sends.iter().chain(&recvs) {
+        assert_eq!(e["ssl"], true, "{e}");
+        assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
+    }
+    connect
+}
+
 /// Go binds a connection's fd at the return of its first TLS call: the
 /// calls before that which moved nothing (an `EAGAIN` read of the server
 /// waiting for the client's hello) show no TLS; every syscall that moved
@@ -617,25 +651,16 @@ fn stripped_static_openssl_shows_plaintext_both_ways_on_its_fd() {
     assert!(shown.ends_with("hello static openssl\n"), "{shown}");
     let events = daemon.stop().unwrap();
 
-    let (connect, span) = connect_span(&events, backend.port);
-    assert_tls_syscalls(&span, "static-openssl");
-    let bound = span.calls("openssl/SSL_set_fd");
-    assert_eq!(bound.len(), 1, "one binding of fd {}: {span:#?}", span.fd);
-    let writes = span.moved("openssl/SSL_write_ex");
-    assert_eq!(writes.len(), 1, "{span:#?}");
-    assert_eq!(payload(writes[0]), b"GET /static HTTP/1.0\r\n\r\n");
-    assert_eq!(writes[0]["direction"], 1);
-    let reads = span.moved("openssl/SSL_read");
-    assert!(
-        reads
-            .first()
-            .is_some_and(|r| payload(r).starts_with(b"HTTP/1.0 200 ok")),
-        "the first plaintext read is the response: {reads:#?}"
+    let connect = assert_plaintext_both_ways(
+        &events,
+        backend.port,
+        [
+            "openssl/SSL_set_fd",
+            "openssl/SSL_write_ex",
+            "openssl/SSL_read",
+        ],
+        b"GET /static HTTP/1.0\r\n\r\n",
     );
-    for e in writes.iter().chain(&reads) {
-        assert_eq!(e["ssl"], true, "{e}");
-        assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
-    }
     // The local address came from the kernel at the connect: the client
     // exited before anything could look it up.
     assert!(
@@ -685,26 +710,16 @@ fn gnutls_cli_shows_plaintext_both_ways_on_its_fd() {
     client.wait().unwrap();
     assert!(shown.contains("hello gnutls"), "gnutls-cli printed {shown}");
     let events = daemon.stop().unwrap();
-    let (connect, span) = connect_span(&events, backend.port);
-    let (span, fd) = (&span, span.fd);
-    assert_tls_syscalls(span, "gnutls-cli");
-    let bound = span.calls("gnutls/gnutls_transport_set_int2");
-    assert_eq!(bound.len(), 1, "one binding of fd {fd}: {span:#?}");
-    let sends = span.moved("gnutls/gnutls_record_send");
-    assert_eq!(sends.len(), 1, "{span:#?}");
-    assert_eq!(payload(sends[0]), b"GET /gnutls HTTP/1.0\r\n\r\n");
-    assert_eq!(sends[0]["direction"], 1);
-    let recvs = span.moved("gnutls/gnutls_record_recv");
-    assert!(
-        recvs
-            .first()
-            .is_some_and(|r| payload(r).starts_with(b"HTTP/1.0 200 ok")),
-        "the first plaintext read is the response: {recvs:#?}"
+    assert_plaintext_both_ways(
+        &events,
+        backend.port,
+        [
+            "gnutls/gnutls_transport_set_int2",
+            "gnutls/gnutls_record_send",
+            "gnutls/gnutls_record_recv",
+        ],
+        b"GET /gnutls HTTP/1.0\r\n\r\n",
     );
-    for e in sends.iter().chain(&recvs) {
-        assert_eq!(e["ssl"], true, "{e}");
-        assert_eq!(e["conn_info"], connect["conn_info"], "{e}");
-    }
 }
 
 /// A Go HTTPS client (`net/http`, so its reads and writes run on
