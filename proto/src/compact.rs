@@ -8,8 +8,6 @@
 //! Id 0 is no string (an absent optional field, or an empty one) and no
 //! connection.
 
-use foldhash::HashMap;
-
 use crate::{
     time::Rfc3339,
     v1::{definition::Value, CompactBatch, ConnInfo, Event},
@@ -18,6 +16,10 @@ use crate::{
 
 /// Bytes of one [`Record`] in `CompactBatch.records`.
 pub const RECORD_BYTES: usize = 128;
+
+/// Ids are below this: a sender starts its tables over (`reset`) long
+/// before. The receiver keeps its definitions in tables indexed by id.
+pub const ID_LIMIT: u32 = 1 << 20;
 
 /// Which optional numbers a record carries (`Record::present`).
 pub mod present {
@@ -78,9 +80,19 @@ pub struct Record {
 macro_rules! layout {
     ($($field:ident: $ty:ty),* $(,)?) => {
         impl Record {
-            /// Appends the record's `RECORD_BYTES` to `out`.
+            /// Appends the record's `RECORD_BYTES` to `out`: laid out in
+            /// place, then appended at once (an append per field was a
+            /// capacity check and a small copy each).
             pub fn write(&self, out: &mut Vec<u8>) {
-                $(out.extend_from_slice(&self.$field.to_le_bytes());)*
+                let mut raw = [0u8; RECORD_BYTES];
+                let mut at = 0;
+                $(
+                    let size = std::mem::size_of::<$ty>();
+                    raw[at..at + size].copy_from_slice(&self.$field.to_le_bytes());
+                    at += size;
+                )*
+                let _ = at;
+                out.extend_from_slice(&raw);
             }
 
             /// Reads a record from the first `RECORD_BYTES` of `bytes`.
@@ -124,6 +136,8 @@ pub enum CompactError {
     Payload,
     /// A definition without a value.
     EmptyDefinition(u32),
+    /// A definition of id 0, or of one past [`ID_LIMIT`].
+    BadId(u32),
 }
 
 impl std::fmt::Display for CompactError {
@@ -136,6 +150,9 @@ impl std::fmt::Display for CompactError {
             CompactError::UnknownId(id) => write!(f, "compact record names undefined id {id}"),
             CompactError::Payload => write!(f, "compact payloads shorter than their records say"),
             CompactError::EmptyDefinition(id) => write!(f, "definition of id {id} has no value"),
+            CompactError::BadId(id) => {
+                write!(f, "definition of id {id}, outside 1..{ID_LIMIT}")
+            }
         }
     }
 }
@@ -145,9 +162,24 @@ impl std::error::Error for CompactError {}
 /// The receiving end of one compact stream: the ids defined so far.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    texts: HashMap<u32, String>,
-    conns: HashMap<u32, ConnInfo>,
+    /// By id: looked up about fifteen times per event, so a vector, not a
+    /// hash map.
+    texts: Vec<Option<String>>,
+    conns: Vec<Option<ConnInfo>>,
     time: Rfc3339,
+}
+
+/// Puts `value` at `id` in `table`, growing it as needed.
+fn set<T>(table: &mut Vec<Option<T>>, id: u32, value: T) -> Result<(), CompactError> {
+    if id == 0 || id >= ID_LIMIT {
+        return Err(CompactError::BadId(id));
+    }
+    let at = id as usize;
+    if table.len() <= at {
+        table.resize_with(at + 1, || None);
+    }
+    table[at] = Some(value);
+    Ok(())
 }
 
 /// The records of a batch, each with its payload.
@@ -185,12 +217,8 @@ impl Decoder {
         }
         for d in &batch.definitions {
             match &d.value {
-                Some(Value::Text(text)) => {
-                    self.texts.insert(d.id, text.clone());
-                }
-                Some(Value::Conn(conn)) => {
-                    self.conns.insert(d.id, conn.clone());
-                }
+                Some(Value::Text(text)) => set(&mut self.texts, d.id, text.clone())?,
+                Some(Value::Conn(conn)) => set(&mut self.conns, d.id, conn.clone())?,
                 None => return Err(CompactError::EmptyDefinition(d.id)),
             }
         }
@@ -225,10 +253,10 @@ impl Decoder {
         if id == 0 {
             return Ok(None);
         }
-        self.texts
-            .get(&id)
-            .map(|s| Some(s.as_str()))
-            .ok_or(CompactError::UnknownId(id))
+        match self.texts.get(id as usize) {
+            Some(Some(text)) => Ok(Some(text)),
+            _ => Err(CompactError::UnknownId(id)),
+        }
     }
 
     /// Record `r` as an event of `session`, read in place; `ts` is its
@@ -243,7 +271,10 @@ impl Decoder {
         let has = |bit: u16| r.present & bit != 0;
         let conn_info = match r.conn {
             0 => None,
-            id => Some(self.conns.get(&id).ok_or(CompactError::UnknownId(id))?),
+            id => match self.conns.get(id as usize) {
+                Some(Some(conn)) => Some(conn),
+                _ => return Err(CompactError::UnknownId(id)),
+            },
         };
         Ok(EventView {
             ts,
@@ -356,6 +387,26 @@ mod tests {
             ..again
         };
         assert_eq!(d.events(&reset), Err(CompactError::UnknownId(1)));
+    }
+
+    #[test]
+    fn ids_outside_the_limit_are_refused() {
+        let mut d = Decoder::new();
+        for id in [0, ID_LIMIT, u32::MAX] {
+            let batch = CompactBatch {
+                definitions: vec![text(id, "x")],
+                ..CompactBatch::default()
+            };
+            assert_eq!(d.events(&batch), Err(CompactError::BadId(id)));
+        }
+        // The last id below the limit is taken (and sizes the table).
+        let batch = CompactBatch {
+            definitions: vec![text(ID_LIMIT - 1, "x")],
+            ..CompactBatch::default()
+        };
+        assert_eq!(d.events(&batch), Ok(vec![]));
+        assert_eq!(d.text(ID_LIMIT - 1), Ok(Some("x")));
+        assert_eq!(d.text(ID_LIMIT - 2), Err(CompactError::UnknownId(ID_LIMIT - 2)));
     }
 
     #[test]

@@ -562,23 +562,21 @@ impl Hub {
     /// Hands `event` to the followed sessions of `mask` that want it, one
     /// shared copy for all. Sessions without a follower get nothing
     /// (their sequence numbers count what was handed to followers).
-    pub fn deliver(&mut self, mask: u64, event: Event, wants: impl Fn(&Session, &Event) -> bool) {
-        let mut event = Some(event);
-        let mut shared: Option<Arc<Event>> = None;
+    pub fn deliver(
+        &mut self,
+        mask: u64,
+        event: &Arc<Event>,
+        wants: impl Fn(&Session, &Event) -> bool,
+    ) {
         for session in self.sessions.values_mut() {
-            if mask & (1 << session.slot) == 0 || session.followers.is_empty() {
-                continue;
-            }
-            let shared = match (&mut shared, event.take()) {
-                (Some(shared), _) => Arc::clone(shared),
-                (slot, Some(event)) => Arc::clone(slot.insert(Arc::new(event))),
-                (None, None) => return,
-            };
-            if !wants(session, &shared) {
+            if mask & (1 << session.slot) == 0
+                || session.followers.is_empty()
+                || !wants(session, event)
+            {
                 continue;
             }
             let lost_before = session.lost;
-            session.deliver(shared, &mut self.memory);
+            session.deliver(Arc::clone(event), &mut self.memory);
             self.queue_losses += session.lost - lost_before;
         }
     }
@@ -713,8 +711,8 @@ mod tests {
         let mut ra = hub.follow(&a, 16).unwrap();
         let mut rb = hub.follow(&b, 16).unwrap();
         let (sa, sb) = (hub.get(&a).unwrap().slot, hub.get(&b).unwrap().slot);
-        hub.deliver(1 << sa | 1 << sb, event(1), |_, _| true);
-        hub.deliver(1 << sb, event(2), |_, _| true);
+        hub.deliver(1 << sa | 1 << sb, &Arc::new(event(1)), |_, _| true);
+        hub.deliver(1 << sb, &Arc::new(event(2)), |_, _| true);
         let got_a = drain(&mut ra);
         let got_b = drain(&mut rb);
         assert_eq!(got_a.len(), 1);
@@ -736,7 +734,7 @@ mod tests {
         assert!(!hub.listened(1 << sa));
         assert!(hub.listened(1 << sa | 1 << sb));
         assert!(!hub.listened(0));
-        hub.deliver(1 << sa | 1 << sb, event(1), |_, _| true);
+        hub.deliver(1 << sa | 1 << sb, &Arc::new(event(1)), |_, _| true);
         let got = drain(&mut rb);
         assert!(matches!(&got[..], [Item::Event(e)] if e.seq == 1 && *e.session == *b));
         assert_eq!(hub.get(&a).unwrap().delivered, 0);
@@ -761,7 +759,7 @@ mod tests {
             payload: b"GET /index.html".to_vec(),
             ..event(1)
         };
-        hub.deliver(0b11, e.clone(), |_, _| true);
+        hub.deliver(0b11, &Arc::new(e), |_, _| true);
         let payload = |items: Vec<Item>| match &items[..] {
             [Item::Event(e)] => e.payload().to_vec(),
             other => panic!("{other:?}"),
@@ -778,7 +776,7 @@ mod tests {
         let mut lagging = hub.follow(&id, 4).unwrap();
         let mut fast = hub.follow(&id, 1024).unwrap();
         for n in 0..10 {
-            hub.deliver(1 << slot, event(n), |_, _| true);
+            hub.deliver(1 << slot, &Arc::new(event(n)), |_, _| true);
         }
         // The fast follower got everything; the slow one 4, then lost 6.
         assert_eq!(drain(&mut fast).len(), 10);
@@ -787,7 +785,7 @@ mod tests {
         assert_eq!((s.delivered, s.lost), (14, 6));
         assert_eq!(hub.queue_losses, 6);
         // With room again, the next delivery is preceded by the loss count.
-        hub.deliver(1 << slot, event(99), |_, _| true);
+        hub.deliver(1 << slot, &Arc::new(event(99)), |_, _| true);
         let items = drain(&mut lagging);
         assert!(
             matches!(&items[0], Item::Lost(l) if l.count == 6 && l.stage == LossStage::DaemonQueue as i32)
@@ -812,7 +810,7 @@ mod tests {
         let slot = hub.get(&id).unwrap().slot;
         let mut rx = hub.follow(&id, 4).unwrap();
         for n in 0..10 {
-            hub.deliver(1 << slot, event(n), |_, _| true);
+            hub.deliver(1 << slot, &Arc::new(event(n)), |_, _| true);
         }
         let session = hub.remove(&id, &stopped()).unwrap();
         drop(session);
@@ -936,7 +934,7 @@ mod tests {
                         match step {
                             Step::Deliver(n) => {
                                 for _ in 0..n {
-                                    hub.deliver(1 << slot, event(1), |_, _| true);
+                                    hub.deliver(1 << slot, &Arc::new(event(1)), |_, _| true);
                                     offered += 1;
                                 }
                             }
@@ -972,8 +970,10 @@ mod tests {
         };
         let id = hub.create(capturing).unwrap().id.clone();
         let slot = hub.get(&id).unwrap().slot;
-        let mut big = event(1);
-        big.payload = vec![0; 700];
+        let big = Arc::new(Event {
+            payload: vec![0; 700],
+            ..event(1)
+        });
         let size = big.weight();
         let budget = 3 * size;
         let mut rx = hub
@@ -987,13 +987,13 @@ mod tests {
             )
             .unwrap();
         for _ in 0..10 {
-            hub.deliver(1 << slot, big.clone(), |_, _| true);
+            hub.deliver(1 << slot, &big, |_, _| true);
         }
         assert_eq!(hub.queued_bytes(), budget);
         assert_eq!(hub.get(&id).unwrap().lost, 7);
         assert_eq!(drain(&mut rx).len(), 3);
         // Taken: the next event fits again, after the loss notice.
-        hub.deliver(1 << slot, big.clone(), |_, _| true);
+        hub.deliver(1 << slot, &big, |_, _| true);
         let items = drain(&mut rx);
         assert!(
             matches!(items[0], Item::Lost(Lost { count: 7, .. })),
@@ -1004,7 +1004,7 @@ mod tests {
         // is stopped by it.
         let mut other = hub.follow(&id, 100).unwrap();
         for _ in 0..20 {
-            hub.deliver(1 << slot, big.clone(), |_, _| true);
+            hub.deliver(1 << slot, &big, |_, _| true);
         }
         assert!(hub.queued_bytes() <= 10_000, "{}", hub.queued_bytes());
         let taken = drain(&mut other).len() as u64;

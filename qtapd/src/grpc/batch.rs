@@ -22,7 +22,7 @@ use super::compact::Encoder;
 use crate::engine::item::Item;
 
 /// Most items taken from the queue per message.
-const MAX_BATCH: usize = 512;
+pub(super) const MAX_BATCH: usize = 512;
 
 /// The form a follower asked for (`FollowTraceRequest`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,17 +12,21 @@ use std::sync::Arc;
 use foldhash::HashMap;
 
 use qtap_proto::{
-    compact::{flag, present, Record, RECORD_BYTES},
+    compact::{flag, present, Record, ID_LIMIT, RECORD_BYTES},
     v1::{definition::Value, CompactBatch, ConnInfo, Definition},
 };
 
+use super::batch::MAX_BATCH;
 use crate::{
     engine::item::Delivered,
     events::{c_str, unix_ns, Text},
 };
 
-/// Ids a stream keeps before its tables start over.
+/// Ids a stream keeps before its tables start over. They start over only
+/// between batches, and a batch's records define at most 14 ids each, so
+/// the ids stay below what a receiver takes (`ID_LIMIT`).
 const MAX_IDS: u32 = 1 << 16;
+const _: () = assert!(MAX_IDS as usize + 14 * MAX_BATCH < ID_LIMIT as usize);
 
 #[derive(Default)]
 pub struct Encoder {
@@ -68,6 +72,9 @@ impl Encoder {
         }
         if self.is_empty() {
             d.session.as_ref().clone_into(&mut self.batch.session);
+            // Room for a whole batch at once, not grown by doubling (each
+            // growth copied every record before it).
+            self.batch.records.reserve(MAX_BATCH * RECORD_BYTES);
         }
         let e = &*d.event;
         let payload = d.payload();
