@@ -406,7 +406,10 @@ mod tests {
         };
         assert_eq!(d.events(&batch), Ok(vec![]));
         assert_eq!(d.text(ID_LIMIT - 1), Ok(Some("x")));
-        assert_eq!(d.text(ID_LIMIT - 2), Err(CompactError::UnknownId(ID_LIMIT - 2)));
+        assert_eq!(
+            d.text(ID_LIMIT - 2),
+            Err(CompactError::UnknownId(ID_LIMIT - 2))
+        );
     }
 
     #[test]

@@ -144,7 +144,6 @@ impl Enricher {
             let labels = call_labels(rec.call);
             let exe = self.exe(pid);
             let mut event = base(hdr, labels.msg, labels.caller, exe);
-            event.cgroup = self.cgroup(hdr.pid);
             event.cgroup = self.cgroup(pid);
             event.fd = Some(rec.fd);
             event.ret = Some(rec.ret);
