@@ -4,7 +4,8 @@
 # writes/s); one follower runs `qtapctl trace follow --output json` to a
 # file; `perf record -g` samples qtapd and the follower while the load
 # runs. Prints each one's CPU per event received (from /proc ticks) and
-# its hottest symbols, self time, as perf reports them.
+# its hottest symbols, self time, as perf reports them, and the kernel
+# probes' run time per event (kernel.bpf_stats_enabled, on for the run).
 #
 # Usage: bench/profile.sh QTAPD QTAPCTL LOADGEN   (root)
 # Knobs: DURATION (5 s), RATE (100000 writes/s; 0 = as fast as it can),
@@ -26,6 +27,12 @@ source "$(dirname "$0")/daemon.sh" profile
 command -v perf >/dev/null || { echo "profile: perf is not installed (linux-perf)" >&2; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The run time and runs of every BPF program qtapd holds, summed
+# ("NS RUNS"; kernel.bpf_stats_enabled must be 1 for them to count).
+probe_stats() {
+	cat /proc/"$1"/fdinfo/* 2>/dev/null |
+		awk '/^run_time_ns:/ {ns += $2} /^run_cnt:/ {n += $2} END {printf "%d %d\n", ns, n}'
+}
 
 "$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 qpid=$!
@@ -37,12 +44,17 @@ fpid=$!
 pids+=("$fpid")
 sleep 1
 
+stats_before=$(sysctl -n kernel.bpf_stats_enabled)
+sysctl -qw kernel.bpf_stats_enabled=1
+trap 'sysctl -qw kernel.bpf_stats_enabled="$stats_before"; cleanup' EXIT
+read -r p0_ns p0_runs < <(probe_stats "$qpid")
 q0=$(cpu_ticks "$qpid") f0=$(cpu_ticks "$fpid")
 perf record -q -F 1999 ${PERF_CALL_GRAPH:--g} -p "$qpid,$fpid" -o "$work/perf.data" -- sleep "$((duration + 1))" 2>/dev/null &
 perf_pid=$!
 "$loadgen" "$duration" "$rate" >/dev/null
 wait "$perf_pid"
 q1=$(cpu_ticks "$qpid") f1=$(cpu_ticks "$fpid")
+read -r p1_ns p1_runs < <(probe_stats "$qpid")
 stopped=$(stop_session "$id")
 wait "$fpid" 2>/dev/null || true
 received=$(grep -h 'events,' "$work/follow.err" | tail -1 | awk '{print $2}')
@@ -55,6 +67,10 @@ awk -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v n="$received" -v hz="$hz" 'BEGIN {
 	if (n == 0) { print "no events received"; exit 1 }
 	printf "qtapd CPU per event: %.2f us; follower CPU per event: %.2f us (ticks over the load and drain)\n",
 		q / hz / n * 1e6, f / hz / n * 1e6
+}'
+awk -v ns=$((p1_ns - p0_ns)) -v runs=$((p1_runs - p0_runs)) -v n="$received" 'BEGIN {
+	printf "kernel probes (bpf_stats, every program qtapd holds, all processes): %.0f ns per run, %.2f runs and %.2f us per event\n",
+		ns / (runs ? runs : 1), runs / n, ns / n / 1e3
 }'
 for who in "qtapd $qpid" "follower $fpid"; do
 	echo

@@ -392,6 +392,17 @@ as fast as it can; it shares the two cores with qtapd and the followers.
 "Every event accounted": each follower's events received plus the queue
 losses qtapd reported to it equal the events the session offered it.
 
+## Kernel probes
+
+$("$(dirname "$0")/probes.sh" "$qtapd" "$qtapctl" "$loadgen")
+
+Reproduce: \`sudo make bench\` (bench/probes.sh). The same loadgen, flat
+out, with no follower: what the kernel side costs the traced program
+itself. "Another program" is the price every process pays while any
+session runs (each syscall of the traced families runs an enter and an
+exit program that look the process up and return); "selected" adds the
+whole probe path and its ring records.
+
 $(cat "$(dirname "$0")/history.md")
 MD
 )
