@@ -117,13 +117,17 @@ to_ms() { # wrk prints 1.23ms / 456.00us / 1.10s
 echo 'function delay() return 10 end' >"$work/pace.lua"
 
 # A session selecting nginx (with more modules given as $1; another
-# program's name as $2), and a JSON follower writing to a file: sets id
-# and follower_pid.
+# program's name as $2), and a JSON follower writing to a file: sets id,
+# follower_pid, and records_from (the kernel records read before the
+# follower was there: a session without a follower makes no events, so
+# records of the server's own background calls from before it, such as
+# the Go runtime's, were counted as records never offered).
 follow_nginx() {
 	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:${2:-nginx}")
 	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
 	follower_pid=$!
 	sleep 0.5
+	records_from=$(counter records)
 }
 
 # After a follower scenario's load: stops the session, waits for the
@@ -135,7 +139,7 @@ follow_nginx() {
 account() {
 	local s=$1 records offered lost received told kernel
 	sleep 0.3 # the last records out of the ring (drained every 5 ms)
-	records=$(counter records)
+	records=$(($(counter records) - records_from))
 	kernel=$(kernel_lost)
 	read -r offered lost < <(stop_session "$id")
 	wait "$follower_pid" 2>/dev/null || true
