@@ -61,7 +61,7 @@ sysctl -qw kernel.bpf_stats_enabled="$stats_before"
 
 median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 base=$(echo "${rows[untraced]}" | median)
-echo "## Probes: qtap-loadgen writes/s, ${rounds} rounds of ${duration} s in alternation (medians)"
+echo "qtap-loadgen writes/s, ${rounds} rounds of ${duration} s in alternation (medians):"
 echo
 echo "| scenario | writes/s | × untraced | all rounds |"
 echo "| --- | ---: | ---: | --- |"
