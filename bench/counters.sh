@@ -28,3 +28,11 @@ import json, sys
 s = json.load(sys.stdin)
 print(s["events_delivered"] + s["events_lost"], s["events_lost"])'
 }
+
+# probe_stats PID: the run time and runs of every BPF program qtapd (PID)
+# holds, summed ("NS RUNS"; they count while kernel.bpf_stats_enabled is
+# 1).
+probe_stats() {
+	cat /proc/"$1"/fdinfo/* 2>/dev/null |
+		awk '/^run_time_ns:/ {ns += $2} /^run_cnt:/ {n += $2} END {printf "%d %d\n", ns, n}'
+}

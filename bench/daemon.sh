@@ -1,7 +1,7 @@
-# Sourced by pipeline.sh and soak.sh: a scratch directory named for the
-# harness ($1), qtapd's socket in it, qtapctl pointed at it (`ctl`), the
-# processes to stop on exit (`pids`), and the typed counters of
-# counters.sh.
+# Sourced by pipeline.sh, soak.sh, profile.sh and probes.sh: a scratch
+# directory named for the harness ($1), qtapd's socket in it, qtapctl
+# pointed at it (`ctl`), the processes to stop on exit (`pids`), and the
+# typed counters of counters.sh.
 work=$(mktemp -d "/tmp/qtap-$1.XXXXXX")
 socket=$work/qtapd.sock
 ctl=("$qtapctl" --socket "$socket")

@@ -22,12 +22,6 @@ duration=${DURATION:-3}
 # shellcheck source=bench/daemon.sh
 source "$(dirname "$0")/daemon.sh" probes
 
-# The run time and runs of every BPF program qtapd holds, summed ("NS
-# RUNS").
-probe_stats() {
-	cat /proc/"$1"/fdinfo/* 2>/dev/null |
-		awk '/^run_time_ns:/ {ns += $2} /^run_cnt:/ {n += $2} END {printf "%d %d\n", ns, n}'
-}
 writes_per_s() {
 	"$loadgen" "$duration" 0 | sed -n 's/^writes=\([0-9]*\) .*/\1/p' | awk -v d="$duration" '{printf "%d", $1 / d}'
 }

@@ -27,12 +27,6 @@ source "$(dirname "$0")/daemon.sh" profile
 command -v perf >/dev/null || { echo "profile: perf is not installed (linux-perf)" >&2; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# The run time and runs of every BPF program qtapd holds, summed
-# ("NS RUNS"; kernel.bpf_stats_enabled must be 1 for them to count).
-probe_stats() {
-	cat /proc/"$1"/fdinfo/* 2>/dev/null |
-		awk '/^run_time_ns:/ {ns += $2} /^run_cnt:/ {n += $2} END {printf "%d %d\n", ns, n}'
-}
 
 "$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 qpid=$!
