@@ -36,3 +36,10 @@ probe_stats() {
 	cat /proc/"$1"/fdinfo/* 2>/dev/null |
 		awk '/^run_time_ns:/ {ns += $2} /^run_cnt:/ {n += $2} END {printf "%d %d\n", ns, n}'
 }
+
+# followers ID: the followers session ID has now.
+followers() {
+	"${ctl[@]}" trace list --output json | python3 -c '
+import json, sys
+print(sum(s["followers"] for s in map(json.loads, sys.stdin) if s["id"] == sys.argv[1]))' "$1"
+}

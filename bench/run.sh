@@ -118,16 +118,19 @@ echo 'function delay() return 10 end' >"$work/pace.lua"
 
 # A session selecting nginx (with more modules given as $1; another
 # program's name as $2), and a JSON follower writing to a file: sets id,
-# follower_pid, and records_from (the kernel records read before the
-# follower was there: a session without a follower makes no events, so
-# records of the server's own background calls from before it, such as
-# the Go runtime's, were counted as records never offered).
+# follower_pid, and records_from, the kernel records read before the
+# follower was there. A session without a follower makes no events, so a
+# record read then (a background call of the server, such as the Go
+# runtime's) is one no follower could be offered. Taken as soon as qtapd
+# lists the follower: a record read between its attach and this count
+# (tens of ms) would be offered and not counted.
 follow_nginx() {
 	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:${2:-nginx}")
 	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
 	follower_pid=$!
-	sleep 0.5
+	for _ in $(seq 100); do (($(followers "$id") > 0)) && break; sleep 0.05; done
 	records_from=$(counter records)
+	sleep 0.5
 }
 
 # After a follower scenario's load: stops the session, waits for the
