@@ -235,6 +235,26 @@ pub mod call {
     pub const DUP: u16 = 18;
     pub const DUP2: u16 = 19;
     pub const DUP3: u16 = 20;
+
+    /// The data calls: with the kernel's BTF, their exit reads their
+    /// arguments from the task's saved registers and they have no enter
+    /// program (see `qtapd-ebpf`'s `probes::syscall`).
+    #[must_use]
+    pub const fn args_at_exit(call: u16) -> bool {
+        matches!(
+            call,
+            READ | WRITE
+                | READV
+                | WRITEV
+                | SENDTO
+                | RECVFROM
+                | SENDMSG
+                | RECVMSG
+                | SENDMMSG
+                | RECVMMSG
+                | SENDFILE
+        )
+    }
 }
 
 /// Process predicates compiled into the kernel, as [`PatternKey::key`] and
@@ -682,6 +702,22 @@ pub struct FileOffsets {
     pub valid: u32,
 }
 
+/// Where `task_struct` keeps its `signal_struct` and that its count of
+/// live threads, from the kernel's BTF like [`CredOffsets`]: the exit
+/// probe tells the last thread of a process by it on kernels whose
+/// `sched_process_exit` has no `group_dead`. `valid` also says the kernel
+/// has BTF, so data calls read their arguments at exit
+/// ([`call::args_at_exit`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub task_signal: u32,
+    /// `signal_struct.live` (an `atomic_t`).
+    pub signal_live: u32,
+    /// 1 once qtapd set the offsets; while 0 the kernel does not look.
+    pub valid: u32,
+}
+
 /// Offsets of tracepoint fields that differ between kernels, read by
 /// qtapd from tracefs `format` files and set as globals at load.
 pub mod offsets {
@@ -689,6 +725,8 @@ pub mod offsets {
     pub const CRED: &str = "CRED_OFFSETS";
     /// Global name: the [`super::FileOffsets`] of this kernel.
     pub const FILE: &str = "FILE_OFFSETS";
+    /// Global name: the [`super::TaskOffsets`] of this kernel.
+    pub const TASK: &str = "TASK_OFFSETS";
     /// Global name: offset of `child_pid` in `sched_process_fork`.
     pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
     /// Global name: offset of `filename` (`__data_loc`) in `sched_process_exec`.

@@ -3,7 +3,7 @@
 
 use crate::{
     Config, Conn, ConnKey, CredOffsets, FileOffsets, GoKey, PatternKey, Pending, ProcSel,
-    TlsPending,
+    TaskOffsets, TlsPending,
 };
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte
@@ -15,6 +15,8 @@ unsafe impl aya::Pod for Conn {}
 unsafe impl aya::Pod for CredOffsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FileOffsets {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TaskOffsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ConnKey {}
 // SAFETY: as above.

@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use qtap_common::{
     call, limit, stat, tls_call, Config, Conn, ConnKey, CredOffsets, ExecScratch, FileOffsets,
-    GoKey, PatternKey, Pending, ProcSel, SyscallRecord, TlsPending, TlsRecord, WithPayload,
+    GoKey, PatternKey, Pending, ProcSel, SyscallRecord, TaskOffsets, TlsPending, TlsRecord,
+    WithPayload,
 };
 
 #[map]
@@ -99,7 +100,20 @@ static FILE_OFFSETS: FileOffsets = FileOffsets {
     valid: 0,
 };
 
-/// One enter and one exit program per syscall of the socket module.
+/// Where `task_struct` keeps its thread count, and whether the kernel has
+/// BTF; set by qtapd (all zero, `valid: 0`, until then: data calls keep
+/// their arguments at enter, and the exit probe takes the leader's exit
+/// for the process's when `group_dead` is missing).
+#[no_mangle]
+static TASK_OFFSETS: TaskOffsets = TaskOffsets {
+    task_signal: 0,
+    signal_live: 0,
+    valid: 0,
+};
+
+/// One enter and one exit program per syscall of the socket module; the
+/// data calls' enters are attached only without BTF (see
+/// `probes::syscall`).
 macro_rules! syscall_probes {
     ($($call:ident => $enter:ident, $exit:ident;)*) => {$(
         #[tracepoint]

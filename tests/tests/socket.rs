@@ -313,6 +313,34 @@ while s.recv(4096):
 
 // Three connections: one to the path, two to the abstract name (the
 // last closed at once); every accepted one is held until the end.
+/// Each data call once over a loopback TCP pair, each read after its write
+/// has arrived; prints the sending and receiving fds. Argument: a scratch
+/// file for `sendfile`.
+const DATA_CALLS: &str = r"
+import os, socket, sys, time
+listener = socket.create_server(('127.0.0.1', 0))
+a = socket.create_connection(listener.getsockname())
+b, _ = listener.accept()
+def sent():
+    time.sleep(0.1)
+a.send(b'send-one'); sent()
+b.recv(64, socket.MSG_PEEK)
+b.recv(64)
+a.sendmsg([b'msg-', b'two']); sent()
+b.recvmsg(64, 0, socket.MSG_PEEK)
+b.recvmsg(64)
+os.writev(a.fileno(), [b'vec-', b'three']); sent()
+os.readv(b.fileno(), [bytearray(64)])
+os.write(a.fileno(), b'write-four'); sent()
+os.read(b.fileno(), 64)
+with open(sys.argv[1], 'wb') as f:
+    f.write(b'file-five')
+with open(sys.argv[1], 'rb') as f:
+    os.sendfile(a.fileno(), f.fileno(), 0, 9); sent()
+os.read(b.fileno(), 64)
+print(a.fileno(), b.fileno())
+";
+
 const UNIX_SERVER: &str = r"
 import socket, sys, time
 srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen()
@@ -345,6 +373,85 @@ quick = socket.socket(socket.AF_UNIX); quick.connect('\0' + sys.argv[2]); quick.
 /// is marked as one. The names come from the kernel's record of the call
 /// (a connection closed at once still shows its peer's name); the pids
 /// from the sockets themselves (`SO_PEERCRED`), asked while they are open.
+/// Every data call of the socket module, over one loopback TCP pair: a
+/// data call's exit reads its arguments from the task's saved registers,
+/// so each call must show its own fd, bytes, `MSG_PEEK` and first buffer.
+#[test]
+fn each_data_call_shows_its_fd_bytes_peek_and_first_buffer() {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    require_root();
+    let (dir, program) = python_named("qtap-datacalls");
+    let daemon = Daemon::start_with(
+        "mod:socket,fd:socket,exe.endsWith:/qtap-datacalls",
+        &["--capture-bytes=64"],
+    )
+    .unwrap();
+    let out = Command::new(&program)
+        .args(["-c", DATA_CALLS, dir.join("file").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fds: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let (sender, receiver) = (fds[0], fds[1]);
+    let events = daemon.stop().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let moved: Vec<(&str, i64, i64, bool, Vec<u8>)> = events
+        .iter()
+        .filter(|e| {
+            e["fd"]
+                .as_i64()
+                .is_some_and(|fd| fd == sender || fd == receiver)
+        })
+        .filter(|e| e["bytes"].as_i64() > Some(0))
+        .map(|e| {
+            (
+                syscall(e).unwrap(),
+                e["fd"].as_i64().unwrap(),
+                e["bytes"].as_i64().unwrap(),
+                e["peek"].as_bool() == Some(true),
+                STANDARD
+                    .decode(e["payload"].as_str().unwrap_or(""))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, i64, i64, bool, Vec<u8>)> = [
+        ("sendto", sender, "send-one", false, "send-one"),
+        ("recvfrom", receiver, "send-one", true, "send-one"),
+        ("recvfrom", receiver, "send-one", false, "send-one"),
+        ("sendmsg", sender, "msg-two", false, "msg-"),
+        ("recvmsg", receiver, "msg-two", true, "msg-two"),
+        ("recvmsg", receiver, "msg-two", false, "msg-two"),
+        ("writev", sender, "vec-three", false, "vec-"),
+        ("readv", receiver, "vec-three", false, "vec-three"),
+        ("write", sender, "write-four", false, "write-four"),
+        ("read", receiver, "write-four", false, "write-four"),
+        // sendfile's bytes come from a file: no user buffer to capture.
+        ("sendfile64", sender, "file-five", false, ""),
+        ("read", receiver, "file-five", false, "file-five"),
+    ]
+    .into_iter()
+    .map(|(call, fd, data, peek, payload)| {
+        (
+            call,
+            fd,
+            data.len() as i64,
+            peek,
+            payload.as_bytes().to_vec(),
+        )
+    })
+    .collect();
+    assert_eq!(moved, expected, "{events:#?}");
+}
+
 #[test]
 fn unix_sockets_show_peer_names_pids_and_socketpairs() {
     use std::io::{BufRead, BufReader};

@@ -802,7 +802,15 @@ fn go_client_shows_plaintext_both_ways_on_its_fd() {
         let (span, fd) = (&span, span.fd);
         assert_tls_transfers(span, &name);
         let writes = span.moved("gotls/Write");
-        assert_eq!(writes.len(), 1, "stripped: {strip}: {span:#?}");
+        let gotls: Vec<_> = events
+            .iter()
+            .filter(|e| e["msg"].as_str().is_some_and(|m| m.starts_with("gotls/")))
+            .collect();
+        assert_eq!(
+            writes.len(),
+            1,
+            "stripped: {strip}: {span:#?}\nevery gotls event: {gotls:#?}"
+        );
         let request = format!(
             "GET /gotls HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
             backend.port

@@ -10,7 +10,8 @@ pub mod tls;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        generated::bpf_get_current_comm,
     },
 };
 use qtap_common::{limit, module, stat, Header, WithPayload, ABI_VERSION};
@@ -49,7 +50,20 @@ pub fn header(kind: u16, sessions: u64, ts_ns: u64) -> Header {
         _pad: 0,
         ts_ns,
         sessions,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: current_comm(),
+    }
+}
+
+/// The current task's name. The helper writes all 16 bytes (padded with
+/// zeros, or zeros when it fails), so the buffer is not zeroed first: in
+/// BPF a `memset` is a loop over bytes.
+#[inline(always)]
+fn current_comm() -> [u8; 16] {
+    let mut comm = core::mem::MaybeUninit::<[u8; 16]>::uninit();
+    // SAFETY: the helper fills the 16 bytes whatever it returns.
+    unsafe {
+        bpf_get_current_comm(comm.as_mut_ptr().cast(), 16);
+        comm.assume_init()
     }
 }
 
@@ -98,6 +112,31 @@ pub fn library_tls_sessions() -> u64 {
 pub fn selected_for(module: usize) -> u64 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     selected_now(tgid) & module_sessions(module)
+}
+
+/// Zeroes the bytes of `value` from offset `FROM` to its end, a word at a
+/// time. Zeroed field by field or as a whole, a record's tail becomes a
+/// `memset` the compiler cannot prove 8-aligned, which in BPF is a loop
+/// over bytes.
+#[inline(always)]
+pub fn clear_from<const FROM: usize, T>(value: &mut T) {
+    use core::mem::{align_of, size_of};
+    const {
+        assert!(align_of::<T>() >= 8 && FROM % 8 == 0 && size_of::<T>() % 8 == 0);
+        assert!(FROM <= size_of::<T>());
+    };
+    let words = core::ptr::from_mut(value)
+        .cast::<u8>()
+        .wrapping_add(FROM)
+        .cast::<u64>();
+    let mut i = 0;
+    while i < (size_of::<T>() - FROM) / 8 {
+        // SAFETY: inside `value`, at a multiple of 8 from its 8-aligned
+        // start; volatile, so the stores are not merged back into a
+        // `memset`.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
 }
 
 /// Copies up to `len` (at most `HEAD_BYTES`) bytes of user memory at `src`

@@ -20,7 +20,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_loop, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
     },
     programs::TracePointContext,
     EbpfContext,
@@ -33,7 +34,7 @@ use qtap_common::{
 use super::{count, creds, header, now};
 use crate::{
     CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PENDING,
-    PROCS, SCRATCH, TLS_ACTIVE,
+    PROCS, SCRATCH, TASK_OFFSETS, TLS_ACTIVE,
 };
 
 const EXE_MASK: usize = limit::EXE_LEN - 1;
@@ -293,6 +294,26 @@ pub fn fork(ctx: &TracePointContext) {
     }
 }
 
+/// The current process's live threads (`signal->live`), `None` without
+/// the offsets. A leader that exits before its threads (an `exit_group`
+/// whose other threads are still returning from their calls) must not
+/// end the process's selection: those calls' exits read it.
+#[inline(always)]
+fn live_threads() -> Option<i32> {
+    // SAFETY: qtapd writes the offsets once, at load.
+    let off = unsafe { core::ptr::read_volatile(&TASK_OFFSETS) };
+    if off.valid == 0 {
+        return None;
+    }
+    // SAFETY: kernel pointers read through the fault-tolerant helper.
+    unsafe {
+        let task = bpf_get_current_task();
+        let signal =
+            bpf_probe_read_kernel((task + u64::from(off.task_signal)) as *const u64).ok()?;
+        bpf_probe_read_kernel((signal + u64::from(off.signal_live)) as *const i32).ok()
+    }
+}
+
 /// `sched_process_exit(comm, pid, prio[, group_dead])`: forget the task,
 /// and any syscall or TLS call it was inside (killed before returning).
 #[inline(always)]
@@ -306,11 +327,14 @@ pub fn exit(ctx: &TracePointContext) {
         let _ = PROCS.remove(&tid);
     }
     let group_dead_off = global(&EXIT_GROUP_DEAD_OFF);
-    let dead = if group_dead_off == 0 {
-        tid == tgid
-    } else {
+    let dead = if group_dead_off != 0 {
         // SAFETY: offset of `group_dead` in the tracepoint record.
         unsafe { ctx.read_at::<u8>(group_dead_off as usize) }.unwrap_or(0) != 0
+    } else if let Some(live) = live_threads() {
+        // `do_exit` counts the thread out before this tracepoint.
+        live == 0
+    } else {
+        tid == tgid
     };
     if !dead {
         return;

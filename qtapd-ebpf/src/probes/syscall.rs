@@ -1,10 +1,19 @@
 //! The socket module: `syscalls:sys_enter_*` / `sys_exit_*` for the network
 //! syscalls and the plain read/write family.
 //!
-//! Enter keeps the arguments in `PENDING` (keyed by pid_tgid); exit joins
-//! them with the return value, updates `CONNS`, and emits one
-//! `SyscallRecord`. A process that no session selects costs one map lookup
-//! at enter (`PROCS`) and one at exit (`PENDING`), and emits nothing.
+//! A control call (socket, bind, connect, accept, close, dup) keeps what
+//! its exit needs in `PENDING` (keyed by pid_tgid) at enter: an address
+//! the call may overwrite, or what an fd it closes was. A data call
+//! (`call::args_at_exit`) has no enter program where the kernel has BTF:
+//! on x86-64 a syscall's arguments stay in the task's saved user registers
+//! (`rdi`, `rsi`, `rdx`, `r10`) until it returns, where only `rax` changes,
+//! so its exit reads them there (`bpf_task_pt_regs`, which needs BTF).
+//! That halves a data call's tracepoint hits and spares it a hash-map
+//! insert, lookup and delete. Without BTF its enter keeps them in
+//! `PENDING` like a control call's. Either way the exit emits one
+//! `SyscallRecord` and updates `CONNS`. A process that no session selects
+//! costs one map lookup in each program it runs (`PROCS`, or `PENDING` at
+//! a control call's exit), and emits nothing.
 //!
 //! Each data record carries the first `HEAD_BYTES` the call moved (for
 //! protocol detection in qtapd) and, when the thread is inside a TLS
@@ -15,7 +24,11 @@
 //! exit: `long ret` at 16.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
+    },
     programs::TracePointContext,
 };
 use qtap_common::{
@@ -24,10 +37,10 @@ use qtap_common::{
 };
 
 use super::{
-    copy_head, count, files, header, library_tls_sessions, now, selected_for, still_selected,
-    submit, Urgency,
+    clear_from, copy_head, count, files, header, library_tls_sessions, now, selected_for,
+    still_selected, submit, Urgency,
 };
-use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
+use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TASK_OFFSETS, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u16 = 1;
@@ -44,7 +57,9 @@ fn arg(ctx: &TracePointContext, index: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(16 + 8 * index) }.unwrap_or(0)
 }
 
-/// The `sys_enter_<call>` hook: keep the arguments for the exit.
+/// The `sys_enter_<call>` hook: keep the arguments for the exit. A data
+/// call's enter is attached only on a kernel without BTF (see the module
+/// doc).
 #[inline(always)]
 pub fn enter(ctx: &TracePointContext, call: u16) {
     let sessions = selected_for(module::SOCKET);
@@ -103,14 +118,22 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
 pub fn exit(ctx: &TracePointContext, call: u16) {
     let ts = now();
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING.get(&id) }).copied() else {
-        return;
+    let pending = if call::args_at_exit(call) && args_in_registers() {
+        let Some(pending) = data_call(call) else {
+            return;
+        };
+        pending
+    } else {
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(pending) = (unsafe { PENDING.get(&id) }).copied() else {
+            return;
+        };
+        let _ = PENDING.remove(&id);
+        if pending.call != call {
+            return;
+        }
+        pending
     };
-    let _ = PENDING.remove(&id);
-    if pending.call != call {
-        return;
-    }
     let tgid = (id >> 32) as u32;
     // Sessions that stopped selecting the process while the call ran (a
     // session ended, or the process left a restricted session) get
@@ -134,10 +157,8 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     record.fd = pending.fd;
     record.new_fd = -1;
     record.head_len = 0;
-    record.conn = Conn::default();
-    record.tls = 0;
-    // Never carry another call's bytes.
-    record.head = [0; limit::HEAD_BYTES];
+    // `conn`, `tls` and `head`: never carry another call's bytes.
+    clear_from::<{ core::mem::offset_of!(SyscallRecord, conn) }, _>(record);
     // Only a session of a C TLS library's module has uprobes attached that
     // fill TLS_ACTIVE: without one, the lookup is skipped.
     // SAFETY: the value is copied out at once.
@@ -217,6 +238,66 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     if sessions != 0 {
         submit(buf, payload.0, payload.1, urgency);
     }
+}
+
+/// Whether data calls' exits read their arguments from the task's
+/// registers: qtapd found the kernel's BTF, which `bpf_task_pt_regs`
+/// needs, and attached no enter program for them (else their enter keeps
+/// them in `PENDING`, and this branch is dead code to the verifier).
+#[inline(always)]
+fn args_in_registers() -> bool {
+    // SAFETY: a `static` qtapd may rewrite at load; volatile keeps the
+    // compiler from folding the default value.
+    unsafe { core::ptr::read_volatile(&TASK_OFFSETS.valid) != 0 }
+}
+
+/// What an enter would have kept of the data call returning now, from the
+/// task's saved user registers; `None` when no session selects the
+/// process (it is read after the exit's timestamp: see `now`).
+#[inline(always)]
+fn data_call(call: u16) -> Option<Pending> {
+    let sessions = selected_for(module::SOCKET);
+    if sessions == 0 {
+        return None;
+    }
+    let [fd, arg1, arg2, arg3] = syscall_args()?;
+    let peek = match call {
+        call::RECVFROM => arg3 & MSG_PEEK != 0,
+        call::RECVMSG => arg2 & MSG_PEEK != 0,
+        _ => false,
+    };
+    Some(Pending {
+        sessions,
+        call,
+        flags: if peek { flag::PEEK } else { 0 },
+        fd: fd as i32,
+        // The vector of a `*mmsg` call; the buffer (or the vector or
+        // message that holds it) of the others.
+        arg1,
+        arg2: arg1,
+        ..Pending::default()
+    })
+}
+
+/// The first four arguments of the current task's syscall, from its saved
+/// user registers (`rdi`, `rsi`, `rdx`, `r10` on x86-64); `None` when
+/// they cannot be read.
+#[inline(always)]
+fn syscall_args() -> Option<[u64; 4]> {
+    use core::mem::offset_of;
+    // `r10` to `rdi` are eight consecutive words of `pt_regs`.
+    const FROM: usize = offset_of!(pt_regs, r10);
+    const _: () = assert!(offset_of!(pt_regs, rdi) == FROM + 7 * 8);
+    const _: () = assert!(offset_of!(pt_regs, rsi) == FROM + 6 * 8);
+    const _: () = assert!(offset_of!(pt_regs, rdx) == FROM + 5 * 8);
+    // SAFETY: the current task is valid while its program runs, and its
+    // registers are read through the fault-tolerant helper.
+    let words = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as usize;
+        bpf_probe_read_kernel((regs + FROM) as *const [u64; 8])
+    }
+    .ok()?;
+    Some([words[7], words[6], words[5], words[0]])
 }
 
 /// A unix socket's name from the `sockaddr_un` of `len` bytes at `addr`

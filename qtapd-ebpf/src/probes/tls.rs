@@ -20,9 +20,11 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     programs::{ProbeContext, RetProbeContext},
 };
-use qtap_common::{direction, kind, limit, module, stat, tls_call, TlsPending, TlsRecord};
+use qtap_common::{direction, kind, module, stat, tls_call, TlsPending, TlsRecord};
 
-use super::{copy_head, count, header, now, selected_for, still_selected, submit, Urgency};
+use super::{
+    clear_from, copy_head, count, header, now, selected_for, still_selected, submit, Urgency,
+};
 use crate::{TLS_ACTIVE, TLS_BUF};
 
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
@@ -101,23 +103,21 @@ pub fn emit_data(ts: u64, sessions: u64, pending: &TlsPending, ret: i64, bytes: 
     };
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
-    buf.record = TlsRecord {
-        hdr: header(kind::TLS, sessions, ts),
-        ssl: pending.ssl,
-        ret,
-        bytes,
-        call: pending.call,
-        direction: if tls_call::is_read(pending.call) {
-            direction::INGRESS
-        } else {
-            direction::EGRESS
-        },
-        _pad: 0,
-        fd: pending.fd,
-        head_len: 0,
-        _pad2: 0,
-        head: [0; limit::HEAD_BYTES],
+    let record = &mut buf.record;
+    record.hdr = header(kind::TLS, sessions, ts);
+    record.ssl = pending.ssl;
+    record.ret = ret;
+    record.bytes = bytes;
+    record.call = pending.call;
+    record.direction = if tls_call::is_read(pending.call) {
+        direction::INGRESS
+    } else {
+        direction::EGRESS
     };
+    record._pad = 0;
+    record.fd = pending.fd;
+    // `head_len` and `head`: never carry another call's bytes.
+    clear_from::<{ core::mem::offset_of!(TlsRecord, head_len) }, _>(record);
     let plaintext = bytes.max(0) as u64;
     if plaintext > 0 {
         buf.record.head_len = copy_head(pending.buf, plaintext, &mut buf.record.head);

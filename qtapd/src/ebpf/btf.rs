@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use qtap_common::{CredOffsets, FileOffsets};
+use qtap_common::{CredOffsets, FileOffsets, TaskOffsets};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -230,6 +230,18 @@ impl Structs {
             valid: 1,
         })
     }
+
+    /// Where a task's count of live threads is.
+    ///
+    /// # Errors
+    /// A member the programs read is missing.
+    pub fn task_offsets(&self) -> Result<TaskOffsets, BtfError> {
+        Ok(TaskOffsets {
+            task_signal: self.offset("task_struct", "signal")?,
+            signal_live: self.offset("signal_struct", "live")?,
+            valid: 1,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -313,5 +325,9 @@ mod tests {
         // lookups; the IPv6 address follows them.
         assert_eq!((files.sk_rcv_saddr, files.sk_num), (4, 14), "{files:?}");
         assert!(files.sk_v6_rcv_saddr > 16, "{files:?}");
+        let task = Structs::from_kernel().unwrap().task_offsets().unwrap();
+        // `live` follows `sigcnt` at the start of `signal_struct`.
+        assert_eq!((task.valid, task.signal_live), (1, 4), "{task:?}");
+        assert!(task.task_signal > 0, "{task:?}");
     }
 }

@@ -21,8 +21,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use qtap_common::{
-    map, offsets, stat, Config, Conn, ConnKey, CredOffsets, FileOffsets, GoKey, PatternKey,
-    Pending, ProcSel, TlsPending,
+    call, map, offsets, stat, Config, Conn, ConnKey, CredOffsets, FileOffsets, GoKey, PatternKey,
+    Pending, ProcSel, TaskOffsets, TlsPending,
 };
 
 use tracing::warn;
@@ -137,6 +137,9 @@ pub struct Kernel {
     go_active: HashMap<MapData, GoKey, TlsPending>,
     installed: Vec<PatternKey>,
     features: Features,
+    /// The data calls read their arguments at exit: their enter programs
+    /// are not attached.
+    args_at_exit: bool,
 }
 
 impl Kernel {
@@ -175,9 +178,19 @@ impl Kernel {
             );
             FileOffsets::default()
         });
+        let task = from_btf(&structs, btf::Structs::task_offsets).unwrap_or_else(|error| {
+            warn!(
+                %error,
+                "cannot read a process's thread count in the kernel: data calls keep their \
+                 arguments at enter (twice the probes), and a leader's exit ends its process's \
+                 calls in flight"
+            );
+            TaskOffsets::default()
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global(offsets::CRED, &creds, true)
             .override_global(offsets::FILE, &files, true)
+            .override_global(offsets::TASK, &task, true)
             .override_global(offsets::FORK_CHILD_PID, &fork_child, true)
             .override_global(offsets::EXEC_FILENAME, &exec_filename, true)
             .override_global(offsets::EXIT_GROUP_DEAD, &exit_group_dead, true)
@@ -224,6 +237,7 @@ impl Kernel {
             go_active,
             installed: Vec::new(),
             features,
+            args_at_exit: task.valid != 0,
         };
         kernel.set_tracing(true)?;
         Ok((kernel, ring))
@@ -316,6 +330,13 @@ impl Selector for Kernel {
             let Program::TracePoint(tracepoint) = program else {
                 continue;
             };
+            let data_enter = name
+                .strip_prefix("sys_enter_")
+                .and_then(crate::events::call_named)
+                .is_some_and(call::args_at_exit);
+            if data_enter && self.args_at_exit {
+                continue;
+            }
             let category = if name.starts_with("sys_") {
                 "syscalls"
             } else {

@@ -249,6 +249,13 @@ macro_rules! syscall_labels {
     };
 }
 
+/// The `qtap_common::call` number of a syscall name (`sendfile64`), if it
+/// is one of the socket module's.
+#[must_use]
+pub fn call_named(name: &str) -> Option<u16> {
+    (1..=u16::from(u8::MAX)).find(|&c| call_labels(c).name == name)
+}
+
 /// The labels of a `qtap_common::call` number.
 #[must_use]
 pub fn call_labels(c: u16) -> CallLabels {
