@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # make probes: what the kernel side costs a traced program, apart from
-# qtapd's user space and any follower. qtap-loadgen makes 64-byte socket
-# writes and reads as fast as it can, in alternation: untraced (qtapd
-# running, no session), with a session selecting another program (every
-# syscall now runs qtap's enter and exit programs, which look the process
-# up and return), and with a session selecting it and no follower (the
-# whole probe path and ring record; qtapd keeps its fd state but makes no
-# events). Prints the writes/s of each and their ratios to untraced, and
-# the programs' own run time per run (kernel.bpf_stats_enabled, on for
-# one more selected run only: counting slows them).
+# qtapd's user space and any follower. qtap-loadgen runs as fast as it can
+# in ping-pong (one thread writes 64 bytes on a loopback TCP connection
+# and reads them at the other end, in turn: the threaded load's contention
+# for the socket's lock makes its rate swing by half between runs), in
+# alternation: untraced (qtapd running, no session), with a session
+# selecting another program (each of its calls runs qtap's programs, which
+# look the process up and return; a data call has only its exit program),
+# and with a session selecting it and no follower (the whole probe path
+# and ring record; qtapd keeps its fd state but makes no events). Prints
+# the round trips/s of each and their ratios to untraced, and the
+# programs' own run time per run (kernel.bpf_stats_enabled, on for one
+# more selected run only: counting slows them).
 #
 # Usage: bench/probes.sh QTAPD QTAPCTL LOADGEN   (root)
 # Knobs: ROUNDS (3), DURATION (3 s).
@@ -23,7 +26,7 @@ duration=${DURATION:-3}
 source "$(dirname "$0")/daemon.sh" probes
 
 writes_per_s() {
-	"$loadgen" "$duration" 0 | sed -n 's/^writes=\([0-9]*\) .*/\1/p' | awk -v d="$duration" '{printf "%d", $1 / d}'
+	"$loadgen" "$duration" ping-pong | sed -n 's/^writes=\([0-9]*\) .*/\1/p' | awk -v d="$duration" '{printf "%d", $1 / d}'
 }
 
 "$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &

@@ -116,13 +116,20 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
 /// The `sys_exit_<call>` hook: join with the enter and emit the record.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, call: u16) {
-    let ts = now();
     let id = bpf_get_current_pid_tgid();
-    let pending = if call::args_at_exit(call) && args_in_registers() {
+    let tgid = (id >> 32) as u32;
+    let data = call::args_at_exit(call) && args_in_registers();
+    // A data call of a process no session selects ends here, before the
+    // clock is read.
+    if data && selected_for(module::SOCKET) == 0 {
+        return;
+    }
+    let ts = now();
+    let (pending, mut sessions) = if data {
         let Some(pending) = data_call(call) else {
             return;
         };
-        pending
+        (pending, pending.sessions)
     } else {
         // SAFETY: the value is copied out before the entry is removed.
         let Some(pending) = (unsafe { PENDING.get(&id) }).copied() else {
@@ -132,13 +139,12 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         if pending.call != call {
             return;
         }
-        pending
+        // Sessions that stopped selecting the process while the call ran
+        // (a session ended, or the process left a restricted session) get
+        // nothing of it; the connection table is kept up to date
+        // regardless.
+        (pending, still_selected(tgid, pending.sessions))
     };
-    let tgid = (id >> 32) as u32;
-    // Sessions that stopped selecting the process while the call ran (a
-    // session ended, or the process left a restricted session) get
-    // nothing of it; the connection table is kept up to date regardless.
-    let mut sessions = still_selected(tgid, pending.sessions);
     // SAFETY: offset of `ret` in the syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
 
