@@ -113,7 +113,8 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
     }
 }
 
-/// The `sys_exit_<call>` hook: join with the enter and emit the record.
+/// The `sys_exit_<call>` hook: join with the enter (a data call: read its
+/// arguments) and emit the record.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, call: u16) {
     let id = bpf_get_current_pid_tgid();
@@ -522,10 +523,12 @@ fn first_buffer(call: u16, arg: u64) -> (u64, u64) {
     if iov == 0 {
         return (0, 0);
     }
-    // SAFETY: `struct iovec { void *base; size_t len; }` in user memory.
-    let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
-    (base, len)
+    // SAFETY: `struct iovec { void *base; size_t len; }` in user memory,
+    // read in one call (each user read costs a hardened-usercopy check).
+    match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+        Ok([base, len]) => (base, len),
+        Err(_) => (0, 0),
+    }
 }
 
 #[inline(always)]
