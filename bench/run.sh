@@ -90,6 +90,9 @@ start_qtapd() {
 	exit 1
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# How long qtapd's detach of its tracepoints (after its start, and after
+# the last session stops) takes here, with room to spare.
+detach_wait=4
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # shellcheck source=bench/counters.sh
 source "$(dirname "$0")/counters.sh"
@@ -190,6 +193,10 @@ run_scenario() {
 	baseline | ok_base) result=$(load) ;;
 	idle)
 		start_qtapd
+		# qtapd attaches every tracepoint at start (so a kernel that
+		# refuses one fails it there), then detaches them on a thread,
+		# which takes about 3 s; idle is what comes after.
+		sleep "$detach_wait"
 		result=$(load)
 		stop_pid "$qtapd_pid"
 		;;
