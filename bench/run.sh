@@ -410,12 +410,15 @@ losses qtapd reported to it equal the events the session offered it.
 
 $("$(dirname "$0")/probes.sh" "$qtapd" "$qtapctl" "$loadgen")
 
-Reproduce: \`sudo make bench\` (bench/probes.sh). The same loadgen, flat
-out, with no follower: what the kernel side costs the traced program
-itself. "Another program" is the price every process pays while any
-session runs (each syscall of the traced families runs an enter and an
-exit program that look the process up and return); "selected" adds the
-whole probe path and its ring records.
+Reproduce: \`sudo make bench\` (bench/probes.sh). The same loadgen in
+ping-pong (one thread writes 64 bytes on a loopback connection and reads
+them at the other end, in turn), as fast as it can, with no follower:
+what the kernel side costs the traced program itself. "Another program"
+is the price every process pays while any session runs (each of its
+calls in the traced families runs qtap's programs, which look the
+process up and return: an exit program for a data call, an enter and an
+exit for the others); "selected" adds the whole probe path and its ring
+records.
 
 $(cat "$(dirname "$0")/history.md")
 MD
