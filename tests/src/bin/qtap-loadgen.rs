@@ -22,12 +22,11 @@ const MESSAGE: [u8; 64] = [b'q'; 64];
 
 fn main() {
     const USAGE: &str = "usage: qtap-loadgen SECONDS [RATE | ping-pong]";
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() == 2 && args[1] == "ping-pong" {
         ping_pong(args[0].parse().expect(USAGE));
         return;
     }
-    args.truncate(2);
     let args: Vec<u64> = args.iter().map(|a| a.parse().expect(USAGE)).collect();
     let (seconds, rate) = match args[..] {
         [s] => (s, 0),
