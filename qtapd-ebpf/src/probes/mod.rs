@@ -14,9 +14,9 @@ use aya_ebpf::{
         generated::bpf_get_current_comm,
     },
 };
-use qtap_common::{limit, module, stat, Header, WithPayload, ABI_VERSION};
+use qtap_common::{limit, module, stat, Header, TaskOffsets, WithPayload, ABI_VERSION};
 
-use crate::{CONFIG, EVENTS, PROCS, STATS};
+use crate::{CONFIG, EVENTS, PROCS, STATS, TASK_OFFSETS};
 
 /// Adds one to the per-CPU counter `index` (one of `qtap_common::stat`).
 #[inline(always)]
@@ -85,6 +85,15 @@ pub fn selected_now(tgid: u32) -> u64 {
 pub fn still_selected(tgid: u32, sessions: u64) -> u64 {
     // SAFETY: the value is copied out at once.
     unsafe { PROCS.get(&tgid) }.map_or(sessions, |sel| sessions & sel.sessions)
+}
+
+/// This kernel's [`TaskOffsets`] (`valid`: it has BTF), read by the exit
+/// probe and by the data calls' exits.
+#[inline(always)]
+pub fn task_offsets() -> TaskOffsets {
+    // SAFETY: a `static` qtapd may rewrite at load; volatile keeps the
+    // compiler from folding the default value.
+    unsafe { core::ptr::read_volatile(&raw const TASK_OFFSETS) }
 }
 
 /// Sessions that asked for the kernel record family `module` (one of

@@ -31,10 +31,10 @@ use qtap_common::{
     PatternKey, ProcSel, HASH_MUL,
 };
 
-use super::{count, creds, header, now};
+use super::{count, creds, header, now, task_offsets};
 use crate::{
     CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PENDING,
-    PROCS, SCRATCH, TASK_OFFSETS, TLS_ACTIVE,
+    PROCS, SCRATCH, TLS_ACTIVE,
 };
 
 const EXE_MASK: usize = limit::EXE_LEN - 1;
@@ -300,8 +300,7 @@ pub fn fork(ctx: &TracePointContext) {
 /// end the process's selection: those calls' exits read it.
 #[inline(always)]
 fn live_threads() -> Option<i32> {
-    // SAFETY: qtapd writes the offsets once, at load.
-    let off = unsafe { core::ptr::read_volatile(&TASK_OFFSETS) };
+    let off = task_offsets();
     if off.valid == 0 {
         return None;
     }

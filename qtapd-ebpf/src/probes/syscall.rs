@@ -38,9 +38,9 @@ use qtap_common::{
 
 use super::{
     clear_from, copy_head, count, files, header, library_tls_sessions, now, selected_for,
-    still_selected, submit, Urgency,
+    still_selected, submit, task_offsets, Urgency,
 };
-use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TASK_OFFSETS, TLS_ACTIVE};
+use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u16 = 1;
@@ -253,9 +253,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
 /// them in `PENDING`, and this branch is dead code to the verifier).
 #[inline(always)]
 fn args_in_registers() -> bool {
-    // SAFETY: a `static` qtapd may rewrite at load; volatile keeps the
-    // compiler from folding the default value.
-    unsafe { core::ptr::read_volatile(&TASK_OFFSETS.valid) != 0 }
+    task_offsets().valid != 0
 }
 
 /// What an enter would have kept of the data call returning now, from the
