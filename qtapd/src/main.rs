@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, level_filters::LevelFilter, warn};
+use tracing::{error, level_filters::LevelFilter};
 
 use qtapd::{
     cli::{config, tcp_config, Args, Level},
@@ -61,7 +61,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Result<()> {
-    yield_to_traced();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -94,19 +93,6 @@ fn run(args: Args, filter: Option<Filter>, tcp: Option<TcpConfig>) -> anyhow::Re
             daemon::serve(config, shutdown).await
         }
     })
-}
-
-/// Runs qtapd as `SCHED_BATCH`: its fair share of the CPU, but its
-/// wakeups (a ring drain, a follower's stream) do not preempt a traced
-/// program on the same core, which had cost nginx more throughput than
-/// qtapd's CPU time. Set before the runtime starts, so that every thread
-/// inherits it. Without it qtapd still works, as a normal task.
-fn yield_to_traced() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid `sched_param`; pid 0 is this thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) } != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "could not run as SCHED_BATCH");
-    }
 }
 
 async fn wait_for_signal() {

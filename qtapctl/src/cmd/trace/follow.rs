@@ -85,18 +85,6 @@ impl Summary {
     }
 }
 
-/// Runs this follower as `SCHED_BATCH`, as qtapd runs: its fair share of
-/// the CPU, but its wakeups (a batch arriving) do not preempt a traced
-/// program on the same core; the output may come a scheduler slice later.
-/// The runtime has one thread, and threads made later inherit the policy.
-/// Lowering one's own policy needs no privilege; should it fail anyway,
-/// the follower runs as a normal task and loses nothing.
-fn yield_to_traced() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid `sched_param`; pid 0 is this thread.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
-}
-
 /// Follows `target` on each daemon (a session id, or an inline filter
 /// session with `options`) and renders the merged streams. With several
 /// daemons each event carries its daemon's name in `host`, and one daemon
@@ -107,7 +95,6 @@ pub async fn follow(
     options: Option<TraceOptions>,
     view: &View,
 ) -> anyhow::Result<()> {
-    yield_to_traced();
     let started = Instant::now();
     let several = targets.len() > 1;
     // Each daemon's name, or "" when there is only one.
