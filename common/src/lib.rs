@@ -22,7 +22,7 @@ mod user;
 pub use user::*;
 
 /// Written into every record header; user space rejects other versions.
-pub const ABI_VERSION: u16 = 8;
+pub const ABI_VERSION: u16 = 9;
 
 /// Sessions that can be active at once: one bit each in a `u64` mask.
 pub const MAX_SESSIONS: usize = 64;
@@ -368,7 +368,9 @@ pub struct Header {
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
-    pub _pad: u32,
+    /// The real uid of the process: whose restricted sessions may see it
+    /// (a process with plain credentials has all its uids equal).
+    pub uid: u32,
     /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
     pub ts_ns: u64,
     /// Sessions that selected the process when the record was made.
@@ -558,8 +560,7 @@ pub struct ExecRecord {
     pub hdr: Header,
     /// Bytes of `filename` used (without the terminating NUL).
     pub filename_len: u32,
-    /// The real uid of the process.
-    pub uid: u32,
+    pub _pad: u32,
     /// The path given to `execve`.
     pub filename: [u8; limit::EXE_LEN],
 }

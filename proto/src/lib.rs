@@ -35,16 +35,21 @@ impl v1::LossStage {
             v1::LossStage::TlsTable => {
                 "the kernel's table of TLS calls in flight was full (all sessions)"
             }
+            v1::LossStage::AccessUnverified => {
+                "withheld: the process exited before qtapd could check that this session's owner may see it"
+            }
         }
     }
 
     /// Whether the loss happened in the kernel, for every session (else in
-    /// one follower's queue).
+    /// qtapd: one follower's queue, or one session's access check).
     #[must_use]
     pub fn in_kernel(self) -> bool {
         !matches!(
             self,
-            v1::LossStage::DaemonQueue | v1::LossStage::Unspecified
+            v1::LossStage::DaemonQueue
+                | v1::LossStage::Unspecified
+                | v1::LossStage::AccessUnverified
         )
     }
 }

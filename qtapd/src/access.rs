@@ -9,9 +9,12 @@
 //! directory itself always shows the euid).
 //!
 //! The verdict is taken from `/proc` before the first record of a process
-//! reaches such a session and cached until the process execs, changes
+//! reaches such a session (the kernel wakes qtapd at once for exec and
+//! fork records, so it reads `/proc` while the process runs), inherited
+//! by forked children, and cached until the process execs, changes
 //! credentials (a `CREDS` record) or exits. A process whose `/proc` entry
-//! cannot be read (it is gone) is visible to root only: fail closed.
+//! cannot be read (it is gone) is visible to root only: fail closed, and
+//! the records withheld are counted as lost to the sessions concerned.
 
 use std::{collections::HashMap, fs, os::unix::fs::MetadataExt};
 
@@ -102,25 +105,74 @@ fn secure_exec(auxv: &[u8]) -> Option<bool> {
     )
 }
 
+/// Who besides root may see a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Root and this uid.
+    Visible(u32),
+    /// Root alone: the credentials are not plain.
+    RootOnly,
+    /// Root alone because nothing could be checked: the process was gone
+    /// from `/proc` before its first record was handled. Unlike
+    /// [`Verdict::RootOnly`] this withholds records a restricted session
+    /// may have been entitled to, so they are counted as lost
+    /// (`LossStage::AccessUnverified`).
+    Unknown,
+}
+
+impl Verdict {
+    /// The uid besides root that may see the process, if any.
+    #[must_use]
+    pub fn uid(self) -> Option<u32> {
+        match self {
+            Verdict::Visible(uid) => Some(uid),
+            Verdict::RootOnly | Verdict::Unknown => None,
+        }
+    }
+
+    /// The verdict on `pid`, read from `/proc` now.
+    fn check(pid: u32) -> Verdict {
+        match Creds::of(pid) {
+            Some(creds) => creds
+                .visible_to()
+                .map_or(Verdict::RootOnly, Verdict::Visible),
+            None => Verdict::Unknown,
+        }
+    }
+}
+
 /// The cached verdicts.
 #[derive(Default)]
 pub struct Access {
-    /// Per process: the uid that may see it besides root (`None`: root only).
-    visible: HashMap<u32, Option<u32>>,
+    visible: HashMap<u32, Verdict>,
 }
 
 impl Access {
-    /// The uid besides root that may see `pid`, checked on first use.
-    pub fn visible_to(&mut self, pid: u32) -> Option<u32> {
+    /// The verdict on `pid`, checked on first use.
+    pub fn verdict(&mut self, pid: u32) -> Verdict {
         *self
             .visible
             .entry(pid)
-            .or_insert_with(|| Creds::of(pid).and_then(|c| c.visible_to()))
+            .or_insert_with(|| Verdict::check(pid))
+    }
+
+    /// `pid` forked `child`. A child starts with its parent's credentials,
+    /// dumpability and auxiliary vector, and what it changes later comes
+    /// as a `CREDS` record, so a known verdict on the parent holds for the
+    /// child; it is taken now, so a child that exits before its first
+    /// record is handled is not [`Verdict::Unknown`].
+    pub fn fork(&mut self, pid: u32, child: u32) {
+        match self.visible.get(&pid).copied() {
+            Some(verdict @ (Verdict::Visible(_) | Verdict::RootOnly)) => {
+                self.visible.insert(child, verdict);
+            }
+            Some(Verdict::Unknown) | None => {}
+        }
     }
 
     /// `pid` is root's alone until it execs (its credentials changed).
     pub fn deny(&mut self, pid: u32) {
-        self.visible.insert(pid, None);
+        self.visible.insert(pid, Verdict::RootOnly);
     }
 
     /// Forget `pid` (it exec'd or exited): the next use checks again.
@@ -223,5 +275,24 @@ mod tests {
         let uid = unsafe { libc::getuid() };
         assert_eq!(creds.uids[0], uid);
         assert!(Creds::of(u32::MAX).is_none(), "a pid that cannot exist");
+    }
+
+    #[test]
+    fn a_gone_process_is_unknown_and_a_child_inherits_a_known_verdict() {
+        let mut access = Access::default();
+        assert_eq!(access.verdict(u32::MAX), Verdict::Unknown);
+        // An unknown parent tells nothing of its child.
+        access.fork(u32::MAX, u32::MAX - 1);
+        assert_eq!(access.verdict(u32::MAX - 1), Verdict::Unknown);
+        let me = std::process::id();
+        let mine = access.verdict(me);
+        assert_ne!(mine, Verdict::Unknown);
+        // A child that is already gone takes its parent's verdict.
+        access.fork(me, u32::MAX - 2);
+        assert_eq!(access.verdict(u32::MAX - 2), mine);
+        access.deny(u32::MAX - 2);
+        assert_eq!(access.verdict(u32::MAX - 2), Verdict::RootOnly);
+        access.forget(u32::MAX - 2);
+        assert_eq!(access.verdict(u32::MAX - 2), Verdict::Unknown);
     }
 }

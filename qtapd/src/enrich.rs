@@ -777,7 +777,7 @@ mod tests {
                 ..Header::default()
             },
             filename_len: name.len() as u32,
-            uid: 0,
+            _pad: 0,
             filename,
         }
     }

@@ -66,6 +66,9 @@ pub struct Totals {
     /// Records the kernel dropped (ring full; every session's followers
     /// hear of those).
     pub kernel_lost: u64,
+    /// Records withheld from this (restricted) session: their process
+    /// exited before its owner's right to see them could be checked.
+    pub unverified: u64,
 }
 
 /// Exports session `session`'s events from `rx` to `endpoint` until the
@@ -91,12 +94,11 @@ pub async fn export(endpoint: String, session: String, mut rx: mpsc::Receiver<It
             tokio::select! {
                 item = rx.recv() => match item {
                     Some(Item::Event(delivered)) => batch.push(record(&delivered.to_wire(&mut time))),
-                    Some(Item::Lost(lost))
-                        if LossStage::try_from(lost.stage).is_ok_and(LossStage::in_kernel) =>
-                    {
-                        totals.kernel_lost += lost.count;
-                    }
-                    Some(Item::Lost(lost)) => totals.queue_lost += lost.count,
+                    Some(Item::Lost(lost)) => match LossStage::try_from(lost.stage) {
+                        Ok(stage) if stage.in_kernel() => totals.kernel_lost += lost.count,
+                        Ok(LossStage::AccessUnverified) => totals.unverified += lost.count,
+                        _ => totals.queue_lost += lost.count,
+                    },
                     Some(Item::Heartbeat(_) | Item::End(_)) => {}
                     None => open = false,
                 },
@@ -117,7 +119,8 @@ pub async fn export(endpoint: String, session: String, mut rx: mpsc::Receiver<It
     }
     info!(
         session, %endpoint, exported = totals.exported, dropped = totals.dropped,
-        queue_lost = totals.queue_lost, kernel_lost = totals.kernel_lost, "otlp export ended"
+        queue_lost = totals.queue_lost, kernel_lost = totals.kernel_lost,
+        unverified = totals.unverified, "otlp export ended"
     );
     totals
 }

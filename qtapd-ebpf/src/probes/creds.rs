@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use qtap_common::{kind, stat, CredOffsets, Header, ProcSel};
 
-use super::{count, header, now, selected_now};
+use super::{count, header, now, selected_now, PROMPT};
 use crate::{CONFIG, CRED_OFFSETS, EVENTS, PROCS};
 
 /// `PR_SET_DUMPABLE` and the value that keeps a process dumpable.
@@ -120,7 +120,7 @@ fn deselect_restricted(tgid: u32, sessions: u64, restricted: u64, ts: u64) {
         let _ = PROCS.remove(&tgid);
     }
     let record = header(kind::CREDS, sessions & restricted, ts);
-    if EVENTS.output::<Header>(&record, 0).is_err() {
+    if EVENTS.output::<Header>(&record, PROMPT).is_err() {
         count(stat::RING_FULL);
     }
 }

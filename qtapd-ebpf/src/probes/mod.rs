@@ -10,8 +10,8 @@ pub mod tls;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
-        generated::bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_user_buf, generated::bpf_get_current_comm,
     },
 };
 use qtap_common::{limit, module, stat, Header, TaskOffsets, WithPayload, ABI_VERSION};
@@ -47,7 +47,7 @@ pub fn header(kind: u16, sessions: u64, ts_ns: u64) -> Header {
         abi: ABI_VERSION,
         pid: (id >> 32) as u32,
         tid: id as u32,
-        _pad: 0,
+        uid: bpf_get_current_uid_gid() as u32,
         ts_ns,
         sessions,
         comm: current_comm(),
@@ -175,12 +175,20 @@ pub fn copy_head(src: u64, len: u64, head: &mut [u8; limit::HEAD_BYTES]) -> u32 
 pub enum Urgency {
     /// Collected on qtapd's clock (or past `WAKE_BYTES`).
     Batched,
-    /// Wakes qtapd when it has caught up: it must look at `/proc` for
-    /// this record while what it describes is still there (an fd the
-    /// kernel has no connection for: qtapd resolves it by number, and a
-    /// late look could find the number reused).
+    /// Wakes qtapd at once ([`PROMPT`]): it must look at `/proc` for this
+    /// record while what it describes is still there (an fd the kernel
+    /// has no connection for: qtapd resolves it by number, and a late look
+    /// could find the number reused).
     Prompt,
 }
+
+/// The ring flags of a record qtapd must act on while the process is
+/// still there (a `/proc` look-up, a restricted session's credential
+/// check): a forced wakeup. The default wakes the reader only when it has
+/// read everything before the record, and batched data records (sent
+/// without a wakeup) usually wait unread, so such a record would wait for
+/// qtapd's drain clock, by which time a short-lived process has exited.
+pub const PROMPT: u64 = BPF_RB_FORCE_WAKEUP as u64;
 
 /// Sends `buf.record` to the ring, followed by up to the configured capture
 /// of the `len` bytes at user address `src` (a data call's payload).
@@ -209,7 +217,7 @@ pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency)
     let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
     let flags = match urgency {
         Urgency::Batched => data_wakeup(),
-        Urgency::Prompt => 0,
+        Urgency::Prompt => PROMPT,
     };
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(stat::RING_FULL);
@@ -218,9 +226,8 @@ pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency)
 
 /// The ring flags of a data record: no wakeup while the unread bytes are
 /// below `WAKE_BYTES` (qtapd drains the ring on a short clock), a wakeup
-/// past it so a burst is read before it fills the ring. Process and
-/// credential records, which qtapd must act on at once, keep the default
-/// (a wakeup when the reader has caught up).
+/// past it so a burst is read before it fills the ring. Exec, fork and
+/// credential records, which qtapd must act on at once, are [`PROMPT`].
 #[inline(always)]
 fn data_wakeup() -> u64 {
     if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= limit::WAKE_BYTES {

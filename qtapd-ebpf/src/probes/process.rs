@@ -31,7 +31,7 @@ use qtap_common::{
     PatternKey, ProcSel, HASH_MUL,
 };
 
-use super::{count, creds, header, now, task_offsets};
+use super::{count, creds, header, now, task_offsets, PROMPT};
 use crate::{
     CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PENDING,
     PROCS, SCRATCH, TLS_ACTIVE,
@@ -106,10 +106,10 @@ pub fn exec(ctx: &TracePointContext) {
             unsafe {
                 (*record).hdr = header(kind::EXEC, sessions, ts);
                 (*record).filename_len = (len & EXE_MASK) as u32;
-                (*record).uid = uid;
+                (*record)._pad = 0;
                 (*record).filename = scratch.buf;
             }
-            entry.submit(0);
+            entry.submit(PROMPT);
         }
         None => count(stat::RING_FULL),
     }
@@ -289,7 +289,7 @@ pub fn fork(ctx: &TracePointContext) {
         child_pid: child,
         _pad: 0,
     };
-    if EVENTS.output::<ForkRecord>(&record, 0).is_err() {
+    if EVENTS.output::<ForkRecord>(&record, PROMPT).is_err() {
         count(stat::RING_FULL);
     }
 }

@@ -79,6 +79,9 @@ struct Follower {
     passive: bool,
     /// Events dropped since the last `lost` item this follower got.
     unreported: u64,
+    /// Records withheld from this follower's restricted session since the
+    /// last `lost` item of that stage ([`Session::withhold`]).
+    unverified: u64,
 }
 
 /// Outcome of offering one item to a follower.
@@ -89,12 +92,41 @@ enum Offer {
 }
 
 impl Follower {
-    /// The notice of the losses not yet reported to this follower.
-    fn lost_notice(&self) -> Item {
-        Item::Lost(Lost {
-            stage: LossStage::DaemonQueue.into(),
-            count: self.unreported,
-        })
+    /// The losses not yet reported to this follower, by stage.
+    fn unreported(&self) -> [(LossStage, u64); 2] {
+        [
+            (LossStage::DaemonQueue, self.unreported),
+            (LossStage::AccessUnverified, self.unverified),
+        ]
+    }
+
+    /// The losses at `stage` were reported.
+    fn reported(&mut self, stage: LossStage) {
+        if stage == LossStage::DaemonQueue {
+            self.unreported = 0;
+        } else {
+            self.unverified = 0;
+        }
+    }
+
+    /// Sends a notice for each stage with unreported losses while the
+    /// queue has room; false when the follower is gone.
+    fn report_losses(&mut self, memory: &mut Memory) -> bool {
+        for (stage, count) in self.unreported() {
+            if count == 0 {
+                continue;
+            }
+            let notice = Item::Lost(Lost {
+                stage: stage.into(),
+                count,
+            });
+            match self.send(notice, CONTROL_BYTES, memory) {
+                Offer::Sent => self.reported(stage),
+                Offer::Full => {}
+                Offer::Gone => return false,
+            }
+        }
+        true
     }
 
     /// The stream ends: hand over the losses not reported yet and why it
@@ -102,10 +134,15 @@ impl Follower {
     /// queue, so that the follower's count of lost events is complete and
     /// the reason is its last item.
     fn finish(&mut self, end: &SessionEnd) {
-        let mut last = Vec::with_capacity(2);
-        if self.unreported > 0 {
-            last.push(self.lost_notice());
-            self.unreported = 0;
+        let mut last = Vec::with_capacity(3);
+        for (stage, count) in self.unreported() {
+            if count > 0 {
+                last.push(Item::Lost(Lost {
+                    stage: stage.into(),
+                    count,
+                }));
+                self.reported(stage);
+            }
         }
         last.push(Item::End(end.clone()));
         let mut last = last.into_iter();
@@ -169,12 +206,8 @@ impl Follower {
                 Offer::Full
             };
         }
-        if self.unreported > 0 {
-            match self.send(self.lost_notice(), CONTROL_BYTES, memory) {
-                Offer::Sent => self.unreported = 0,
-                Offer::Full => {}
-                Offer::Gone => return Offer::Gone,
-            }
+        if (self.unreported > 0 || self.unverified > 0) && !self.report_losses(memory) {
+            return Offer::Gone;
         }
         self.send(item, size, memory)
     }
@@ -266,6 +299,15 @@ impl Session {
                 Offer::Sent | Offer::Full => true,
             });
         self.note_idle();
+    }
+
+    /// `records` meant for this restricted session were withheld: their
+    /// process was gone before its owner's right to see it was checked.
+    /// Each follower hears of it before its next item.
+    fn withhold(&mut self, records: u64) {
+        for follower in &mut self.followers {
+            follower.unverified += records;
+        }
     }
 
     /// Number of followers (streams and exporters).
@@ -483,6 +525,7 @@ impl Hub {
             bytes: 0,
             passive,
             unreported: 0,
+            unverified: 0,
         });
         session.note_idle();
         Ok(rx)
@@ -578,6 +621,16 @@ impl Hub {
             let lost_before = session.lost;
             session.deliver(Arc::clone(event), &mut self.memory);
             self.queue_losses += session.lost - lost_before;
+        }
+    }
+
+    /// `records` meant for the sessions of `mask` were withheld
+    /// ([`Session::withhold`]).
+    pub fn withhold(&mut self, mask: u64, records: u64) {
+        for session in self.sessions.values_mut() {
+            if mask & (1 << session.slot) != 0 {
+                session.withhold(records);
+            }
         }
     }
 

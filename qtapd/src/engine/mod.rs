@@ -31,7 +31,7 @@ use self::{
     tls_targets::TlsTargets,
 };
 use crate::{
-    access::Access,
+    access::{Access, Verdict},
     cgroup::{self, Cgroup},
     ebpf::{Kernel, KernelError, KernelStats, Selector},
     enrich::Enricher,
@@ -446,7 +446,7 @@ impl<K: Selector> Engine<K> {
             if filter.matches_process(exe.as_bytes(), comm.as_bytes(), pid, uid)
                 && (!filter.has_cgroup_terms()
                     || filter.matches_cgroup(self.enricher.cgroup(pid).as_deref()))
-                && (owner == 0 || self.access.visible_to(pid) == Some(owner))
+                && (owner == 0 || self.access.verdict(pid) == Verdict::Visible(owner))
             {
                 let mask = current.get(&pid).copied().unwrap_or(0) | bit;
                 self.kernel.select(pid, mask)?;
@@ -617,6 +617,8 @@ impl<K: Selector> Engine<K> {
             Record::Fork(rec) => {
                 let event = self.enricher.fork(&rec);
                 let mask = self.admit(&hdr);
+                // After `admit`, which checked the parent if it had to.
+                self.access.fork(hdr.pid, rec.child_pid);
                 self.hub.deliver(mask, &Arc::new(event), |s, _| {
                     s.spec.filter.wants(Module::Process)
                 });
@@ -659,15 +661,34 @@ impl<K: Selector> Engine<K> {
     /// only when their owner may see the process (`access`).
     fn admit(&mut self, hdr: &qtap_common::Header) -> u64 {
         let mask = self.hub.started_by(hdr.sessions, hdr.ts_ns);
+        mask & !self.withheld(hdr, mask)
+    }
+
+    /// The restricted sessions of `mask` whose owner may not see `hdr`'s
+    /// process. When that could not be checked (the process is gone), the
+    /// record is withheld from the sessions of the uid it ran as, and
+    /// they are told it is lost: failing closed, but not silently.
+    fn withheld(&mut self, hdr: &qtap_common::Header, mask: u64) -> u64 {
         let restricted = mask & self.hub.restricted();
         if restricted == 0 {
-            return mask;
+            return 0;
         }
-        let allowed = self
-            .access
-            .visible_to(hdr.pid)
-            .map_or(0, |uid| self.hub.owned_by(uid));
-        mask & !(restricted & !allowed)
+        match self.access.verdict(hdr.pid) {
+            Verdict::Visible(uid) => restricted & !self.hub.owned_by(uid),
+            Verdict::RootOnly => restricted,
+            Verdict::Unknown => {
+                let entitled = restricted & self.hub.owned_by(hdr.uid);
+                if entitled != 0 {
+                    debug!(
+                        pid = hdr.pid,
+                        kind = hdr.kind,
+                        "withheld: process gone before its access check"
+                    );
+                    self.hub.withhold(entitled, 1);
+                }
+                restricted
+            }
+        }
     }
 
     /// Delivers an event about an fd to the sessions of `module`, and the
@@ -711,21 +732,13 @@ impl<K: Selector> Engine<K> {
         let claimed = rec.hdr.sessions;
         let name = event.filename.as_ref().map_or("", Text::as_str).as_bytes();
         let comm = &event.comm[..event.comm.iter().position(|&b| b == 0).unwrap_or(16)];
-        let restricted = claimed & self.hub.restricted();
-        let visible = if restricted == 0 {
-            0
-        } else {
-            self.access
-                .visible_to(rec.hdr.pid)
-                .map_or(0, |uid| self.hub.owned_by(uid))
-        };
-        let mut mask = claimed & !(restricted & !visible);
+        let mut mask = claimed & !self.withheld(&rec.hdr, claimed);
         let cgroup = event.cgroup.clone();
         for session in self.hub.iter() {
             let bit = 1u64 << session.slot;
             let filter = &session.spec.filter;
             if mask & bit != 0
-                && !(filter.matches_process(name, comm, rec.hdr.pid, rec.uid)
+                && !(filter.matches_process(name, comm, rec.hdr.pid, rec.hdr.uid)
                     && (!filter.has_cgroup_terms() || filter.matches_cgroup(cgroup.as_deref())))
             {
                 mask &= !bit;

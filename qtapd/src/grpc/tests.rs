@@ -74,7 +74,8 @@ impl Harness {
         QtapClient::new(channel)
     }
 
-    /// Sends a hand-built `write` record of `pid` for the sessions in `mask`.
+    /// Sends a hand-built `write` record of `pid` (run by root) for the
+    /// sessions in `mask`.
     async fn write_record(&self, pid: u32, mask: u64, bytes: i64) {
         self.write_record_at(pid, mask, bytes, crate::events::monotonic_ns())
             .await;
@@ -82,15 +83,23 @@ impl Harness {
 
     /// As `write_record`, stamped `ts_ns` (kernel monotonic time).
     async fn write_record_at(&self, pid: u32, mask: u64, bytes: i64, ts_ns: u64) {
+        let hdr = Header {
+            pid,
+            sessions: mask,
+            ts_ns,
+            ..Header::default()
+        };
+        self.send_write(hdr, bytes).await;
+    }
+
+    /// A `write` record with the pid, uid, sessions and time of `hdr`.
+    async fn send_write(&self, hdr: Header, bytes: i64) {
         let record = SyscallRecord {
             hdr: Header {
                 kind: kind::SYSCALL,
                 abi: ABI_VERSION,
-                pid,
-                tid: pid,
-                sessions: mask,
-                ts_ns,
-                ..Header::default()
+                tid: hdr.pid,
+                ..hdr
             },
             ret: bytes,
             bytes,
@@ -670,4 +679,38 @@ async fn records_older_than_a_session_never_reach_it() {
         Item::Event(e) => assert_eq!(e.bytes, Some(22), "the older record came first"),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// A restricted session's records from a process that is gone before its
+/// owner's right to see it is checked are withheld (fail closed) and
+/// counted, as lost at their own stage, for the sessions of the uid the
+/// process ran as; another user's records are not the session's to count.
+#[tokio::test]
+async fn records_withheld_unchecked_are_counted_for_their_owner() {
+    let harness = Harness::start();
+    let mut user = harness.client(1000).await;
+    // No process 4000010 exists: its credentials cannot be read.
+    let id = start(&mut user, "pid:4000010", 0).await.unwrap();
+    let mut stream = follow(&mut user, &id, 0).await.unwrap();
+    let record = |uid| Header {
+        pid: 4_000_010,
+        uid,
+        sessions: 1,
+        ts_ns: crate::events::monotonic_ns(),
+        ..Header::default()
+    };
+    for _ in 0..3 {
+        harness.send_write(record(1000), 5).await;
+    }
+    harness.send_write(record(2000), 5).await;
+    settle(&mut user).await;
+    user.stop_trace(StopTraceRequest { id }).await.unwrap();
+    match next(&mut stream).await {
+        Item::Lost(lost) => {
+            assert_eq!(lost.stage, LossStage::AccessUnverified as i32);
+            assert_eq!(lost.count, 3);
+        }
+        other => panic!("expected the withheld records' count, got {other:?}"),
+    }
+    assert!(matches!(next(&mut stream).await, Item::End(_)));
 }
