@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# A/B of qtap builds on scenario 7 of `make bench` (nginx, one worker, a
+# `return 200` location; wrk -t1 -c32; a session selecting nginx and one
+# JSON follower writing to a file): rounds alternate baseline (no qtapd)
+# and each build, so every ratio comes from one sitting. A round counts
+# only when it is accounted: the kernel records read for nginx, the events
+# the session offered and the events the follower received are equal,
+# with nothing lost at any stage. The table gives medians over counted
+# rounds, and per event the CPU of qtapd and of the follower.
+#
+# Usage: bench/ab.sh NAME=DIR [NAME=DIR ...]   (root; each DIR holds a
+#        qtapd and a qtapctl, e.g. target/release)
+# Knobs: ROUNDS (6), DURATION (3 s per wrk run), CONNECTIONS (32).
+set -euo pipefail
+
+(($# > 0)) || {
+	echo "usage: $0 NAME=DIR [NAME=DIR ...]" >&2
+	exit 2
+}
+rounds=${ROUNDS:-6}
+duration=${DURATION:-3}
+connections=${CONNECTIONS:-32}
+port=18191
+work=$(mktemp -d /tmp/qtap-ab.XXXXXX)
+chmod 755 "$work"
+socket=$work/qtapd.sock
+names=()
+declare -A dir
+for arg in "$@"; do
+	name=${arg%%=*}
+	dir[$name]=$(realpath "${arg#*=}")
+	[[ -x ${dir[$name]}/qtapd && -x ${dir[$name]}/qtapctl ]] || {
+		echo "ab: $arg: no qtapd and qtapctl there" >&2
+		exit 2
+	}
+	names+=("$name")
+done
+qtapd_pid=
+cleanup() {
+	[[ -n $qtapd_pid ]] && kill "$qtapd_pid" 2>/dev/null || true
+	[[ -f $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+	sleep 0.5
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/logs"
+cat >"$work/nginx.conf" <<CONF
+daemon on; master_process on; worker_processes 1; user root;
+pid $work/nginx.pid; error_log $work/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$port; location = /ok { return 200 "ok\\n"; } }
+}
+CONF
+/usr/sbin/nginx -p "$work/" -c "$work/nginx.conf"
+sleep 0.5
+url=http://127.0.0.1:$port/ok
+
+# shellcheck source=bench/counters.sh
+source "$(dirname "$0")/counters.sh"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+rps() { wrk -t1 -c"$connections" -d"${duration}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
+
+# One round of build $1: prints "REQ_PER_S EVENTS QTAPD_US FOLLOWER_US OK".
+round() {
+	local d=${dir[$1]}
+	ctl=("$d/qtapctl" --socket "$socket")
+	"$d/qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
+	qtapd_pid=$!
+	for _ in $(seq 100); do [[ -S $socket ]] && "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
+	local id follower from
+	id=$("${ctl[@]}" trace start --filter "mod:socket,exe.endsWith:/nginx")
+	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
+	follower=$!
+	for _ in $(seq 100); do (($(followers "$id") > 0)) && break; sleep 0.05; done
+	from=$(counter records)
+	sleep 0.5
+	local q0 f0 r q1 f1
+	q0=$(cpu_ticks "$qtapd_pid")
+	f0=$(cpu_ticks "$follower")
+	r=$(rps)
+	q1=$(cpu_ticks "$qtapd_pid")
+	f1=$(cpu_ticks "$follower")
+	sleep 0.3 # the last records out of the ring
+	local records kernel offered lost received told queue_told
+	records=$(($(counter records) - from))
+	kernel=$(kernel_lost)
+	read -r offered lost < <(stop_session "$id")
+	wait "$follower" 2>/dev/null || true
+	read -r received told queue_told < <(grep -h 'events,' "$work/follow.err" | tail -1 | tr -d '(),' | awk '{print $2, $4, $6}')
+	kill "$qtapd_pid"
+	wait "$qtapd_pid" 2>/dev/null || true
+	qtapd_pid=
+	local ok=0
+	((records == offered && received == offered && told == 0 && lost == 0 && kernel == 0)) && ok=1
+	echo "ab: $1: $r req/s; kernel records $records, offered $offered, received $received, lost $lost (told $told, kernel $kernel)" >&2
+	awk -v r="$r" -v n="$offered" -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v hz="$hz" -v ok="$ok" \
+		'BEGIN { printf "%s %d %.3f %.3f %d\n", r, n, n ? q / hz * 1e6 / n : 0, n ? f / hz * 1e6 / n : 0, ok }'
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+declare -A req qtapd_us follower_us counted
+base=()
+for ((i = 1; i <= rounds; i++)); do
+	b=$(rps)
+	echo "ab: round $i: baseline $b req/s" >&2
+	base+=("$b")
+	for name in "${names[@]}"; do
+		read -r r n q f ok < <(round "$name")
+		if ((ok)); then
+			req[$name]+="$r "
+			qtapd_us[$name]+="$q "
+			follower_us[$name]+="$f "
+			counted[$name]=$((${counted[$name]:-0} + 1))
+		fi
+	done
+done
+
+base_median=$(echo "${base[*]}" | median)
+echo
+echo "| build | rounds accounted | req/s median | × baseline | qtapd CPU per event (µs) | follower CPU per event (µs) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+printf "| baseline | — | %.0f | 1.00 | — | — |\n" "$base_median"
+failed=0
+for name in "${names[@]}"; do
+	c=${counted[$name]:-0}
+	if ((c == 0)); then
+		echo "| $name | 0 of $rounds | — | — | — | — |"
+		failed=1
+		continue
+	fi
+	m=$(echo "${req[$name]}" | median)
+	printf "| %s | %d of %d | %.0f | %.2f | %.2f | %.2f |\n" "$name" "$c" "$rounds" "$m" \
+		"$(awk -v m="$m" -v b="$base_median" 'BEGIN {print m / b}')" \
+		"$(echo "${qtapd_us[$name]}" | median)" "$(echo "${follower_us[$name]}" | median)"
+	((c == rounds)) || failed=1
+done
+((failed == 0)) || echo "ab: some rounds were not accounted (see above); their figures are left out" >&2
+exit "$failed"
