@@ -10,7 +10,9 @@
 #
 # Usage: bench/ab.sh NAME=DIR [NAME=DIR ...]   (root; each DIR holds a
 #        qtapd and a qtapctl, e.g. target/release)
-# Knobs: ROUNDS (6), DURATION (3 s per wrk run), CONNECTIONS (32).
+# Knobs: ROUNDS (6), DURATION (3 s per wrk run), CONNECTIONS (32),
+# FOLLOWER (1; 0: the session has no follower, which measures the kernel
+# probes and qtapd alone, and a round counts when the kernel lost nothing).
 set -euo pipefail
 
 (($# > 0)) || {
@@ -20,6 +22,7 @@ set -euo pipefail
 rounds=${ROUNDS:-6}
 duration=${DURATION:-3}
 connections=${CONNECTIONS:-32}
+follower=${FOLLOWER:-1}
 port=18191
 work=$(mktemp -d /tmp/qtap-ab.XXXXXX)
 chmod 755 "$work"
@@ -72,26 +75,33 @@ round() {
 	"$d/qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 	qtapd_pid=$!
 	for _ in $(seq 100); do [[ -S $socket ]] && "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
-	local id follower from
+	local id fpid=$$ from
 	id=$("${ctl[@]}" trace start --filter "mod:socket,exe.endsWith:/nginx")
-	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
-	follower=$!
-	for _ in $(seq 100); do (($(followers "$id") > 0)) && break; sleep 0.05; done
+	if ((follower)); then
+		"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
+		fpid=$!
+		for _ in $(seq 100); do (($(followers "$id") > 0)) && break; sleep 0.05; done
+	fi
 	from=$(counter records)
 	sleep 0.5
 	local q0 f0 r q1 f1
 	q0=$(cpu_ticks "$qtapd_pid")
-	f0=$(cpu_ticks "$follower")
+	f0=$(cpu_ticks "$fpid")
 	r=$(rps)
 	q1=$(cpu_ticks "$qtapd_pid")
-	f1=$(cpu_ticks "$follower")
+	f1=$(cpu_ticks "$fpid")
+	((follower)) || f1=$f0
 	sleep 0.3 # the last records out of the ring
-	local records kernel offered lost received told queue_told
+	local records kernel offered lost received=0 told=0 queue_told
 	records=$(($(counter records) - from))
 	kernel=$(kernel_lost)
 	read -r offered lost < <(stop_session "$id")
-	wait "$follower" 2>/dev/null || true
-	read -r received told queue_told < <(grep -h 'events,' "$work/follow.err" | tail -1 | tr -d '(),' | awk '{print $2, $4, $6}')
+	if ((follower)); then
+		wait "$fpid" 2>/dev/null || true
+		read -r received told queue_told < <(grep -h 'events,' "$work/follow.err" | tail -1 | tr -d '(),' | awk '{print $2, $4, $6}')
+	else
+		offered=$records received=$records
+	fi
 	kill "$qtapd_pid"
 	wait "$qtapd_pid" 2>/dev/null || true
 	qtapd_pid=
