@@ -44,35 +44,44 @@ struct Object<'b> {
     start: usize,
 }
 
+// Forced inline: each key is then a constant the compiler copies with a
+// few stores. Left to itself it kept these calls, and every key went
+// through `memcpy` (13 % of a JSON line's time, criterion `JSON line`).
+#[allow(clippy::inline_always)]
 impl<'b> Object<'b> {
     fn new(buf: &'b mut Vec<u8>) -> Object<'b> {
         let start = buf.len();
         Object { buf, start }
     }
 
+    #[inline(always)]
     fn str(&mut self, key: &[u8], value: &str) {
         self.buf.extend_from_slice(key);
         string(self.buf, value);
     }
 
+    #[inline(always)]
     fn opt_str(&mut self, key: &[u8], value: Option<&str>) {
         if let Some(value) = value {
             self.str(key, value);
         }
     }
 
+    #[inline(always)]
     fn int(&mut self, key: &[u8], value: impl itoa::Integer) {
         self.buf.extend_from_slice(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
+    #[inline(always)]
     fn opt_int(&mut self, key: &[u8], value: Option<impl itoa::Integer>) {
         if let Some(value) = value {
             self.int(key, value);
         }
     }
 
+    #[inline(always)]
     fn opt_bool(&mut self, key: &[u8], value: Option<bool>) {
         if let Some(value) = value {
             self.buf.extend_from_slice(key);
@@ -82,6 +91,7 @@ impl<'b> Object<'b> {
     }
 
     /// `value`, or `null`.
+    #[inline(always)]
     fn str_or_null(&mut self, key: &[u8], value: Option<&str>) {
         if let Some(value) = value {
             self.str(key, value);
@@ -104,6 +114,8 @@ impl<'b> Object<'b> {
 /// A JSON string: copied whole between quotes when nothing in it needs
 /// escaping (no `"`, `\\` or control character), else escaped by
 /// `serde_json`; both ways give serde's bytes.
+#[allow(clippy::inline_always)] // See `Object`.
+#[inline(always)]
 fn string(buf: &mut Vec<u8>, s: &str) {
     if needs_escape(s.as_bytes()) {
         serde_json::to_writer(buf, s).expect("writing to a Vec does not fail");
@@ -147,8 +159,13 @@ fn push_conn(buf: &mut Vec<u8>, c: &ConnInfo) {
     o.end();
 }
 
+/// Enough for the line of a socket event with its connection.
+const LINE_BYTES: usize = 512;
+
 /// Appends the JSON object of `e` (without a newline) to `buf`.
 fn push_object(buf: &mut Vec<u8>, e: &EventView<'_>) {
+    // Room for a typical line at once, not grown piece by piece.
+    buf.reserve(LINE_BYTES);
     let mut o = Object::new(buf);
     let session = (!e.session.is_empty()).then_some(e.session);
     o.opt_str(key!("app_protocol"), e.app_protocol);
@@ -207,7 +224,7 @@ fn push_object(buf: &mut Vec<u8>, e: &EventView<'_>) {
 /// The event as one JSON object.
 #[must_use]
 pub fn event(e: &Event) -> Value {
-    let mut object = Vec::with_capacity(512);
+    let mut object = Vec::with_capacity(LINE_BYTES);
     push_object(&mut object, &e.view());
     serde_json::from_slice(&object).expect("the object written is JSON")
 }
@@ -221,7 +238,7 @@ pub fn push_view_line(buf: &mut Vec<u8>, e: &EventView<'_>) {
 
 /// Writes the event as one line of JSON ([`push_view_line`]).
 pub fn write_line(out: &mut impl std::io::Write, e: &Event) -> std::io::Result<()> {
-    let mut line = Vec::with_capacity(512);
+    let mut line = Vec::with_capacity(LINE_BYTES);
     push_view_line(&mut line, &e.view());
     out.write_all(&line)
 }
