@@ -81,12 +81,12 @@ pub fn plain() -> bool {
 pub fn changed() {
     let ts = now();
     let Some(cfg) = CONFIG.get(0) else { return };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let sessions = selected_now(tgid);
+    let id = bpf_get_current_pid_tgid();
+    let sessions = selected_now((id >> 32) as u32);
     if sessions & cfg.restricted == 0 || plain() {
         return;
     }
-    deselect_restricted(tgid, sessions, cfg.restricted, ts);
+    deselect_restricted(id, sessions, cfg.restricted, ts);
 }
 
 /// `sys_enter_prctl(option, arg2, …)`: `PR_SET_DUMPABLE` to anything but
@@ -100,26 +100,28 @@ pub fn prctl(ctx: &TracePointContext) {
         return;
     }
     let Some(cfg) = CONFIG.get(0) else { return };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let sessions = selected_now(tgid);
+    let id = bpf_get_current_pid_tgid();
+    let sessions = selected_now((id >> 32) as u32);
     if sessions & cfg.restricted != 0 {
-        deselect_restricted(tgid, sessions, cfg.restricted, ts);
+        deselect_restricted(id, sessions, cfg.restricted, ts);
     }
 }
 
-/// Removes the `restricted` sessions from `tgid`'s selection and reports
+/// Removes the `restricted` sessions from the selection of the current
+/// process (`id`, its `bpf_get_current_pid_tgid`) and reports
 /// which ones in a `CREDS` record. The entry stays, even with no session
 /// left, so calls in flight see the process deselected rather than gone
 /// (`super::still_selected`); it goes at the process's exit.
 #[inline(always)]
-fn deselect_restricted(tgid: u32, sessions: u64, restricted: u64, ts: u64) {
+fn deselect_restricted(id: u64, sessions: u64, restricted: u64, ts: u64) {
+    let tgid = (id >> 32) as u32;
     let rest = sessions & !restricted;
     if PROCS.insert(&tgid, &ProcSel { sessions: rest }, 0).is_err() {
         // The entry cannot be narrowed: drop it whole rather than leave
         // the restricted bits in place.
         let _ = PROCS.remove(&tgid);
     }
-    let record = header(kind::CREDS, sessions & restricted, ts);
+    let record = header(id, kind::CREDS, sessions & restricted, ts);
     if EVENTS.output::<Header>(&record, PROMPT).is_err() {
         count(stat::RING_FULL);
     }

@@ -32,11 +32,11 @@ fn reg(ctx: &ProbeContext, read: impl Fn(&pt_regs) -> u64) -> u64 {
     read(unsafe { &*ctx.regs })
 }
 
-/// The calling goroutine of the current process.
+/// The calling goroutine of process `tgid` (the current one).
 #[inline(always)]
-fn goroutine(ctx: &ProbeContext) -> GoKey {
+fn goroutine(ctx: &ProbeContext, tgid: u32) -> GoKey {
     GoKey {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid,
         _pad: 0,
         goroutine: reg(ctx, |r| r.r14),
     }
@@ -69,7 +69,8 @@ fn sysfd(conn: u64) -> i32 {
 /// `rax`, `b`'s pointer in `rbx`.
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, call: u16) {
-    let sessions = selected_for(module::GOTLS);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let sessions = selected_for(tgid, module::GOTLS);
     if sessions == 0 {
         return;
     }
@@ -84,7 +85,10 @@ pub fn enter(ctx: &ProbeContext, call: u16) {
         fd: sysfd(conn),
     };
     // A stack that grows at entry runs the entry again: the same key.
-    if GO_ACTIVE.insert(&goroutine(ctx), &pending, 0).is_err() {
+    if GO_ACTIVE
+        .insert(&goroutine(ctx, tgid), &pending, 0)
+        .is_err()
+    {
         count(stat::TLS_FULL);
     }
 }
@@ -94,7 +98,8 @@ pub fn enter(ctx: &ProbeContext, call: u16) {
 #[inline(always)]
 pub fn exit(ctx: &ProbeContext, call: u16) {
     let ts = now();
-    let key = goroutine(ctx);
+    let id = bpf_get_current_pid_tgid();
+    let key = goroutine(ctx, (id >> 32) as u32);
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { GO_ACTIVE.get(&key) }).copied() else {
         return;
@@ -109,5 +114,5 @@ pub fn exit(ctx: &ProbeContext, call: u16) {
     }
     let n = (reg(ctx, |r| r.rax) as i64).max(0);
     let failed = reg(ctx, |r| r.rbx) != 0;
-    tls::emit_data(ts, sessions, &pending, if failed { -1 } else { n }, n);
+    tls::emit_data(id, ts, sessions, &pending, if failed { -1 } else { n }, n);
 }

@@ -10,8 +10,8 @@ pub mod tls;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_user_buf, generated::bpf_get_current_comm,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        generated::bpf_get_current_comm,
     },
 };
 use qtap_common::{limit, module, stat, Header, TaskOffsets, WithPayload, ABI_VERSION};
@@ -37,11 +37,13 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The header every record starts with, for the current task, stamped
-/// `ts_ns` (from [`now`]).
+/// The header every record starts with, for the current task (`id`, its
+/// `bpf_get_current_pid_tgid`), stamped `ts_ns` (from [`now`]). The
+/// caller passes the id it already has: on this kernel every helper call
+/// pays for return-stack mitigations, and a data record's probe runs on
+/// every call of a traced program.
 #[inline(always)]
-pub fn header(kind: u16, sessions: u64, ts_ns: u64) -> Header {
-    let id = bpf_get_current_pid_tgid();
+pub fn header(id: u64, kind: u16, sessions: u64, ts_ns: u64) -> Header {
     Header {
         kind,
         abi: ABI_VERSION,
@@ -116,10 +118,9 @@ pub fn library_tls_sessions() -> u64 {
     })
 }
 
-/// The sessions of `module` that select the current process (0: none).
+/// The sessions of `module` that select process `tgid` (0: none).
 #[inline(always)]
-pub fn selected_for(module: usize) -> u64 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+pub fn selected_for(tgid: u32, module: usize) -> u64 {
     selected_now(tgid) & module_sessions(module)
 }
 

@@ -59,7 +59,8 @@ fn global(value: &u32) -> u32 {
 pub fn exec(ctx: &TracePointContext) {
     let ts = now();
     let Some(cfg) = CONFIG.get(0) else { return };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
     // SAFETY: the value is copied out at once.
     let before = unsafe { PROCS.get(&tgid) }.map_or(0, |s| s.sessions);
     if (cfg.active == 0 && before == 0) || tgid == cfg.self_tgid {
@@ -104,7 +105,7 @@ pub fn exec(ctx: &TracePointContext) {
             let record = entry.as_mut_ptr();
             // SAFETY: `record` points at a reserved, exclusively owned slot.
             unsafe {
-                (*record).hdr = header(kind::EXEC, sessions, ts);
+                (*record).hdr = header(id, kind::EXEC, sessions, ts);
                 (*record).filename_len = (len & EXE_MASK) as u32;
                 (*record)._pad = 0;
                 (*record).filename = scratch.buf;
@@ -271,9 +272,9 @@ fn select(
 #[inline(always)]
 pub fn fork(ctx: &TracePointContext) {
     let ts = now();
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out at once.
-    let Some(sel) = (unsafe { PROCS.get(&tgid) }).copied() else {
+    let Some(sel) = (unsafe { PROCS.get(&((id >> 32) as u32)) }).copied() else {
         return;
     };
     // SAFETY: offset of `child_pid` in the tracepoint record.
@@ -285,7 +286,7 @@ pub fn fork(ctx: &TracePointContext) {
         return;
     }
     let record = ForkRecord {
-        hdr: header(kind::FORK, sel.sessions, ts),
+        hdr: header(id, kind::FORK, sel.sessions, ts),
         child_pid: child,
         _pad: 0,
     };
@@ -343,7 +344,7 @@ pub fn exit(ctx: &TracePointContext) {
         return;
     };
     let _ = PROCS.remove(&tgid);
-    let record: Header = header(kind::EXIT, sel.sessions, ts);
+    let record: Header = header(id, kind::EXIT, sel.sessions, ts);
     if EVENTS.output::<Header>(&record, 0).is_err() {
         count(stat::RING_FULL);
     }

@@ -62,11 +62,11 @@ fn arg(ctx: &TracePointContext, index: usize) -> u64 {
 /// doc).
 #[inline(always)]
 pub fn enter(ctx: &TracePointContext, call: u16) {
-    let sessions = selected_for(module::SOCKET);
+    let id = bpf_get_current_pid_tgid();
+    let sessions = selected_for((id >> 32) as u32, module::SOCKET);
     if sessions == 0 {
         return;
     }
-    let id = bpf_get_current_pid_tgid();
     let mut pending = Pending {
         sessions,
         call,
@@ -122,12 +122,12 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     let data = call::args_at_exit(call) && args_in_registers();
     // A data call of a process no session selects ends here, before the
     // clock is read.
-    if data && selected_for(module::SOCKET) == 0 {
+    if data && selected_for(tgid, module::SOCKET) == 0 {
         return;
     }
     let ts = now();
     let (pending, mut sessions) = if data {
-        let Some(pending) = data_call(call) else {
+        let Some(pending) = data_call(tgid, call) else {
             return;
         };
         (pending, pending.sessions)
@@ -155,7 +155,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
     let record = &mut buf.record;
-    record.hdr = header(kind::SYSCALL, sessions, ts);
+    record.hdr = header(id, kind::SYSCALL, sessions, ts);
     record.ret = ret;
     record.bytes = 0;
     record.call = call;
@@ -256,12 +256,13 @@ fn args_in_registers() -> bool {
     task_offsets().valid != 0
 }
 
-/// What an enter would have kept of the data call returning now, from the
-/// task's saved user registers; `None` when no session selects the
-/// process (it is read after the exit's timestamp: see `now`).
+/// What an enter would have kept of the data call of process `tgid`
+/// returning now, from the task's saved user registers; `None` when no
+/// session selects the process (read again, after the exit's timestamp:
+/// see `now`).
 #[inline(always)]
-fn data_call(call: u16) -> Option<Pending> {
-    let sessions = selected_for(module::SOCKET);
+fn data_call(tgid: u32, call: u16) -> Option<Pending> {
+    let sessions = selected_for(tgid, module::SOCKET);
     if sessions == 0 {
         return None;
     }

@@ -30,7 +30,8 @@ use crate::{TLS_ACTIVE, TLS_BUF};
 /// Entry of `SSL_read[_ex]`/`SSL_write[_ex]`: remember the call.
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, call: u16) {
-    let sessions = selected_for(tls_call::module_of(call));
+    let id = bpf_get_current_pid_tgid();
+    let sessions = selected_for((id >> 32) as u32, tls_call::module_of(call));
     if sessions == 0 {
         return;
     }
@@ -48,10 +49,7 @@ pub fn enter(ctx: &ProbeContext, call: u16) {
         _pad: 0,
         fd: -1,
     };
-    if TLS_ACTIVE
-        .insert(&bpf_get_current_pid_tgid(), &pending, 0)
-        .is_err()
-    {
+    if TLS_ACTIVE.insert(&id, &pending, 0).is_err() {
         count(stat::TLS_FULL);
     }
 }
@@ -91,20 +89,20 @@ pub fn exit(ctx: &RetProbeContext, call: u16) {
     } else {
         ret.max(0)
     };
-    emit_data(ts, sessions, &pending, ret, bytes);
+    emit_data(id, ts, sessions, &pending, ret, bytes);
 }
 
-/// The record of a call of `pending` that moved `bytes` of plaintext (at
-/// `pending.buf`), returning `ret`.
+/// The record of the current task's (`id`) call of `pending` that moved
+/// `bytes` of plaintext (at `pending.buf`), returning `ret`.
 #[inline(always)]
-pub fn emit_data(ts: u64, sessions: u64, pending: &TlsPending, ret: i64, bytes: i64) {
+pub fn emit_data(id: u64, ts: u64, sessions: u64, pending: &TlsPending, ret: i64, bytes: i64) {
     let Some(buf) = TLS_BUF.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
     let record = &mut buf.record;
-    record.hdr = header(kind::TLS, sessions, ts);
+    record.hdr = header(id, kind::TLS, sessions, ts);
     record.ssl = pending.ssl;
     record.ret = ret;
     record.bytes = bytes;
@@ -140,7 +138,8 @@ fn fd_arg(ctx: &ProbeContext, n: usize) -> i32 {
 #[inline(always)]
 pub fn bind(ctx: &ProbeContext, call: u16) {
     let ts = now();
-    let sessions = selected_for(tls_call::module_of(call));
+    let id = bpf_get_current_pid_tgid();
+    let sessions = selected_for((id >> 32) as u32, tls_call::module_of(call));
     if sessions == 0 {
         return;
     }
@@ -164,7 +163,7 @@ pub fn bind(ctx: &ProbeContext, call: u16) {
     // SAFETY: per-CPU scratch, only this program on this CPU uses it.
     let buf = unsafe { &mut *buf };
     buf.record = TlsRecord {
-        hdr: header(kind::TLS, sessions, ts),
+        hdr: header(id, kind::TLS, sessions, ts),
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         ret: i64::from(send_fd),
         call,
