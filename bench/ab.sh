@@ -24,9 +24,6 @@ duration=${DURATION:-3}
 connections=${CONNECTIONS:-32}
 follower=${FOLLOWER:-1}
 port=18191
-work=$(mktemp -d /tmp/qtap-ab.XXXXXX)
-chmod 755 "$work"
-socket=$work/qtapd.sock
 names=()
 declare -A dir
 for arg in "$@"; do
@@ -38,14 +35,17 @@ for arg in "$@"; do
 	}
 	names+=("$name")
 done
+qtapctl=${dir[${names[0]}]}/qtapctl # daemon.sh's `ctl`; each round sets its own
+# shellcheck source=bench/daemon.sh
+source "$(dirname "$0")/daemon.sh" ab
+chmod 755 "$work"
 qtapd_pid=
-cleanup() {
+stop_all() {
 	[[ -n $qtapd_pid ]] && kill "$qtapd_pid" 2>/dev/null || true
 	[[ -f $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
-	sleep 0.5
-	rm -rf "$work"
+	cleanup
 }
-trap cleanup EXIT
+trap stop_all EXIT
 
 mkdir -p "$work/logs"
 cat >"$work/nginx.conf" <<CONF
@@ -62,8 +62,6 @@ CONF
 sleep 0.5
 url=http://127.0.0.1:$port/ok
 
-# shellcheck source=bench/counters.sh
-source "$(dirname "$0")/counters.sh"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 rps() { wrk -t1 -c"$connections" -d"${duration}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
