@@ -38,28 +38,18 @@ done
 qtapctl=${dir[${names[0]}]}/qtapctl # daemon.sh's `ctl`; each round sets its own
 # shellcheck source=bench/daemon.sh
 source "$(dirname "$0")/daemon.sh" ab
+# shellcheck source=bench/nginx.sh
+source "$(dirname "$0")/nginx.sh"
 chmod 755 "$work"
 qtapd_pid=
 stop_all() {
 	[[ -n $qtapd_pid ]] && kill "$qtapd_pid" 2>/dev/null || true
-	[[ -f $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+	nginx_stop "$work"
 	cleanup
 }
 trap stop_all EXIT
 
-mkdir -p "$work/logs"
-cat >"$work/nginx.conf" <<CONF
-daemon on; master_process on; worker_processes 1; user root;
-pid $work/nginx.pid; error_log $work/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$port; location = /ok { return 200 "ok\\n"; } }
-}
-CONF
-/usr/sbin/nginx -p "$work/" -c "$work/nginx.conf"
-sleep 0.5
+nginx_start "$work" "  server { listen 127.0.0.1:$port; location = /ok { return 200 \"ok\\n\"; } }"
 url=http://127.0.0.1:$port/ok
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -20,6 +20,8 @@ duration=${DURATION:-5}
 connections=${CONNECTIONS:-32}
 threads=${THREADS:-1}
 port=18181
+# shellcheck source=bench/nginx.sh
+source "$(dirname "$0")/nginx.sh"
 work=$(mktemp -d /tmp/qtap-bench.XXXXXX)
 chmod 755 "$work"
 socket=$work/qtapd.sock
@@ -27,7 +29,7 @@ ctl=("$qtapctl" --socket "$socket")
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	[[ -f $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+	nginx_stop "$work"
 	sleep 0.5
 	rm -rf "$work"
 }
@@ -36,25 +38,14 @@ trap cleanup EXIT
 # nginx: one worker, a small static response, keep-alive; the same over
 # HTTPS (a throwaway self-signed certificate) for scenario 5.
 tls_port=18443
-mkdir -p "$work/logs" "$work/html"
+mkdir -p "$work/html"
 printf 'hello from nginx\n' >"$work/html/index.html"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
 	-keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-cat >"$work/nginx.conf" <<CONF
-daemon on; master_process on; worker_processes 1; user root;
-pid $work/nginx.pid; error_log $work/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$port; root $work/html; location / { }
-           location = /ok { return 200 "ok\\n"; } }
+nginx_start "$work" "  server { listen 127.0.0.1:$port; root $work/html; location / { }
+           location = /ok { return 200 \"ok\\n\"; } }
   server { listen 127.0.0.1:$tls_port ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
-           root $work/html; location / { } }
-}
-CONF
-/usr/sbin/nginx -p "$work/" -c "$work/nginx.conf"
-sleep 0.5
+           root $work/html; location / { } }"
 worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
 
 # A Go HTTPS server (net/http, crypto/tls) for scenarios 8: the same
