@@ -38,10 +38,8 @@ pub fn now() -> u64 {
 }
 
 /// The header every record starts with, for the current task (`id`, its
-/// `bpf_get_current_pid_tgid`), stamped `ts_ns` (from [`now`]). The
-/// caller passes the id it already has: on this kernel every helper call
-/// pays for return-stack mitigations, and a data record's probe runs on
-/// every call of a traced program.
+/// `bpf_get_current_pid_tgid`, which its caller has already asked for),
+/// stamped `ts_ns` (from [`now`]).
 #[inline(always)]
 pub fn header(id: u64, kind: u16, sessions: u64, ts_ns: u64) -> Header {
     Header {
