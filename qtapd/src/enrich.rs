@@ -82,12 +82,25 @@ impl Enricher {
 
     /// The cgroup of `pid`, read once per process.
     pub fn cgroup(&mut self, pid: u32) -> Option<Arc<Cgroup>> {
-        if let Some(known) = &self.proc(pid).cgroup {
-            return known.clone();
-        }
-        let cgroup = self.cgroups.of_pid(pid);
-        self.proc(pid).cgroup = Some(cgroup.clone());
-        cgroup
+        let Enricher { procs, cgroups } = self;
+        let state = procs.entry(pid).or_default();
+        state
+            .cgroup
+            .get_or_insert_with(|| cgroups.of_pid(pid))
+            .clone()
+    }
+
+    /// The event of a record of `hdr`'s process, with the process's exe
+    /// and cgroup (each read once per process, both found with one
+    /// look-up of its state).
+    fn event(&mut self, hdr: &Header, msg: &'static str, caller: &'static str) -> Event {
+        let Enricher { procs, cgroups } = self;
+        let state = procs.entry(hdr.pid).or_default();
+        let exe = state.exe.get_or_insert_with(|| exe_of(hdr.pid));
+        let mut event = base(hdr, msg, caller, Text::Shared(Arc::clone(exe)));
+        let cgroup = state.cgroup.get_or_insert_with(|| cgroups.of_pid(hdr.pid));
+        event.cgroup.clone_from(cgroup);
+        event
     }
 
     /// The host's cgroups changed: paths are resolved anew (a process's
@@ -98,10 +111,7 @@ impl Enricher {
 
     /// The exe of `pid`: from its exec if seen, else `/proc`, once.
     pub fn exe(&mut self, pid: u32) -> Text {
-        let exe = self
-            .proc(pid)
-            .exe
-            .get_or_insert_with(|| procfs::exe(pid).unwrap_or_default().into());
+        let exe = self.proc(pid).exe.get_or_insert_with(|| exe_of(pid));
         Text::Shared(Arc::clone(exe))
     }
 
@@ -142,9 +152,7 @@ impl Enricher {
         notes.bound = stream.is_some_and(|s| s.bound);
         let event = build.then(|| {
             let labels = call_labels(rec.call);
-            let exe = self.exe(pid);
-            let mut event = base(hdr, labels.msg, labels.caller, exe);
-            event.cgroup = self.cgroup(pid);
+            let mut event = self.event(hdr, labels.msg, labels.caller);
             event.fd = Some(rec.fd);
             event.ret = Some(rec.ret);
             event.error = errno_name(rec.ret);
@@ -429,31 +437,21 @@ impl Enricher {
     }
 
     pub fn fork(&mut self, rec: &ForkRecord) -> Event {
-        let exe = self.exe(rec.hdr.pid);
-        if let Text::Shared(shared) = &exe {
-            self.proc(rec.child_pid).exe = Some(Arc::clone(shared));
-        }
-        let mut event = base(
+        let mut event = self.event(
             &rec.hdr,
             "process/fork",
             "tracepoint/sched/sched_process_fork",
-            exe,
         );
+        if let Text::Shared(shared) = &event.exe {
+            self.proc(rec.child_pid).exe = Some(Arc::clone(shared));
+        }
         event.child_pid = Some(rec.child_pid);
-        event.cgroup = self.cgroup(rec.hdr.pid);
         event
     }
 
     /// The process is gone: returns the fds whose kernel entries to purge.
     pub fn exit(&mut self, hdr: &Header) -> (Event, Vec<u32>) {
-        let exe = self.exe(hdr.pid);
-        let mut event = base(
-            hdr,
-            "process/exit",
-            "tracepoint/sched/sched_process_exit",
-            exe,
-        );
-        event.cgroup = self.cgroup(hdr.pid);
+        let event = self.event(hdr, "process/exit", "tracepoint/sched/sched_process_exit");
         let fds = self
             .procs
             .remove(&hdr.pid)
@@ -461,6 +459,11 @@ impl Enricher {
             .unwrap_or_default();
         (event, fds)
     }
+}
+
+/// The exe of `pid` as `/proc` shows it (empty once it is gone).
+fn exe_of(pid: u32) -> Arc<str> {
+    procfs::exe(pid).unwrap_or_default().into()
 }
 
 /// The fd number a successful call put a new object on: a socket, an

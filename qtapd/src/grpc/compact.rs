@@ -28,10 +28,22 @@ use crate::{
 const MAX_IDS: u32 = 1 << 16;
 const _: () = assert!(MAX_IDS as usize + 14 * MAX_BATCH < ID_LIMIT as usize);
 
+/// Slots of the memo in front of the text table.
+const MEMO: usize = 64;
+
 #[derive(Default)]
 pub struct Encoder {
     /// Texts by address and length.
     texts: HashMap<(usize, usize), u32>,
+    /// The texts met last, by a hash of their address and length: most
+    /// of an event's texts (its calls' labels, its process's exe, comm
+    /// and cgroup) are the last event's, found here with one compare.
+    memo: Memo,
+    /// The comm met last, and its id.
+    last_comm: Option<([u8; 16], u32)>,
+    /// The connection met last (its address; 0 for none), and its id:
+    /// a request and its response come one after the other.
+    last_conn: (usize, u32),
     /// The shared texts among them, kept alive.
     held: Vec<Arc<str>>,
     comms: HashMap<[u8; 16], u32>,
@@ -64,6 +76,9 @@ impl Encoder {
     pub fn push(&mut self, d: &Delivered) {
         if self.is_empty() && self.last >= MAX_IDS {
             self.texts.clear();
+            self.memo = Memo::default();
+            self.last_comm = None;
+            self.last_conn = (0, 0);
             self.held.clear();
             self.comms.clear();
             self.conns.clear();
@@ -117,9 +132,9 @@ impl Encoder {
             exe: self.text(&e.exe),
             comm: self.comm(&e.comm),
             error: e.error.as_ref().map_or(0, |t| self.text(t)),
-            protocol: e.protocol.map_or(0, |s| self.text(&Text::Static(s))),
-            tls_version: e.tls_version.map_or(0, |s| self.text(&Text::Static(s))),
-            app_protocol: e.app_protocol.map_or(0, |s| self.text(&Text::Static(s))),
+            protocol: e.protocol.map_or(0, |s| self.id_of(s, None)),
+            tls_version: e.tls_version.map_or(0, |s| self.id_of(s, None)),
+            app_protocol: e.app_protocol.map_or(0, |s| self.id_of(s, None)),
             filename: e.filename.as_ref().map_or(0, |t| self.text(t)),
             present,
             flags,
@@ -147,51 +162,106 @@ impl Encoder {
         self.last
     }
 
-    /// The id of a text (0 for the empty one).
     /// The id of a shared string, 0 for none.
     fn shared(&mut self, text: Option<&Arc<str>>) -> u32 {
-        text.map_or(0, |t| self.text(&Text::Shared(Arc::clone(t))))
+        text.map_or(0, |t| self.id_of(t, Some(t)))
     }
 
+    /// The id of a text (0 for the empty one).
     fn text(&mut self, text: &Text) -> u32 {
-        let s = text.as_str();
+        match text {
+            Text::Static(s) => self.id_of(s, None),
+            Text::Shared(s) => self.id_of(s, Some(s)),
+        }
+    }
+
+    /// The id of `s`, defined at its first use; `shared` is what keeps
+    /// it alive (none for a label made at compile time).
+    fn id_of(&mut self, s: &str, shared: Option<&Arc<str>>) -> u32 {
         if s.is_empty() {
             return 0;
         }
         let key = (s.as_ptr() as usize, s.len());
-        if let Some(&id) = self.texts.get(&key) {
+        let slot = Memo::slot(key);
+        if let Some(id) = self.memo.get(slot, key) {
             return id;
         }
-        let id = self.define(Value::Text(s.to_owned()));
-        if let Text::Shared(shared) = text {
-            self.held.push(Arc::clone(shared));
-        }
-        self.texts.insert(key, id);
+        let id = if let Some(&id) = self.texts.get(&key) {
+            id
+        } else {
+            let id = self.define(Value::Text(s.to_owned()));
+            if let Some(shared) = shared {
+                self.held.push(Arc::clone(shared));
+            }
+            self.texts.insert(key, id);
+            id
+        };
+        self.memo.set(slot, key, id);
         id
     }
 
     fn comm(&mut self, comm: &[u8; 16]) -> u32 {
-        if let Some(&id) = self.comms.get(comm) {
-            return id;
+        if let Some((last, id)) = self.last_comm {
+            if last == *comm {
+                return id;
+            }
         }
-        let text = c_str(comm);
-        let id = if text.is_empty() {
-            0
+        let id = if let Some(&id) = self.comms.get(comm) {
+            id
         } else {
-            self.define(Value::Text(text))
+            let text = c_str(comm);
+            let id = if text.is_empty() {
+                0
+            } else {
+                self.define(Value::Text(text))
+            };
+            self.comms.insert(*comm, id);
+            id
         };
-        self.comms.insert(*comm, id);
+        self.last_comm = Some((*comm, id));
         id
     }
 
     fn conn(&mut self, conn: &Arc<ConnInfo>) -> u32 {
         let key = Arc::as_ptr(conn) as usize;
-        if let Some((id, _)) = self.conns.get(&key) {
-            return *id;
+        if self.last_conn.0 == key {
+            return self.last_conn.1;
         }
-        let id = self.define(Value::Conn(ConnInfo::clone(conn)));
-        self.conns.insert(key, (id, Arc::clone(conn)));
+        let id = if let Some((id, _)) = self.conns.get(&key) {
+            *id
+        } else {
+            let id = self.define(Value::Conn(ConnInfo::clone(conn)));
+            self.conns.insert(key, (id, Arc::clone(conn)));
+            id
+        };
+        self.last_conn = (key, id);
         id
+    }
+}
+
+/// A direct-mapped cache of text ids by address and length. An entry
+/// is right while the tables hold the text (its address names nothing
+/// else meanwhile), so it is emptied when they start over.
+struct Memo([((usize, usize), u32); MEMO]);
+
+impl Default for Memo {
+    fn default() -> Memo {
+        Memo([((0, 0), 0); MEMO])
+    }
+}
+
+impl Memo {
+    fn slot((addr, len): (usize, usize)) -> usize {
+        (addr ^ (addr >> 7) ^ len) % MEMO
+    }
+
+    fn get(&self, slot: usize, key: (usize, usize)) -> Option<u32> {
+        let (known, id) = self.0[slot];
+        (known == key && id != 0).then_some(id)
+    }
+
+    fn set(&mut self, slot: usize, key: (usize, usize), id: u32) {
+        self.0[slot] = (key, id);
     }
 }
 
@@ -326,8 +396,11 @@ mod tests {
         let mut time = Rfc3339::new();
         let mut saw_reset = false;
         for n in 0..(MAX_IDS + 10) {
+            // A new text each time, and one every event shares: after the
+            // tables start over, the shared one is defined again.
             let event = Event {
                 msg: Text::from(format!("process_data (no bytes: SSL_read returned {n})")),
+                caller: Text::Static("uprobe/SSL_read"),
                 ..Event::default()
             };
             let d = delivered(event, u64::from(n) + 1);
