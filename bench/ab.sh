@@ -6,13 +6,18 @@
 # only when it is accounted: the kernel records read for nginx, the events
 # the session offered and the events the follower received are equal,
 # with nothing lost at any stage. The table gives medians over counted
-# rounds, and per event the CPU of qtapd and of the follower.
+# rounds, and per event the CPU of qtapd and of the follower. The speed
+# of this machine drifts from round to round, so besides the ratio of the
+# medians it gives the median of each round's ratio to the baseline run
+# just before it, which the drift moves less.
 #
 # Usage: bench/ab.sh NAME=DIR [NAME=DIR ...]   (root; each DIR holds a
 #        qtapd and a qtapctl, e.g. target/release)
 # Knobs: ROUNDS (6), DURATION (3 s per wrk run), CONNECTIONS (32),
 # FOLLOWER (1; 0: the session has no follower, which measures the kernel
-# probes and qtapd alone, and a round counts when the kernel lost nothing).
+# probes and qtapd alone, and a round counts when the kernel lost nothing),
+# RATE (0: as fast as nginx answers; N: about N req/s, as make bench's
+# fixed-rate rows load it, RATE/100 connections each pausing 10 ms).
 set -euo pipefail
 
 (($# > 0)) || {
@@ -23,6 +28,7 @@ rounds=${ROUNDS:-6}
 duration=${DURATION:-3}
 connections=${CONNECTIONS:-32}
 follower=${FOLLOWER:-1}
+rate=${RATE:-0}
 port=18191
 names=()
 declare -A dir
@@ -54,9 +60,14 @@ url=http://127.0.0.1:$port/ok
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-rps() { wrk -t1 -c"$connections" -d"${duration}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
+echo 'function delay() return 10 end' >"$work/pace.lua"
+load=(-c"$connections")
+((rate == 0)) || load=(-c"$((rate / 100))" -s "$work/pace.lua")
+rps() { wrk -t1 "${load[@]}" -d"${duration}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
 
-# One round of build $1: prints "REQ_PER_S EVENTS QTAPD_US FOLLOWER_US OK".
+# One round of build $1: prints "REQ_PER_S EVENTS QTAPD_US FOLLOWER_US
+# CPU_PERCENT OK", CPU_PERCENT being qtapd's and the follower's together
+# over the wrk run, in % of one core.
 round() {
 	local d=${dir[$1]}
 	ctl=("$d/qtapctl" --socket "$socket")
@@ -95,24 +106,29 @@ round() {
 	qtapd_pid=
 	local ok=0
 	((records == offered && received == offered && told == 0 && lost == 0 && kernel == 0)) && ok=1
-	echo "ab: $1: $r req/s; kernel records $records, offered $offered, received $received, lost $lost (told $told, kernel $kernel)" >&2
-	awk -v r="$r" -v n="$offered" -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v hz="$hz" -v ok="$ok" \
-		'BEGIN { printf "%s %d %.3f %.3f %d\n", r, n, n ? q / hz * 1e6 / n : 0, n ? f / hz * 1e6 / n : 0, ok }'
+	local figures
+	figures=$(awk -v r="$r" -v n="$offered" -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v hz="$hz" -v ok="$ok" -v d="$duration" \
+		'BEGIN { printf "%s %d %.3f %.3f %.1f %d\n", r, n, n ? q / hz * 1e6 / n : 0, n ? f / hz * 1e6 / n : 0, (q + f) / hz / d * 100, ok }')
+	read -r _ _ q f _ _ <<<"$figures"
+	echo "ab: $1: $r req/s; kernel records $records, offered $offered, received $received, lost $lost (told $told, kernel $kernel); CPU per event: qtapd $q µs, follower $f µs" >&2
+	echo "$figures"
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-declare -A req qtapd_us follower_us counted
+declare -A req ratio qtapd_us follower_us cpu_pct counted
 base=()
 for ((i = 1; i <= rounds; i++)); do
 	b=$(rps)
 	echo "ab: round $i: baseline $b req/s" >&2
 	base+=("$b")
 	for name in "${names[@]}"; do
-		read -r r n q f ok < <(round "$name")
+		read -r r n q f c ok < <(round "$name")
 		if ((ok)); then
 			req[$name]+="$r "
+			ratio[$name]+="$(awk -v r="$r" -v b="$b" 'BEGIN {print r / b}') "
 			qtapd_us[$name]+="$q "
 			follower_us[$name]+="$f "
+			cpu_pct[$name]+="$c "
 			counted[$name]=$((${counted[$name]:-0} + 1))
 		fi
 	done
@@ -120,21 +136,23 @@ done
 
 base_median=$(echo "${base[*]}" | median)
 echo
-echo "| build | rounds accounted | req/s median | × baseline | qtapd CPU per event (µs) | follower CPU per event (µs) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-printf "| baseline | — | %.0f | 1.00 | — | — |\n" "$base_median"
+echo "| build | rounds accounted | req/s median | × baseline (medians) | × its round's baseline (median) | qtapd CPU per event (µs) | follower CPU per event (µs) | qtapd + follower CPU (% of one core) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf "| baseline | — | %.0f | 1.00 | 1.00 | — | — | — |\n" "$base_median"
 failed=0
 for name in "${names[@]}"; do
 	c=${counted[$name]:-0}
 	if ((c == 0)); then
-		echo "| $name | 0 of $rounds | — | — | — | — |"
+		echo "| $name | 0 of $rounds | — | — | — | — | — | — |"
 		failed=1
 		continue
 	fi
 	m=$(echo "${req[$name]}" | median)
-	printf "| %s | %d of %d | %.0f | %.2f | %.2f | %.2f |\n" "$name" "$c" "$rounds" "$m" \
+	printf "| %s | %d of %d | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f |\n" "$name" "$c" "$rounds" "$m" \
 		"$(awk -v m="$m" -v b="$base_median" 'BEGIN {print m / b}')" \
-		"$(echo "${qtapd_us[$name]}" | median)" "$(echo "${follower_us[$name]}" | median)"
+		"$(echo "${ratio[$name]}" | median)" \
+		"$(echo "${qtapd_us[$name]}" | median)" "$(echo "${follower_us[$name]}" | median)" \
+		"$(echo "${cpu_pct[$name]}" | median)"
 	((c == rounds)) || failed=1
 done
 ((failed == 0)) || echo "ab: some rounds were not accounted (see above); their figures are left out" >&2

@@ -130,14 +130,15 @@ fn records_through(
         handled += 1;
         // The follower reads now and then, as a slow one would.
         if selector & 0x40 != 0 {
+            engine.flush();
             while let Ok(item) = rx.try_recv() {
                 count(item);
             }
         }
     }
     let stopped = engine.stop(&session.id, ROOT).expect("the session stops");
-    // The stream ends once the final loss notice is handed over (by a task
-    // when the queue is full, as in qtapd).
+    // The stream ends with the final loss notice and the reason, handed
+    // over at the stop even when the queue is full.
     runtime.block_on(async {
         while let Some(item) = rx.recv().await {
             count(item);

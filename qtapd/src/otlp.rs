@@ -23,11 +23,10 @@ use qtap_proto::{
     time::Rfc3339,
     v1::{ConnInfo, Event, LossStage},
 };
-use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
-use crate::engine::item::Item;
+use crate::engine::{item::Item, queue::Receiver};
 
 /// Items the hub may queue for the exporter.
 pub const QUEUE_LEN: usize = 8192;
@@ -73,7 +72,7 @@ pub struct Totals {
 
 /// Exports session `session`'s events from `rx` to `endpoint` until the
 /// session ends (the hub drops the queue's sender).
-pub async fn export(endpoint: String, session: String, mut rx: mpsc::Receiver<Item>) -> Totals {
+pub async fn export(endpoint: String, session: String, mut rx: Receiver) -> Totals {
     let channel = match Endpoint::from_shared(endpoint.clone()) {
         Ok(endpoint) => endpoint.timeout(TIMEOUT).connect_lazy(),
         Err(error) => {

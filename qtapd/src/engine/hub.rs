@@ -1,10 +1,11 @@
 //! The sessions and their followers. Owns, per session, the filter, the
 //! kernel slot (bit of every session mask), the counters and the follower
-//! queues. Delivery never waits: each follower has a bounded channel fed
-//! with `try_send`; a full queue counts the event as lost for that
+//! queues. Delivery never waits: each follower has a queue bounded in
+//! items and bytes; a full queue counts the event as lost for that
 //! follower, and the count is sent as a `lost` item as soon as the queue
 //! has room again, before the next event, so the stream always says how
-//! much it is missing.
+//! much it is missing. What is offered is staged and handed over at the
+//! next [`Hub::flush`] (`queue`).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -12,16 +13,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use qtap_common::MAX_SESSIONS;
-use qtap_proto::v1::{Heartbeat, LossStage, Lost, Session as SessionInfo, SessionEnd};
-use tokio::sync::mpsc;
-
 pub use super::item::{Delivered, Item};
+use super::queue::{self, Receiver, Sender};
 use crate::events::monotonic_ns;
 use crate::{
     events::Event,
     filter::{Filter, Module},
 };
+use qtap_common::MAX_SESSIONS;
+use qtap_proto::v1::{Heartbeat, LossStage, Lost, Session as SessionInfo, SessionEnd};
 
 /// Who started a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,13 +64,15 @@ impl From<usize> for Queue {
 }
 
 struct Follower {
-    tx: mpsc::Sender<Item>,
+    tx: Sender,
+    /// Most items its queue holds.
+    len: usize,
     /// Who follows (quotas count per uid).
     uid: u32,
     /// Bytes of events this follower's queue may hold.
     budget: u64,
-    /// The estimated size of each item in the queue, oldest first; the
-    /// receiver's progress is read from the channel's free capacity.
+    /// The estimated size of each item in the queue (staged or sent, not
+    /// yet taken), oldest first.
     sizes: VecDeque<u64>,
     /// Their sum.
     bytes: u64,
@@ -129,48 +131,27 @@ impl Follower {
         true
     }
 
-    /// The stream ends: hand over the losses not reported yet and why it
-    /// ends, waiting (in a task, never in the engine) for room in a full
-    /// queue, so that the follower's count of lost events is complete and
-    /// the reason is its last item.
+    /// The stream ends: hands over what is staged, the losses not
+    /// reported yet and why it ends, past the queue's bound (a few small
+    /// items), so that the follower's count of lost events is complete
+    /// and the reason is its last item.
     fn finish(&mut self, end: &SessionEnd) {
-        let mut last = Vec::with_capacity(3);
         for (stage, count) in self.unreported() {
             if count > 0 {
-                last.push(Item::Lost(Lost {
+                self.tx.push(Item::Lost(Lost {
                     stage: stage.into(),
                     count,
                 }));
                 self.reported(stage);
             }
         }
-        last.push(Item::End(end.clone()));
-        let mut last = last.into_iter();
-        while let Some(item) = last.next() {
-            match self.tx.try_send(item) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        let tx = self.tx.clone();
-                        runtime.spawn(async move {
-                            for item in std::iter::once(item).chain(last) {
-                                if tx.send(item).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        }
+        self.tx.push(Item::End(end.clone()));
+        self.tx.flush();
     }
 
     /// Forgets the sizes of the items the receiver took since last time.
     fn settle(&mut self, memory: &mut Memory) {
-        let queued = self.tx.max_capacity() - self.tx.capacity();
-        while self.sizes.len() > queued {
+        for _ in 0..self.tx.newly_taken() {
             let size = self.sizes.pop_front().unwrap_or(0);
             self.bytes -= size;
             memory.used -= size;
@@ -178,16 +159,17 @@ impl Follower {
     }
 
     fn send(&mut self, item: Item, size: u64, memory: &mut Memory) -> Offer {
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                self.sizes.push_back(size);
-                self.bytes += size;
-                memory.used += size;
-                Offer::Sent
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+        if self.tx.is_closed() {
+            return Offer::Gone;
         }
+        if self.sizes.len() >= self.len {
+            return Offer::Full;
+        }
+        self.tx.push(item);
+        self.sizes.push_back(size);
+        self.bytes += size;
+        memory.used += size;
+        Offer::Sent
     }
 
     /// Offers one item: an event only while this follower's queue and
@@ -319,6 +301,22 @@ impl Session {
     /// Followers of `uid`.
     fn followers_of(&self, uid: u32) -> usize {
         self.followers.iter().filter(|f| f.uid == uid).count()
+    }
+
+    /// Hands each follower what was staged for it; drops those that left.
+    fn flush(&mut self, memory: &mut Memory) {
+        let before = self.followers.len();
+        self.followers.retain_mut(|f| {
+            if f.tx.flush() {
+                true
+            } else {
+                f.release(memory);
+                false
+            }
+        });
+        if self.followers.len() != before {
+            self.note_idle();
+        }
     }
 
     fn note_idle(&mut self) {
@@ -487,11 +485,7 @@ impl Hub {
     }
 
     /// Adds a follower with `queue`.
-    pub fn follow(
-        &mut self,
-        id: &str,
-        queue: impl Into<Queue>,
-    ) -> Result<mpsc::Receiver<Item>, HubError> {
+    pub fn follow(&mut self, id: &str, queue: impl Into<Queue>) -> Result<Receiver, HubError> {
         self.attach(id, queue.into(), false)
     }
 
@@ -501,24 +495,20 @@ impl Hub {
         &mut self,
         id: &str,
         queue: impl Into<Queue>,
-    ) -> Result<mpsc::Receiver<Item>, HubError> {
+    ) -> Result<Receiver, HubError> {
         let ephemeral = self.sessions.get(id).is_some_and(|s| s.spec.ephemeral);
         self.attach(id, queue.into(), ephemeral)
     }
 
-    fn attach(
-        &mut self,
-        id: &str,
-        queue: Queue,
-        passive: bool,
-    ) -> Result<mpsc::Receiver<Item>, HubError> {
+    fn attach(&mut self, id: &str, queue: Queue, passive: bool) -> Result<Receiver, HubError> {
         let session = self
             .sessions
             .get_mut(id)
             .ok_or_else(|| HubError::NotFound(id.to_owned()))?;
-        let (tx, rx) = mpsc::channel(queue.len.max(1));
+        let (tx, rx) = queue::queue();
         session.followers.push(Follower {
             tx,
+            len: queue.len.max(1),
             uid: queue.uid,
             budget: queue.bytes,
             sizes: VecDeque::new(),
@@ -531,8 +521,6 @@ impl Hub {
         Ok(rx)
     }
 
-    /// Delivers `event` to the sessions whose slot bits are in `mask` and
-    /// that `wants` accepts.
     /// The most payload bytes any session asked for.
     #[must_use]
     pub fn capture_bytes(&self) -> u32 {
@@ -603,8 +591,9 @@ impl Hub {
     }
 
     /// Hands `event` to the followed sessions of `mask` that want it, one
-    /// shared copy for all. Sessions without a follower get nothing
-    /// (their sequence numbers count what was handed to followers).
+    /// shared copy for all, staged until the next [`Hub::flush`].
+    /// Sessions without a follower get nothing (their sequence numbers
+    /// count what was handed to followers).
     pub fn deliver(
         &mut self,
         mask: u64,
@@ -621,6 +610,15 @@ impl Hub {
             let lost_before = session.lost;
             session.deliver(Arc::clone(event), &mut self.memory);
             self.queue_losses += session.lost - lost_before;
+        }
+    }
+
+    /// Hands every follower what was offered to it since the last flush:
+    /// after a batch of ring records, and by every method that offers
+    /// control items.
+    pub fn flush(&mut self) {
+        for session in self.sessions.values_mut() {
+            session.flush(&mut self.memory);
         }
     }
 
@@ -644,6 +642,7 @@ impl Hub {
             });
             session.offer_all(&item, &mut self.memory);
         }
+        self.flush();
     }
 
     /// Sends a heartbeat to every follower; drops followers that left.
@@ -656,6 +655,7 @@ impl Hub {
             });
             session.offer_all(&item, &mut self.memory);
         }
+        self.flush();
     }
 
     /// Removes and returns sessions that have had no follower for their
@@ -733,7 +733,9 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<Item> {
+    /// What `rx` holds once the hub has flushed.
+    fn drain(hub: &mut Hub, rx: &mut Receiver) -> Vec<Item> {
+        hub.flush();
         let mut items = Vec::new();
         while let Ok(item) = rx.try_recv() {
             items.push(item);
@@ -766,8 +768,8 @@ mod tests {
         let (sa, sb) = (hub.get(&a).unwrap().slot, hub.get(&b).unwrap().slot);
         hub.deliver(1 << sa | 1 << sb, &Arc::new(event(1)), |_, _| true);
         hub.deliver(1 << sb, &Arc::new(event(2)), |_, _| true);
-        let got_a = drain(&mut ra);
-        let got_b = drain(&mut rb);
+        let got_a = drain(&mut hub, &mut ra);
+        let got_b = drain(&mut hub, &mut rb);
         assert_eq!(got_a.len(), 1);
         assert_eq!(got_b.len(), 2);
         let Item::Event(e) = &got_b[1] else { panic!() };
@@ -788,7 +790,7 @@ mod tests {
         assert!(hub.listened(1 << sa | 1 << sb));
         assert!(!hub.listened(0));
         hub.deliver(1 << sa | 1 << sb, &Arc::new(event(1)), |_, _| true);
-        let got = drain(&mut rb);
+        let got = drain(&mut hub, &mut rb);
         assert!(matches!(&got[..], [Item::Event(e)] if e.seq == 1 && *e.session == *b));
         assert_eq!(hub.get(&a).unwrap().delivered, 0);
     }
@@ -817,8 +819,8 @@ mod tests {
             [Item::Event(e)] => e.payload().to_vec(),
             other => panic!("{other:?}"),
         };
-        assert_eq!(payload(drain(&mut ra)), b"GET ");
-        assert_eq!(payload(drain(&mut rb)), b"");
+        assert_eq!(payload(drain(&mut hub, &mut ra)), b"GET ");
+        assert_eq!(payload(drain(&mut hub, &mut rb)), b"");
     }
 
     #[test]
@@ -832,14 +834,18 @@ mod tests {
             hub.deliver(1 << slot, &Arc::new(event(n)), |_, _| true);
         }
         // The fast follower got everything; the slow one 4, then lost 6.
-        assert_eq!(drain(&mut fast).len(), 10);
-        assert_eq!(drain(&mut lagging).len(), 4, "a queue of 4 holds 4 events");
+        assert_eq!(drain(&mut hub, &mut fast).len(), 10);
+        assert_eq!(
+            drain(&mut hub, &mut lagging).len(),
+            4,
+            "a queue of 4 holds 4 events"
+        );
         let s = hub.get(&id).unwrap();
         assert_eq!((s.delivered, s.lost), (14, 6));
         assert_eq!(hub.queue_losses, 6);
         // With room again, the next delivery is preceded by the loss count.
         hub.deliver(1 << slot, &Arc::new(event(99)), |_, _| true);
-        let items = drain(&mut lagging);
+        let items = drain(&mut hub, &mut lagging);
         assert!(
             matches!(&items[0], Item::Lost(l) if l.count == 6 && l.stage == LossStage::DaemonQueue as i32)
         );
@@ -992,6 +998,7 @@ mod tests {
                                 }
                             }
                             Step::Read(n) => {
+                                hub.flush();
                                 for _ in 0..n {
                                     let Ok(item) = rx.try_recv() else { break };
                                     count(&item, &mut received, &mut lost);
@@ -1044,10 +1051,10 @@ mod tests {
         }
         assert_eq!(hub.queued_bytes(), budget);
         assert_eq!(hub.get(&id).unwrap().lost, 7);
-        assert_eq!(drain(&mut rx).len(), 3);
+        assert_eq!(drain(&mut hub, &mut rx).len(), 3);
         // Taken: the next event fits again, after the loss notice.
         hub.deliver(1 << slot, &big, |_, _| true);
-        let items = drain(&mut rx);
+        let items = drain(&mut hub, &mut rx);
         assert!(
             matches!(items[0], Item::Lost(Lost { count: 7, .. })),
             "{items:?}"
@@ -1060,7 +1067,7 @@ mod tests {
             hub.deliver(1 << slot, &big, |_, _| true);
         }
         assert!(hub.queued_bytes() <= 10_000, "{}", hub.queued_bytes());
-        let taken = drain(&mut other).len() as u64;
+        let taken = drain(&mut hub, &mut other).len() as u64;
         assert!(taken * size <= 10_000 && taken >= 5, "{taken}");
         drop((rx, other));
         hub.expire(Instant::now());

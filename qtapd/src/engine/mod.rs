@@ -6,6 +6,7 @@
 
 pub mod hub;
 pub mod item;
+pub mod queue;
 mod tls_targets;
 
 use std::{
@@ -27,7 +28,6 @@ use tracing::{debug, info, warn};
 
 use self::{
     hub::{Hub, HubError, Queue, Session, Spec},
-    item::Item,
     tls_targets::TlsTargets,
 };
 use crate::{
@@ -138,7 +138,7 @@ pub enum Command {
         target: Target,
         caller: Caller,
         queue_len: usize,
-        reply: oneshot::Sender<Result<(SessionInfo, mpsc::Receiver<Item>), EngineError>>,
+        reply: oneshot::Sender<Result<(SessionInfo, queue::Receiver), EngineError>>,
     },
 }
 
@@ -462,7 +462,7 @@ impl<K: Selector> Engine<K> {
         target: Target,
         caller: Caller,
         queue_len: usize,
-    ) -> Result<(SessionInfo, mpsc::Receiver<Item>), EngineError> {
+    ) -> Result<(SessionInfo, queue::Receiver), EngineError> {
         let id = match target {
             Target::Id(id) => {
                 let session = self
@@ -823,6 +823,12 @@ impl<K: Selector> Engine<K> {
         }
     }
 
+    /// Hands followers what the records handled since the last flush
+    /// offered them ([`Hub::flush`]); `run` does after every batch.
+    pub fn flush(&mut self) {
+        self.hub.flush();
+    }
+
     /// Handles up to [`RING_BATCH`] ring records; true when the batch
     /// filled, so more may be waiting.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
@@ -875,6 +881,9 @@ impl<K: Selector> Engine<K> {
                     }
                 }
             }
+            // What the branch offered followers goes out in one send each
+            // (a drained batch of records, a heartbeat, a stop).
+            self.hub.flush();
             if more {
                 tokio::task::yield_now().await;
                 drain.reset_immediately();

@@ -15,11 +15,10 @@ use qtap_proto::{
     time::Rfc3339,
     v1::{follow_item, EventBatch, FollowItem},
 };
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
 
 use super::compact::Encoder;
-use crate::engine::item::Item;
+use crate::engine::{item::Item, queue::Receiver};
 
 /// Most items taken from the queue per message.
 pub(super) const MAX_BATCH: usize = 512;
@@ -33,7 +32,7 @@ pub enum Form {
 }
 
 pub struct Batches {
-    rx: mpsc::Receiver<Item>,
+    rx: Receiver,
     form: Form,
     /// Messages made from one take, not sent yet.
     ready: VecDeque<FollowItem>,
@@ -43,7 +42,7 @@ pub struct Batches {
 }
 
 impl Batches {
-    pub fn new(rx: mpsc::Receiver<Item>, form: Form) -> Batches {
+    pub fn new(rx: Receiver, form: Form) -> Batches {
         Batches {
             rx,
             form,
@@ -136,14 +135,13 @@ mod tests {
     }
 
     async fn items(form: Form) -> Vec<Wire> {
-        let (tx, rx) = mpsc::channel(16);
+        let (mut tx, rx) = crate::engine::queue::queue();
         for seq in 1..=3 {
-            tx.send(event(seq)).await.unwrap();
+            tx.push(event(seq));
         }
-        tx.send(Item::Heartbeat(Heartbeat::default()))
-            .await
-            .unwrap();
-        tx.send(event(4)).await.unwrap();
+        tx.push(Item::Heartbeat(Heartbeat::default()));
+        tx.push(event(4));
+        assert!(tx.flush());
         drop(tx);
         Batches::new(rx, form)
             .map(|i| i.item.unwrap())

@@ -41,6 +41,7 @@ impl Harness {
                     _ = tick.tick() => engine.tick(),
                     else => break,
                 }
+                engine.flush();
             }
         });
         Harness { commands, records }
