@@ -168,14 +168,19 @@ bpftrace_probes() {
 	echo "${out[*]}"
 }
 
-# One load under a bpftrace script (given 3 s to attach).
+# One load under a bpftrace script (given 3 s to attach). bpftrace is
+# stopped as its manual says, with SIGINT; it once ignored a SIGTERM here
+# and hung the run, so after 5 s it is killed.
 under_bpftrace() {
 	bpftrace -e "$1" >"$work/bpftrace.out" 2>&1 &
 	local tracer=$!
 	sleep 3
 	load
-	stop_pid "$tracer"
+	kill -INT "$tracer" 2>/dev/null || true
+	for _ in $(seq 50); do kill -0 "$tracer" 2>/dev/null || break; sleep 0.1; done
+	stop_pid_now "$tracer"
 }
+stop_pid_now() { kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 run_scenario() {
 	local s=$1 aux=() result url=$url_static
