@@ -823,8 +823,8 @@ impl<K: Selector> Engine<K> {
         }
     }
 
-    /// Hands followers what the records handled since the last flush
-    /// offered them ([`Hub::flush`]); `run` does after every batch.
+    /// Hands followers what was offered them since the last flush
+    /// ([`Hub::flush`]); `run` does so after every pass of its loop.
     pub fn flush(&mut self) {
         self.hub.flush();
     }
