@@ -4,8 +4,8 @@
 use std::{net::TcpListener, process::Command, thread, time::Duration};
 
 use qtap_tests::{
-    bytes_on, of_pid, require_root, run_curl, serve_once, stdout_of, syscall, system_user, uid_of,
-    Follower, Service, READS, WRITES,
+    bytes_on, of_pid, python_named, require_root, run_curl, serve_once, stdout_of, syscall,
+    system_user, uid_of, Follower, Service, READS, WRITES,
 };
 
 fn http_server(requests: usize) -> (String, thread::JoinHandle<Vec<(usize, usize)>>) {
@@ -503,4 +503,54 @@ fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reconnecting in"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// Each process predicate selects a program started after its session,
+/// in the kernel at exec: the exact `exe` too (it once never matched
+/// there, only for processes already running), and a near miss does not.
+#[test]
+fn each_process_predicate_selects_at_exec() {
+    require_root();
+    let service = Service::start(&[]).unwrap();
+    let (dir, python) = python_named("qtap-exec-sel");
+    let path = python.display().to_string();
+    let near_miss = &path[..path.len() - 1];
+    let dir_name = dir.display().to_string();
+    let cases = [
+        (format!("exe:{path}"), true),
+        (format!("exe:{near_miss}"), false),
+        (format!("exe.startsWith:{dir_name}/"), true),
+        ("exe.endsWith:/qtap-exec-sel".to_owned(), true),
+        ("exe.contains:tap-exec-s".to_owned(), true),
+        ("comm:qtap-exec-sel".to_owned(), true),
+        ("exe.endsWith:/qtap-exec-se".to_owned(), false),
+    ];
+    let sessions: Vec<(String, bool, Follower)> = cases
+        .iter()
+        .map(|(filter, selects)| {
+            let id = service.start_session(&format!("mod:socket,{filter}"));
+            let follower = follow_json(&service, None, &id);
+            service.wait_followers(&id, 1);
+            (filter.clone(), *selects, follower)
+        })
+        .collect();
+    let status = Command::new(&python)
+        .args([
+            "-c",
+            "import socket\na, b = socket.socketpair()\na.send(b'selected')\n",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (filter, selects, follower) in sessions {
+        let events = follower.stop().unwrap();
+        let sent = events.iter().any(|e| {
+            e["exe"].as_str() == Some(path.as_str())
+                && syscall(e).is_some_and(|c| WRITES.contains(&c))
+                && e["bytes"].as_i64() == Some(8)
+        });
+        assert_eq!(sent, selects, "{filter}: {events:#?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    service.stop().unwrap();
 }

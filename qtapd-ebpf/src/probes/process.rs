@@ -66,17 +66,17 @@ pub fn exec(ctx: &TracePointContext) {
     if (cfg.active == 0 && before == 0) || tgid == cfg.self_tgid {
         return;
     }
+    // Raw, not `&mut`: see `select`.
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: per-CPU scratch, only this program on this CPU uses it.
-    let scratch = unsafe { &mut *scratch };
 
     // SAFETY: offset of the `__data_loc` word inside the tracepoint record.
     let loc = unsafe { ctx.read_at::<u32>(global(&EXEC_FILENAME_OFF) as usize) }.unwrap_or(0);
     let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
-    // SAFETY: a kernel string read through the fault-tolerant helper.
-    let len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut scratch.buf) } {
+    // SAFETY: a kernel string read through the fault-tolerant helper, into
+    // the per-CPU scratch of this program on this CPU.
+    let len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut (*scratch).buf) } {
         Ok(name) => name.len(),
         Err(_) => 0,
     };
@@ -108,7 +108,7 @@ pub fn exec(ctx: &TracePointContext) {
                 (*record).hdr = header(id, kind::EXEC, sessions, ts);
                 (*record).filename_len = (len & EXE_MASK) as u32;
                 (*record)._pad = 0;
-                (*record).filename = scratch.buf;
+                (*record).filename = (*scratch).buf;
             }
             entry.submit(PROMPT);
         }
@@ -205,66 +205,75 @@ extern "C" fn contains_step(i: u64, _ctx: *mut c_void) -> i64 {
 
 /// The sessions whose filters select an image with this filename, comm
 /// and pid (see `qtap_common::Config` for the rule).
+///
+/// `scratch` stays a raw pointer, never a `&mut`: the `walk` steps write
+/// it through a look-up of their own while `bpf_loop` runs, and a `&mut`
+/// held across a walk tells the compiler nothing else touches it. It then
+/// kept fields in registers: the whole-filename hash read after the prefix
+/// walk was the 0 stored before it, and `exe:` never matched at exec.
 #[inline(always)]
 fn select(
     cfg: &Config,
-    scratch: &mut ExecScratch,
+    scratch: *mut ExecScratch,
     len: usize,
     comm: &[u8; 16],
     tgid: u32,
     uid: u32,
 ) -> u64 {
-    scratch.hits = [0; pred::COUNT];
-    scratch.len = len as u32;
-    if cfg.uses[pred::PID as usize] != 0 {
-        scratch.hits[pred::PID as usize] = lookup(pred::PID, 0, u64::from(tgid));
-    }
-    if cfg.uses[pred::UID as usize] != 0 {
-        scratch.hits[pred::UID as usize] = lookup(pred::UID, 0, u64::from(uid));
-    }
-    if cfg.uses[pred::CGROUP as usize] != 0 {
-        // SAFETY: a helper without arguments.
-        let cgroup = unsafe { bpf_get_current_cgroup_id() };
-        scratch.hits[pred::CGROUP as usize] = lookup(pred::CGROUP, 0, cgroup);
-    }
-    if cfg.uses[pred::COMM as usize] != 0 {
-        let mut hash = 0;
-        let mut n = 0;
-        while n < comm.len() && comm[n] != 0 {
-            hash = hash_step(hash, comm[n]);
-            n += 1;
+    // SAFETY: per-CPU scratch, used only by the exec program running on
+    // this CPU; every access below goes through the raw pointer.
+    unsafe {
+        (*scratch).hits = [0; pred::COUNT];
+        (*scratch).len = len as u32;
+        if cfg.uses[pred::PID as usize] != 0 {
+            (*scratch).hits[pred::PID as usize] = lookup(pred::PID, 0, u64::from(tgid));
         }
-        scratch.hits[pred::COMM as usize] = lookup(pred::COMM, n, hash);
-    }
-    if cfg.uses[pred::EXE as usize] | cfg.uses[pred::EXE_PREFIX as usize] != 0 {
-        scratch.hash = 0;
-        walk(len as u32, prefix_step);
-        scratch.hits[pred::EXE as usize] = lookup(pred::EXE, len, scratch.hash);
-    }
-    if cfg.uses[pred::EXE_SUFFIX as usize] != 0 {
-        scratch.hash = 0;
-        scratch.power = 1;
-        walk(len as u32, suffix_step);
-    }
-    if cfg.uses[pred::EXE_CONTAINS as usize] != 0 {
-        for slot in 0..limit::CONTAINS_LENS {
-            let width = cfg.contains_lens[slot];
-            if width == 0 {
-                break;
+        if cfg.uses[pred::UID as usize] != 0 {
+            (*scratch).hits[pred::UID as usize] = lookup(pred::UID, 0, u64::from(uid));
+        }
+        if cfg.uses[pred::CGROUP as usize] != 0 {
+            let cgroup = bpf_get_current_cgroup_id();
+            (*scratch).hits[pred::CGROUP as usize] = lookup(pred::CGROUP, 0, cgroup);
+        }
+        if cfg.uses[pred::COMM as usize] != 0 {
+            let mut hash = 0;
+            let mut n = 0;
+            while n < comm.len() && comm[n] != 0 {
+                hash = hash_step(hash, comm[n]);
+                n += 1;
             }
-            if width as usize <= len {
-                scratch.hash = 0;
-                scratch.width = width;
-                scratch.power = cfg.contains_pows[slot];
-                walk(len as u32, contains_step);
+            (*scratch).hits[pred::COMM as usize] = lookup(pred::COMM, n, hash);
+        }
+        if cfg.uses[pred::EXE as usize] | cfg.uses[pred::EXE_PREFIX as usize] != 0 {
+            (*scratch).hash = 0;
+            walk(len as u32, prefix_step);
+            (*scratch).hits[pred::EXE as usize] = lookup(pred::EXE, len, (*scratch).hash);
+        }
+        if cfg.uses[pred::EXE_SUFFIX as usize] != 0 {
+            (*scratch).hash = 0;
+            (*scratch).power = 1;
+            walk(len as u32, suffix_step);
+        }
+        if cfg.uses[pred::EXE_CONTAINS as usize] != 0 {
+            for slot in 0..limit::CONTAINS_LENS {
+                let width = cfg.contains_lens[slot];
+                if width == 0 {
+                    break;
+                }
+                if width as usize <= len {
+                    (*scratch).hash = 0;
+                    (*scratch).width = width;
+                    (*scratch).power = cfg.contains_pows[slot];
+                    walk(len as u32, contains_step);
+                }
             }
         }
+        let mut selected = cfg.active;
+        for k in 0..pred::COUNT {
+            selected &= (*scratch).hits[k] | !cfg.uses[k];
+        }
+        selected
     }
-    let mut selected = cfg.active;
-    for k in 0..pred::COUNT {
-        selected &= scratch.hits[k] | !cfg.uses[k];
-    }
-    selected
 }
 
 /// `sched_process_fork(parent_comm, parent_pid, child_comm, child_pid)`:
