@@ -39,6 +39,9 @@ pub mod map {
     pub const PENDING: &str = "PENDING";
     /// `Array<Config>` with one entry: the compiled filters.
     pub const CONFIG: &str = "CONFIG";
+    /// `Array<u32>` with one entry: non-zero while qtapd waits for the ring
+    /// without its drain clock, so the next data record must wake it.
+    pub const READER: &str = "READER";
     /// `HashMap<PatternKey, u64>`: string and pid predicates to session masks.
     pub const PATTERNS: &str = "PATTERNS";
     /// `PerCpuArray<u64>` indexed by [`super::stat`]: kernel-side counters.

@@ -39,6 +39,8 @@ static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(limit::PENDING
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
+static READER: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
 static PATTERNS: HashMap<PatternKey, u64> = HashMap::with_max_entries(limit::PATTERNS, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

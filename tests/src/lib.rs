@@ -542,6 +542,21 @@ impl Follower {
         Ok(Follower { child, events })
     }
 
+    /// The first event printed so far that `matches`, waiting for one up
+    /// to `within`.
+    pub fn wait_for(&self, within: Duration, matches: impl Fn(&Value) -> bool) -> Option<Value> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            if let Some(found) = self.events.lock().unwrap().iter().find(|e| matches(e)) {
+                return Some(found.clone());
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Lets events drain, interrupts the follower (SIGINT, like Ctrl-C),
     /// and returns what it printed.
     pub fn stop(self) -> Result<Vec<Value>> {

@@ -505,6 +505,61 @@ fn follow_exits_0_on_a_closed_pipe_and_reconnects_when_qtapd_dies() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
 
+/// While a session's programs are quiet qtapd reads the ring on no clock
+/// (the kernel wakes it at the next record): a data call after a quiet
+/// spell, by a process that goes on running and makes no other call,
+/// still reaches the follower at once.
+#[test]
+fn a_call_after_a_quiet_spell_arrives_while_its_process_runs() {
+    require_root();
+    let service = Service::start(&[]).unwrap();
+    let (dir, python) = python_named("qtap-quiet");
+    let id = service.start_session(&format!("mod:socket,fd:socket,exe:{}", python.display()));
+    let follower = follow_json(&service, None, &id);
+    service.wait_followers(&id, 1);
+    // A TCP connection the kernel placed at connect: its data records are
+    // sent without a wakeup of their own (a socketpair's, which qtapd
+    // must place from /proc, wake it anyway).
+    let script = "import socket, time\n\
+                  server = socket.create_server(('127.0.0.1', 0))\n\
+                  a = socket.create_connection(server.getsockname())\n\
+                  b, _ = server.accept()\n\
+                  time.sleep(1.0)\n\
+                  a.send(b'after a quiet spell')\n\
+                  print('sent', flush=True)\n\
+                  time.sleep(60)\n";
+    let mut python = Command::new(&python)
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sent = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(python.stdout.take().unwrap()),
+        &mut sent,
+    )
+    .unwrap();
+    assert_eq!(sent.trim(), "sent");
+    let pid = python.id();
+    let found = follower.wait_for(Duration::from_secs(2), |e| {
+        e["pid"].as_u64() == Some(u64::from(pid))
+            && syscall(e).is_some_and(|c| WRITES.contains(&c))
+            && e["bytes"].as_i64() == Some(19)
+    });
+    // Still running, so no exit record could have carried the call along.
+    let running = python.try_wait().unwrap().is_none();
+    let _ = python.kill();
+    let _ = python.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(running, "python3 ended early");
+    assert!(
+        found.is_some(),
+        "the send after a quiet spell did not arrive within 2 s; got {:#?}",
+        follower.stop().unwrap()
+    );
+    service.stop().unwrap();
+}
+
 /// Each process predicate selects a program started after its session,
 /// in the kernel at exec: the exact `exe` too (it once never matched
 /// there, only for processes already running), and a near miss does not.

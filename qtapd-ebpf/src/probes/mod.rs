@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use qtap_common::{limit, module, stat, Header, TaskOffsets, WithPayload, ABI_VERSION};
 
-use crate::{CONFIG, EVENTS, PROCS, STATS, TASK_OFFSETS};
+use crate::{CONFIG, EVENTS, PROCS, READER, STATS, TASK_OFFSETS};
 
 /// Adds one to the per-CPU counter `index` (one of `qtap_common::stat`).
 #[inline(always)]
@@ -220,6 +220,36 @@ pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency)
     };
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(stat::RING_FULL);
+    } else if flags == u64::from(BPF_RB_NO_WAKEUP) {
+        wake_if_idle();
+    }
+}
+
+/// Wakes qtapd when it has stopped its drain clock (`READER` set: it found
+/// the ring empty while its sessions' programs were quiet), so a record
+/// sent without a wakeup does not wait for the next one that has one.
+///
+/// It runs after the record is committed, and the commit is a full
+/// barrier (`xchg` on the record's header); qtapd sets `READER` before it
+/// looks at the ring a last time. So either this load sees the flag, or
+/// qtapd's look sees the record: a record is never left unread with no
+/// wakeup coming. The wakeup is an empty record, reserved and discarded:
+/// the reader skips it, and it counts as nothing.
+#[inline(always)]
+fn wake_if_idle() {
+    let Some(idle) = READER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the map's one value, shared by every CPU and qtapd; a stale
+    // read or two CPUs clearing it at once cost at most one more wakeup.
+    unsafe {
+        if core::ptr::read_volatile(idle) == 0 {
+            return;
+        }
+        core::ptr::write_volatile(idle, 0);
+    }
+    if let Some(entry) = EVENTS.reserve::<u64>(0) {
+        entry.discard(PROMPT);
     }
 }
 

@@ -42,6 +42,9 @@ impl Selector for MemoryKernel {
     fn stats(&self) -> KernelStats {
         KernelStats::default()
     }
+    fn wake_at_next_record(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
     fn set_tracing(&mut self, _: bool) -> Result<(), KernelError> {
         Ok(())
     }

@@ -130,6 +130,8 @@ pub struct Kernel {
     procs: HashMap<MapData, u32, ProcSel>,
     conns: HashMap<MapData, ConnKey, Conn>,
     config: Array<MapData, Config>,
+    /// `READER`: set to have the next data record wake the ring's reader.
+    reader: Array<MapData, u32>,
     patterns: HashMap<MapData, PatternKey, u64>,
     stats: PerCpuArray<MapData, u64>,
     pending: HashMap<MapData, u64, Pending>,
@@ -215,6 +217,7 @@ impl Kernel {
         let procs = HashMap::try_from(take(map::PROCS)?).map_err(map_err(map::PROCS))?;
         let conns = HashMap::try_from(take(map::CONNS)?).map_err(map_err(map::CONNS))?;
         let config = Array::try_from(take(map::CONFIG)?).map_err(map_err(map::CONFIG))?;
+        let reader = Array::try_from(take(map::READER)?).map_err(map_err(map::READER))?;
         let patterns = HashMap::try_from(take(map::PATTERNS)?).map_err(map_err(map::PATTERNS))?;
         let stats = PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS))?;
         let pending = HashMap::try_from(take(map::PENDING)?).map_err(map_err(map::PENDING))?;
@@ -230,6 +233,7 @@ impl Kernel {
             procs,
             conns,
             config,
+            reader,
             patterns,
             stats,
             pending,
@@ -270,6 +274,11 @@ pub trait Selector {
     fn sweep_conns(&mut self) -> usize;
     /// The kernel's counters, summed over CPUs.
     fn stats(&self) -> KernelStats;
+    /// Has the next data record wake the ring's reader, which is about to
+    /// stop its drain clock: data records are otherwise sent without a
+    /// wakeup. The reader looks at the ring once more after this (the
+    /// kernel side says why that is enough).
+    fn wake_at_next_record(&mut self) -> Result<(), KernelError>;
     /// Attaches the tracepoints (`on`: a session runs) or detaches them.
     fn set_tracing(&mut self, on: bool) -> Result<(), KernelError>;
     /// Attaches the OpenSSL probes to a library or executable for every
@@ -302,6 +311,14 @@ impl Selector for Kernel {
     /// Number of programs attached (a uprobe counts once per target).
     fn attached(&self) -> usize {
         self.tracepoint_links.len() + self.tls_links.iter().map(|(_, l)| l.len()).sum::<usize>()
+    }
+
+    fn wake_at_next_record(&mut self) -> Result<(), KernelError> {
+        self.reader.set(0, 1, 0).map_err(map_err(map::READER))?;
+        // The flag is stored before the reader's next look at the ring is
+        // loaded (the kernel side's barrier is its commit).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn set_tracing(&mut self, on: bool) -> Result<(), KernelError> {

@@ -52,10 +52,19 @@ const HEARTBEAT_TICKS: u64 = 5;
 /// The kernel's connection table is swept of exited processes every this
 /// many ticks.
 const SWEEP_TICKS: u64 = 60;
-/// How often the ring is read while a session runs. Data records do not
-/// wake the reader until `limit::WAKE_BYTES` wait unread, so this is the
-/// most a quiet session's event waits in the kernel.
-const DRAIN_EVERY: Duration = Duration::from_millis(5);
+/// How often the ring is read while a session's programs write. Data
+/// records do not wake the reader until `limit::WAKE_BYTES` wait unread,
+/// so this is the most an event waits in the kernel under a steady load.
+/// Each tick is a wakeup of qtapd and a batch for every follower, which
+/// at a fixed 10k req/s cost more than the events themselves at 5 ms.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// Ticks in a row that find the ring empty before the drain clock stops:
+/// the kernel then wakes the reader at the next record
+/// ([`Selector::wake_at_next_record`]), so a quiet session costs no
+/// wakeups and an event after a quiet spell is read at once. More than
+/// one, so a load that comes in bursts (nginx under `wrk` with pauses)
+/// keeps the clock instead of being woken at each burst's first record.
+const QUIET_TICKS: u32 = 2;
 /// Records handled before the engine lets other tasks run: qtapd runs on
 /// one thread, and under a constant load the ring is never empty, so
 /// without this the gRPC streams to followers would never be served.
@@ -829,16 +838,29 @@ impl<K: Selector> Engine<K> {
         self.hub.flush();
     }
 
-    /// Handles up to [`RING_BATCH`] ring records; true when the batch
-    /// filled, so more may be waiting.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
-        for _ in 0..RING_BATCH {
+    /// Handles up to [`RING_BATCH`] ring records; returns how many (the
+    /// whole batch: more may be waiting).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        for read in 0..RING_BATCH {
             let Some(item) = ring.next() else {
-                return false;
+                return read;
             };
             self.handle(&item);
         }
-        true
+        RING_BATCH
+    }
+
+    /// Asks the kernel to wake the reader at the next record (a drain
+    /// found the ring empty); false when it cannot, and the drain clock
+    /// must run on.
+    fn wake_at_next_record(&mut self) -> bool {
+        match self.kernel.wake_at_next_record() {
+            Ok(()) => true,
+            Err(error) => {
+                debug!(%error, "cannot ask the kernel for a wakeup; the drain clock runs on");
+                false
+            }
+        }
     }
 
     /// Runs until `shutdown`: reads the ring, serves commands, ticks.
@@ -861,6 +883,11 @@ impl<K: Selector> Engine<K> {
             .ok_or_else(|| anyhow::anyhow!("the engine runs once"))?;
         // A batch was cut short at `RING_BATCH`: read on after the yield.
         let mut more = false;
+        // Drain ticks in a row that found the ring empty.
+        let mut quiet = 0;
+        // The kernel wakes the reader at the next record: the drain clock
+        // is stopped.
+        let mut resting = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -869,15 +896,35 @@ impl<K: Selector> Engine<K> {
                 _ = ticker.tick() => self.tick(),
                 // Data records arrive without a wakeup (see
                 // `limit::WAKE_BYTES`): collected on this clock while a
-                // session runs, and at once when more is left over.
-                _ = drain.tick(), if more || !self.hub.is_empty() => {
-                    more = self.drain(ring.get_mut());
+                // session's programs write, and at once when more is left
+                // over. `QUIET_TICKS` that find nothing stop the clock.
+                _ = drain.tick(), if more || (!resting && !self.hub.is_empty()) => {
+                    let mut read = self.drain(ring.get_mut());
+                    quiet = if read == 0 { quiet + 1 } else { 0 };
+                    if quiet >= QUIET_TICKS && self.wake_at_next_record() {
+                        // What was sent before the kernel saw the request
+                        // is read now; the clock stops if there is none.
+                        read = self.drain(ring.get_mut());
+                        resting = read == 0;
+                        quiet = 0;
+                    }
+                    more = read == RING_BATCH;
                 }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    more = self.drain(guard.get_inner_mut());
+                    let read = self.drain(guard.get_inner_mut());
+                    if read > 0 {
+                        quiet = 0;
+                    }
+                    more = read == RING_BATCH;
                     if !more {
                         guard.clear_ready();
+                    }
+                    if resting {
+                        // Records follow a wakeup in runs: the next look
+                        // is a tick from now.
+                        resting = false;
+                        drain.reset();
                     }
                 }
             }
