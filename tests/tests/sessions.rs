@@ -541,7 +541,7 @@ fn a_call_after_a_quiet_spell_arrives_while_its_process_runs() {
     .unwrap();
     assert_eq!(sent.trim(), "sent");
     let pid = python.id();
-    let found = follower.wait_for(Duration::from_secs(2), |e| {
+    let found = follower.wait_for(Duration::from_secs(5), |e| {
         e["pid"].as_u64() == Some(u64::from(pid))
             && syscall(e).is_some_and(|c| WRITES.contains(&c))
             && e["bytes"].as_i64() == Some(19)
@@ -554,7 +554,7 @@ fn a_call_after_a_quiet_spell_arrives_while_its_process_runs() {
     assert!(running, "python3 ended early");
     assert!(
         found.is_some(),
-        "the send after a quiet spell did not arrive within 2 s; got {:#?}",
+        "the send after a quiet spell did not arrive within 5 s; got {:#?}",
         follower.stop().unwrap()
     );
     service.stop().unwrap();
