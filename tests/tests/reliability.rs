@@ -178,6 +178,71 @@ b.close()
     assert_eq!(write[0]["protocol"], "unknown");
 }
 
+/// An exec closes the close-on-exec fds without a `close` call: a file the
+/// new image opens on the number of such a socket is a file, with no
+/// connection carried over, while a socket the new image kept is still
+/// its connection.
+#[test]
+fn an_exec_leaves_no_connection_on_the_numbers_it_closed() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let conns: Vec<_> = (0..2).map(|_| listener.accept().unwrap().0).collect();
+        for mut conn in conns {
+            let _ = std::io::copy(&mut conn, &mut std::io::sink());
+        }
+    });
+    let second = r"
+import os, sys
+kept, gone = int(sys.argv[1]), int(sys.argv[2])
+os.write(kept, b'after exec')
+opened = []
+while gone not in opened:
+    opened.append(os.open('/etc/hostname', os.O_RDONLY))
+os.read(gone, 100)
+";
+    let script = r"
+import os, socket, sys
+print(os.getpid(), flush=True)
+port = int(sys.argv[1])
+kept = socket.create_connection(('127.0.0.1', port))
+gone = socket.create_connection(('127.0.0.1', port))
+gone.sendall(b'before exec')
+os.set_inheritable(kept.fileno(), True)
+print(kept.fileno(), gone.fileno(), flush=True)
+os.execv(sys.executable, [sys.executable, '-c', sys.argv[2], str(kept.fileno()), str(gone.fileno())])
+";
+    let (out, events) = traced_python(script, &[port.to_string(), second.to_owned()]);
+    server.join().unwrap();
+    let fds: Vec<i64> = out
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let (kept, gone) = (fds[0], fds[1]);
+    let remote = format!("127.0.0.1:{port}");
+    let sent = on_fd(&events, gone, "sendto");
+    assert_eq!(sent.len(), 1, "{events:#?}");
+    assert_eq!(sent[0]["conn_info"]["remote"], remote.as_str());
+    // Python's start-up reads its own files on that number too: every
+    // read there is of a file.
+    let reads = on_fd(&events, gone, "read");
+    assert!(!reads.is_empty(), "{events:#?}");
+    for read in reads {
+        assert!(
+            read["conn_info"].is_null(),
+            "a file read after the exec carries the old socket's connection: {read}"
+        );
+    }
+    let write: Vec<_> = on_fd(&events, kept, "write")
+        .into_iter()
+        .filter(|e| e["bytes"].as_i64() == Some(10))
+        .collect();
+    assert_eq!(write.len(), 1, "{events:#?}");
+    assert_eq!(write[0]["conn_info"]["remote"], remote.as_str());
+}
+
 /// A socket passed to another process over a unix socket (`SCM_RIGHTS`)
 /// is a connection there too; `dup2` of a file onto a connected socket's
 /// number makes that number a file, with no connection carried over.

@@ -30,6 +30,30 @@ fn read_ptr(base: u64, off: u32) -> Option<u64> {
     (value != 0).then_some(value)
 }
 
+/// The current task's fd array (`fdtable.fd`) and its length; `None`
+/// when it cannot be told.
+#[inline(always)]
+pub fn fd_table() -> Option<(u64, u32)> {
+    let off = offsets();
+    if off.valid != 1 {
+        return None;
+    }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files = read_ptr(task, off.task_files)?;
+    let fdt = read_ptr(files, off.files_fdt)?;
+    // SAFETY: a kernel pointer read through the fault-tolerant helper.
+    let max =
+        unsafe { bpf_probe_read_kernel((fdt + u64::from(off.fdt_max_fds)) as *const u32) }.ok()?;
+    Some((read_ptr(fdt, off.fdt_fd)?, max))
+}
+
+/// Whether slot `fd` of the fd array `table` is empty (a closed fd).
+#[inline(always)]
+pub fn is_closed(table: u64, fd: u32) -> bool {
+    read_ptr(table + 8 * u64::from(fd), 0).is_none()
+}
+
 /// The `struct file` behind `fd` of the current task; `None` when it
 /// cannot be told (no offsets, a closed or out-of-range fd, a failed read).
 #[inline(always)]

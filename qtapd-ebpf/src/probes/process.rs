@@ -27,14 +27,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use qtap_common::{
-    hash_step, kind, limit, pred, stat, Config, ExecRecord, ExecScratch, ForkRecord, Header,
-    PatternKey, ProcSel, HASH_MUL,
+    hash_step, kind, limit, pred, stat, Config, ConnKey, ExecRecord, ExecScratch, ForkRecord,
+    Header, PatternKey, ProcSel, HASH_MUL,
 };
 
-use super::{count, creds, header, now, task_offsets, PROMPT};
+use super::{count, creds, files, header, now, task_offsets, PROMPT};
 use crate::{
-    CONFIG, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS, PENDING,
-    PROCS, SCRATCH, TLS_ACTIVE,
+    CONFIG, CONNS, EVENTS, EXEC_FILENAME_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PATTERNS,
+    PENDING, PROCS, SCRATCH, TLS_ACTIVE,
 };
 
 const EXE_MASK: usize = limit::EXE_LEN - 1;
@@ -83,6 +83,9 @@ pub fn exec(ctx: &TracePointContext) {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let uid = bpf_get_current_uid_gid() as u32;
 
+    if before != 0 {
+        forget_closed_conns(tgid);
+    }
     let mut sessions = select(cfg, scratch, len & EXE_MASK, &comm, tgid, uid);
     // The new image's credentials are in place: a setuid, setgid or
     // file-capability exec is not for restricted sessions.
@@ -274,6 +277,62 @@ fn select(
         }
         selected
     }
+}
+
+/// What a [`forget_step`] needs: the process and its fd array.
+#[repr(C)]
+struct FdWalk {
+    table: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+/// An exec closed the close-on-exec fds without a `close` call, and the
+/// new image may open anything on those numbers: the connection entries
+/// of the fds it no longer has are dropped (those it kept stay true).
+/// Without this a file the new image reads on the number of an old
+/// socket was shown with that socket's connection.
+#[inline(always)]
+fn forget_closed_conns(tgid: u32) {
+    let Some((table, max)) = files::fd_table() else {
+        return;
+    };
+    let mut walk = FdWalk {
+        table,
+        tgid,
+        _pad: 0,
+    };
+    let fds = if max > limit::CONNS {
+        limit::CONNS
+    } else {
+        max
+    };
+    // SAFETY: `forget_step` is a static BPF subprogram with the callback
+    // signature `bpf_loop` expects; its context is `walk`, on this stack
+    // for as long as the loop runs.
+    unsafe {
+        bpf_loop(
+            fds,
+            forget_step as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        )
+    };
+}
+
+/// Drops the entry of fd `fd` when its slot in the fd array is empty.
+#[inline(never)]
+extern "C" fn forget_step(fd: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the exec program's `FdWalk` (`forget_closed_conns`).
+    let walk = unsafe { &*(ctx as *const FdWalk) };
+    let fd = fd as u32;
+    if files::is_closed(walk.table, fd) {
+        let _ = CONNS.remove(&ConnKey {
+            tgid: walk.tgid,
+            fd,
+        });
+    }
+    0
 }
 
 /// `sched_process_fork(parent_comm, parent_pid, child_comm, child_pid)`:
