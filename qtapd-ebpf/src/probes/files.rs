@@ -34,7 +34,11 @@ fn read_ptr(base: u64, off: u32) -> Option<u64> {
 /// when it cannot be told.
 #[inline(always)]
 pub fn fd_table() -> Option<(u64, u32)> {
-    let off = offsets();
+    table_of(&offsets())
+}
+
+#[inline(always)]
+fn table_of(off: &FileOffsets) -> Option<(u64, u32)> {
     if off.valid != 1 {
         return None;
     }
@@ -58,20 +62,13 @@ pub fn is_closed(table: u64, fd: u32) -> bool {
 /// cannot be told (no offsets, a closed or out-of-range fd, a failed read).
 #[inline(always)]
 fn file_of(off: &FileOffsets, fd: i32) -> Option<u64> {
-    if off.valid != 1 || fd < 0 {
+    if fd < 0 {
         return None;
     }
-    // SAFETY: no preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    let files = read_ptr(task, off.task_files)?;
-    let fdt = read_ptr(files, off.files_fdt)?;
-    // SAFETY: a kernel pointer read through the fault-tolerant helper.
-    let max =
-        unsafe { bpf_probe_read_kernel((fdt + u64::from(off.fdt_max_fds)) as *const u32) }.ok()?;
+    let (table, max) = table_of(off)?;
     if fd as u32 >= max {
         return None;
     }
-    let table = read_ptr(fdt, off.fdt_fd)?;
     read_ptr(table + 8 * fd as u64, 0)
 }
 
