@@ -178,9 +178,9 @@ under_bpftrace() {
 	load
 	kill -INT "$tracer" 2>/dev/null || true
 	for _ in $(seq 50); do kill -0 "$tracer" 2>/dev/null || break; sleep 0.1; done
-	stop_pid_now "$tracer"
+	kill -KILL "$tracer" 2>/dev/null || true
+	wait "$tracer" 2>/dev/null || true
 }
-stop_pid_now() { kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 run_scenario() {
 	local s=$1 aux=() result url=$url_static

@@ -13,6 +13,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use qtap_common::MAX_SESSIONS;
+use qtap_proto::v1::{Heartbeat, LossStage, Lost, Session as SessionInfo, SessionEnd};
+
 pub use super::item::{Delivered, Item};
 use super::queue::{self, Receiver, Sender};
 use crate::events::monotonic_ns;
@@ -20,8 +23,6 @@ use crate::{
     events::Event,
     filter::{Filter, Module},
 };
-use qtap_common::MAX_SESSIONS;
-use qtap_proto::v1::{Heartbeat, LossStage, Lost, Session as SessionInfo, SessionEnd};
 
 /// Who started a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

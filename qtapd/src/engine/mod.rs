@@ -930,7 +930,7 @@ impl<K: Selector> Engine<K> {
             }
             // What the branch offered followers goes out in one send each
             // (a drained batch of records, a heartbeat, a stop).
-            self.hub.flush();
+            self.flush();
             if more {
                 tokio::task::yield_now().await;
                 drain.reset_immediately();
