@@ -330,6 +330,12 @@ impl Enricher {
             if matches!(state.resolved, Some(None)) {
                 state.resolved = None;
             }
+            // A socket: when the process is gone (a short one, read after
+            // its exit) or the number names something else by now, /proc
+            // cannot say which, but it stays a socket for `fd:socket`.
+            return self
+                .resolve(pid, rec.fd)
+                .or_else(|| Some(Arc::new(unknown_socket())));
         }
         self.resolve(pid, rec.fd)
     }
@@ -404,14 +410,7 @@ impl Enricher {
                 }
                 Some(Arc::new(info))
             }
-            FdTarget::UnknownSocket => Some(Arc::new(ConnInfo {
-                family: "unknown".into(),
-                r#type: "unknown".into(),
-                role: "unknown".into(),
-                local: None,
-                remote: None,
-                ..ConnInfo::default()
-            })),
+            FdTarget::UnknownSocket => Some(Arc::new(unknown_socket())),
             FdTarget::Other => None,
             FdTarget::Gone => return None,
         };
@@ -458,6 +457,18 @@ impl Enricher {
             .map(|p| p.kernel_fds())
             .unwrap_or_default();
         (event, fds)
+    }
+}
+
+/// A socket whose kind and addresses could not be told.
+fn unknown_socket() -> ConnInfo {
+    ConnInfo {
+        family: "unknown".into(),
+        r#type: "unknown".into(),
+        role: "unknown".into(),
+        local: None,
+        remote: None,
+        ..ConnInfo::default()
     }
 }
 
@@ -783,6 +794,31 @@ mod tests {
             _pad: 0,
             filename,
         }
+    }
+
+    /// A call on an fd the kernel saw was a socket (without a connection
+    /// of its own) stays a socket when its process is gone before the
+    /// record is read; one the kernel saw was not a socket has none.
+    #[test]
+    fn a_socket_of_a_gone_process_stays_a_socket() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let mut enricher = Enricher::new();
+        let mut send = record(call::SENDTO, 4, -1);
+        send.hdr.pid = child.id();
+        send.flags = flag::KIND_KNOWN | flag::SOCKET;
+        let (Some(event), _) = enricher.syscall(&send, true) else {
+            panic!("an event is made when asked for")
+        };
+        let info = event.conn_info.expect("a socket has a connection entry");
+        assert_eq!(info.family, "unknown");
+        let mut read = record(call::READ, 5, -1);
+        read.hdr.pid = child.id();
+        read.flags = flag::KIND_KNOWN;
+        let (Some(event), _) = enricher.syscall(&read, true) else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(event.conn_info, None);
     }
 
     /// `dup2(conn, 9)` over a number that had another connection: 9 is the
