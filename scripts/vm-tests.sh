@@ -2,11 +2,18 @@
 # Inside a test kernel (or natively): notes the kernel release and how
 # many programs qtapd attaches for a session, then runs test binaries.
 # Usage: vm-tests.sh OUT 'LIBTEST-ARGS' BINARY FILTER [BINARY FILTER ...]
-# (FILTER `-`: the whole binary). Writes OUT/kernel, OUT/attached, one
+# (FILTER `-`: the whole binary), or vm-tests.sh OUT with those arguments
+# in OUT/args, one per line (a VM's: its kernel command line, which
+# carries the command, holds 2048 bytes). Writes OUT/kernel, OUT/attached, one
 # `passed failed binary filter` line per binary to OUT/results, each
 # binary's output to OUT/<n>.out, and OUT/done at the end.
 set -uo pipefail
-out=$1 extra=$2
+out=$1
+if (($# == 1)); then
+	mapfile -t args <"$out/args"
+	set -- "$out" "${args[@]}"
+fi
+extra=$2
 shift 2
 root=$(cd "$(dirname "$0")/.." && pwd)
 export QTAPD_BIN=$root/target/release/qtapd QTAPCTL_BIN=$root/target/release/qtapctl CI=true
