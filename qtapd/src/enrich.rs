@@ -236,8 +236,7 @@ impl Enricher {
             return (None, notes);
         }
         let labels = tls_call_labels(rec.call);
-        let exe = self.exe(hdr.pid);
-        let mut event = base(hdr, labels.msg, labels.caller, exe);
+        let mut event = self.event(hdr, labels.msg, labels.caller);
         if data {
             event.direction = Some(u32::from(rec.direction));
             event.bytes = Some(rec.bytes);
@@ -704,6 +703,22 @@ mod tests {
             },
             ..TlsRecord::default()
         }
+    }
+
+    /// A TLS call's event names its process's cgroup, as its syscalls'
+    /// events do (a `cgroup`, `unit` or `pod` column, and a collector's
+    /// attributes, were empty for plaintext).
+    #[test]
+    fn tls_events_carry_the_process_cgroup() {
+        let pid = std::process::id();
+        let mut enricher = Enricher::new();
+        let expected = enricher.cgroup(pid);
+        assert!(expected.is_some(), "this test's process has a cgroup");
+        let write = tls_record(pid, 0x5555_0000, tls_call::SSL_WRITE, -1, 5);
+        let (Some(event), _) = enricher.tls(&write, true) else {
+            panic!("an event is made when asked for")
+        };
+        assert_eq!(event.cgroup, expected);
     }
 
     /// `gnutls_transport_set_int2(session, 8, 9)`: receives bind to fd 8,
