@@ -59,6 +59,9 @@ nginx_start "$work" "  server { listen 127.0.0.1:$port; location = /ok { return 
 url=http://127.0.0.1:$port/ok
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all of a process's threads (each a wakeup or a
+# preemption).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
 hz=$(getconf CLK_TCK)
 echo 'function delay() return 10 end' >"$work/pace.lua"
 load=(-c"$connections")
@@ -66,8 +69,9 @@ load=(-c"$connections")
 rps() { wrk -t1 "${load[@]}" -d"${duration}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
 
 # One round of build $1: prints "REQ_PER_S EVENTS QTAPD_US FOLLOWER_US
-# CPU_PERCENT OK", CPU_PERCENT being qtapd's and the follower's together
-# over the wrk run, in % of one core.
+# CPU_PERCENT OK SWITCHES", CPU_PERCENT being qtapd's and the follower's
+# together over the wrk run, in % of one core, SWITCHES qtapd's context
+# switches per 1000 events.
 round() {
 	local d=${dir[$1]}
 	ctl=("$d/qtapctl" --socket "$socket")
@@ -83,12 +87,14 @@ round() {
 	fi
 	from=$(counter records)
 	sleep 0.5
-	local q0 f0 r q1 f1
+	local q0 f0 r q1 f1 s0 s1
 	q0=$(cpu_ticks "$qtapd_pid")
 	f0=$(cpu_ticks "$fpid")
+	s0=$(switches "$qtapd_pid")
 	r=$(rps)
 	q1=$(cpu_ticks "$qtapd_pid")
 	f1=$(cpu_ticks "$fpid")
+	s1=$(switches "$qtapd_pid")
 	((follower)) || f1=$f0
 	sleep 0.3 # the last records out of the ring
 	local records kernel offered lost received=0 told=0 queue_told
@@ -107,28 +113,29 @@ round() {
 	local ok=0
 	((records == offered && received == offered && told == 0 && lost == 0 && kernel == 0)) && ok=1
 	local figures
-	figures=$(awk -v r="$r" -v n="$offered" -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v hz="$hz" -v ok="$ok" -v d="$duration" \
-		'BEGIN { printf "%s %d %.3f %.3f %.1f %d\n", r, n, n ? q / hz * 1e6 / n : 0, n ? f / hz * 1e6 / n : 0, (q + f) / hz / d * 100, ok }')
-	read -r _ _ q f _ _ <<<"$figures"
-	echo "ab: $1: $r req/s; kernel records $records, offered $offered, received $received, lost $lost (told $told, kernel $kernel); CPU per event: qtapd $q µs, follower $f µs" >&2
+	figures=$(awk -v r="$r" -v n="$offered" -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v hz="$hz" -v ok="$ok" -v d="$duration" -v s=$((s1 - s0)) \
+		'BEGIN { printf "%s %d %.3f %.3f %.1f %d %.1f\n", r, n, n ? q / hz * 1e6 / n : 0, n ? f / hz * 1e6 / n : 0, (q + f) / hz / d * 100, ok, n ? s * 1000 / n : 0 }')
+	read -r _ _ q f _ _ sw <<<"$figures"
+	echo "ab: $1: $r req/s; kernel records $records, offered $offered, received $received, lost $lost (told $told, kernel $kernel); CPU per event: qtapd $q µs, follower $f µs; qtapd switches per 1k events $sw" >&2
 	echo "$figures"
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-declare -A req ratio qtapd_us follower_us cpu_pct counted
+declare -A req ratio qtapd_us follower_us cpu_pct switches_k counted
 base=()
 for ((i = 1; i <= rounds; i++)); do
 	b=$(rps)
 	echo "ab: round $i: baseline $b req/s" >&2
 	base+=("$b")
 	for name in "${names[@]}"; do
-		read -r r n q f c ok < <(round "$name")
+		read -r r n q f c ok sw < <(round "$name")
 		if ((ok)); then
 			req[$name]+="$r "
 			ratio[$name]+="$(awk -v r="$r" -v b="$b" 'BEGIN {print r / b}') "
 			qtapd_us[$name]+="$q "
 			follower_us[$name]+="$f "
 			cpu_pct[$name]+="$c "
+			switches_k[$name]+="$sw "
 			counted[$name]=$((${counted[$name]:-0} + 1))
 		fi
 	done
@@ -136,23 +143,23 @@ done
 
 base_median=$(echo "${base[*]}" | median)
 echo
-echo "| build | rounds accounted | req/s median | × baseline (medians) | × its round's baseline (median) | qtapd CPU per event (µs) | follower CPU per event (µs) | qtapd + follower CPU (% of one core) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-printf "| baseline | — | %.0f | 1.00 | 1.00 | — | — | — |\n" "$base_median"
+echo "| build | rounds accounted | req/s median | × baseline (medians) | × its round's baseline (median) | qtapd CPU per event (µs) | follower CPU per event (µs) | qtapd + follower CPU (% of one core) | qtapd context switches per 1k events |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf "| baseline | — | %.0f | 1.00 | 1.00 | — | — | — | — |\n" "$base_median"
 failed=0
 for name in "${names[@]}"; do
 	c=${counted[$name]:-0}
 	if ((c == 0)); then
-		echo "| $name | 0 of $rounds | — | — | — | — | — | — |"
+		echo "| $name | 0 of $rounds | — | — | — | — | — | — | — |"
 		failed=1
 		continue
 	fi
 	m=$(echo "${req[$name]}" | median)
-	printf "| %s | %d of %d | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f |\n" "$name" "$c" "$rounds" "$m" \
+	printf "| %s | %d of %d | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f | %.1f |\n" "$name" "$c" "$rounds" "$m" \
 		"$(awk -v m="$m" -v b="$base_median" 'BEGIN {print m / b}')" \
 		"$(echo "${ratio[$name]}" | median)" \
 		"$(echo "${qtapd_us[$name]}" | median)" "$(echo "${follower_us[$name]}" | median)" \
-		"$(echo "${cpu_pct[$name]}" | median)"
+		"$(echo "${cpu_pct[$name]}" | median)" "$(echo "${switches_k[$name]}" | median)"
 	((c == rounds)) || failed=1
 done
 ((failed == 0)) || echo "ab: some rounds were not accounted (see above); their figures are left out" >&2

@@ -320,6 +320,12 @@ pub mod flag {
 pub mod conn_flag {
     pub const LOCAL_KNOWN: u8 = 1;
     pub const REMOTE_KNOWN: u8 = 2;
+    /// A record with the connection's first bytes (`head`) reached the
+    /// ring: qtapd has classified the fd's stream from them, so later
+    /// data calls do not read them again (unless a TLS library session,
+    /// whose memory-BIO matching needs every call's, is running). A
+    /// `dup` and an `exec` clear it, as qtapd starts their streams afresh.
+    pub const HEAD_SENT: u8 = 4;
 }
 
 /// `Conn::role` values.

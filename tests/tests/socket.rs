@@ -534,3 +534,89 @@ fn unix_sockets_show_peer_names_pids_and_socketpairs() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The kernel reads a connection's first bytes once (`conn_flag::HEAD_SENT`),
+/// yet every call on it names its protocol; a `dup` of it and the same
+/// socket after an `exec`, whose streams qtapd starts afresh, are
+/// classified again from their own first bytes.
+#[test]
+fn protocol_of_a_connection_its_dup_and_after_exec() {
+    require_root();
+    let (dir, program) = python_named("qtap-heads");
+    let script = dir.join("heads.py");
+    std::fs::write(&script, HEADS).unwrap();
+    let daemon = Daemon::start("mod:socket,fd:socket,exe.endsWith:/qtap-heads").unwrap();
+    let out = Command::new(&program).arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fds: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let (a, d) = (fds[0], fds[1]);
+    assert_eq!(fds[2], a, "the new image writes on the kept socket");
+    let events = daemon.stop().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let sent: Vec<(&str, i64, &str)> = events
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(u64::from(out_pid(&events, "qtap-heads"))))
+        .filter(|e| matches!(syscall(e), Some("sendto" | "write")) && e["bytes"].as_i64() > Some(0))
+        .map(|e| {
+            (
+                syscall(e).unwrap(),
+                e["fd"].as_i64().unwrap(),
+                e["protocol"].as_str().unwrap_or("none"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("sendto", a, "http1"),
+            ("sendto", a, "http1"),
+            ("write", d, "http1"),
+            ("write", a, "http1"),
+        ],
+        "{events:#?}"
+    );
+}
+
+/// The pid of the process whose comm is `comm` in `events`.
+fn out_pid(events: &[Value], comm: &str) -> u32 {
+    events
+        .iter()
+        .find(|e| e["comm"] == comm)
+        .and_then(|e| e["pid"].as_u64())
+        .expect("an event of the program") as u32
+}
+
+/// Two requests on a connection, one on its `dup`, then an `exec` of the
+/// same script that writes one more on the kept socket; prints the
+/// connection's fd, the dup's, and (the new image) the kept fd.
+const HEADS: &str = r"
+import os, socket, sys
+def request(path):
+    return b'GET /' + path + b' HTTP/1.1\r\nHost: q\r\n\r\n'
+if len(sys.argv) > 1:
+    fd = int(sys.argv[1])
+    os.write(fd, request(b'after-exec'))
+    print(fd, flush=True)
+    sys.exit(0)
+listener = socket.create_server(('127.0.0.1', 0))
+a = socket.create_connection(listener.getsockname())
+b, _ = listener.accept()
+a.send(request(b'one'))
+a.send(request(b'two'))
+# dup2 (os.dup is fcntl F_DUPFD_CLOEXEC, which the kernel side does not see).
+d = os.dup2(a.fileno(), 50)
+os.write(d, request(b'dup'))
+# The peer stays open too: closed with unread bytes, it would reset.
+os.set_inheritable(a.fileno(), True)
+os.set_inheritable(b.fileno(), True)
+print(a.fileno(), d, flush=True)
+os.execv(sys.executable, [sys.executable, __file__, str(a.fileno())])
+";

@@ -189,11 +189,19 @@ pub enum Urgency {
 /// qtapd's drain clock, by which time a short-lived process has exited.
 pub const PROMPT: u64 = BPF_RB_FORCE_WAKEUP as u64;
 
-/// Sends `buf.record` to the ring, followed by up to the configured capture
-/// of the `len` bytes at user address `src` (a data call's payload).
+/// The bytes of a data call's payload to capture (`--capture-bytes`, a
+/// session's `capture_bytes`; 0: none).
 #[inline(always)]
-pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency) {
-    let capture = u64::from(CONFIG.get(0).map_or(0, |c| c.capture_bytes));
+pub fn capture_bytes() -> u64 {
+    u64::from(CONFIG.get(0).map_or(0, |c| c.capture_bytes))
+}
+
+/// Sends `buf.record` to the ring, followed by up to the configured capture
+/// of the `len` bytes at user address `src` (a data call's payload);
+/// false when the ring was full.
+#[inline(always)]
+pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency) -> bool {
+    let capture = capture_bytes();
     let mut n = if len < capture { len } else { capture };
     if n > limit::CAPTURE_MAX as u64 {
         n = limit::CAPTURE_MAX as u64;
@@ -220,9 +228,12 @@ pub fn submit<T>(buf: &mut WithPayload<T>, src: u64, len: u64, urgency: Urgency)
     };
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(stat::RING_FULL);
-    } else if flags == u64::from(BPF_RB_NO_WAKEUP) {
+        return false;
+    }
+    if flags == u64::from(BPF_RB_NO_WAKEUP) {
         wake_if_idle();
     }
+    true
 }
 
 /// Wakes qtapd when it has stopped its drain clock (`READER` set: it found

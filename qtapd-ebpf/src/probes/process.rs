@@ -27,7 +27,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use qtap_common::{
-    hash_step, kind, limit, pred, stat, Config, ConnKey, ExecRecord, ExecScratch, ForkRecord,
+    conn_flag, hash_step, kind, limit, pred, stat, Config, ConnKey, ExecRecord, ExecScratch, ForkRecord,
     Header, PatternKey, ProcSel, HASH_MUL,
 };
 
@@ -289,9 +289,10 @@ struct FdWalk {
 
 /// An exec closed the close-on-exec fds without a `close` call, and the
 /// new image may open anything on those numbers: the connection entries
-/// of the fds it no longer has are dropped (those it kept stay true).
-/// Without this a file the new image reads on the number of an old
-/// socket was shown with that socket's connection.
+/// of the fds it no longer has are dropped (those it kept stay true, but
+/// want their first bytes again: `conn_flag::HEAD_SENT`). Without this a
+/// file the new image reads on the number of an old socket was shown with
+/// that socket's connection.
 #[inline(always)]
 fn forget_closed_conns(tgid: u32) {
     let Some((table, max)) = files::fd_table() else {
@@ -320,17 +321,24 @@ fn forget_closed_conns(tgid: u32) {
     };
 }
 
-/// Drops the entry of fd `fd` when its slot in the fd array is empty.
+/// Drops the entry of fd `fd` when its slot in the fd array is empty, and
+/// clears a kept one's `HEAD_SENT`.
 #[inline(never)]
 extern "C" fn forget_step(fd: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the exec program's `FdWalk` (`forget_closed_conns`).
     let walk = unsafe { &*(ctx as *const FdWalk) };
     let fd = fd as u32;
+    let key = ConnKey {
+        tgid: walk.tgid,
+        fd,
+    };
     if files::is_closed(walk.table, fd) {
-        let _ = CONNS.remove(&ConnKey {
-            tgid: walk.tgid,
-            fd,
-        });
+        let _ = CONNS.remove(&key);
+    } else if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        // qtapd starts the new image's streams afresh: their first bytes
+        // are wanted again.
+        // SAFETY: a map value, written in place.
+        unsafe { (*conn).flags &= !conn_flag::HEAD_SENT };
     }
     0
 }

@@ -37,7 +37,7 @@ use qtap_common::{
 };
 
 use super::{
-    clear_from, copy_head, count, files, header, library_tls_sessions, now, selected_for,
+    capture_bytes, clear_from, copy_head, count, files, header, library_tls_sessions, now, selected_for,
     still_selected, submit, task_offsets, Urgency,
 };
 use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
@@ -210,10 +210,13 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
                 record.flags |= file_kind(pending.fd);
                 sessions = keep_for_kind(record.flags, sessions);
             }
-            if record.bytes > 0 && sessions != 0 {
+            let head = wants_head(conn.as_ref());
+            if record.bytes > 0 && sessions != 0 && (head || capture_bytes() != 0) {
                 let (src, len) = first_buffer(call, pending.arg2);
                 payload = (src, len.min(record.bytes as u64));
-                record.head_len = copy_head(src, payload.1, &mut record.head);
+                if head {
+                    record.head_len = copy_head(src, payload.1, &mut record.head);
+                }
             }
             conn
         }
@@ -242,8 +245,33 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         record.conn = conn;
         record.flags |= flag::CONN_KNOWN;
     }
-    if sessions != 0 {
-        submit(buf, payload.0, payload.1, urgency);
+    let first_head = record.head_len > 0
+        && conn.is_some_and(|c| c.flags & conn_flag::HEAD_SENT == 0)
+        && call != call::CONNECT
+        && call != call::BIND;
+    if sessions != 0 && submit(buf, payload.0, payload.1, urgency) && first_head {
+        mark_head_sent(key);
+    }
+}
+
+/// Whether a data call on an fd with connection `conn` reads its first
+/// bytes: qtapd classifies a stream from its first non-empty `head`, so a
+/// connection needs them once (`conn_flag::HEAD_SENT`); an fd the kernel
+/// has no connection for, every time. A C TLS library session needs them
+/// on every call (qtapd tells a memory-BIO process's ciphertext by them).
+#[inline(always)]
+fn wants_head(conn: Option<&Conn>) -> bool {
+    conn.is_none_or(|c| c.flags & conn_flag::HEAD_SENT == 0) || library_tls_sessions() != 0
+}
+
+/// Notes in the connection table that `key`'s first bytes reached the
+/// ring (see [`wants_head`]).
+#[inline(always)]
+fn mark_head_sent(key: ConnKey) {
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: a map value, written in place; a racing update of the
+        // same entry costs at most one more head.
+        unsafe { (*conn).flags |= conn_flag::HEAD_SENT };
     }
 }
 
@@ -382,7 +410,14 @@ fn on_dup(record: &mut SyscallRecord, key: ConnKey, ret: i64) -> Option<Conn> {
         fd: ret as u32,
     };
     match &conn {
-        Some(conn) => store(new_key, conn),
+        // qtapd classifies the new number's stream afresh.
+        Some(conn) => store(
+            new_key,
+            &Conn {
+                flags: conn.flags & !conn_flag::HEAD_SENT,
+                ..*conn
+            },
+        ),
         None => {
             let _ = CONNS.remove(&new_key);
         }
