@@ -9,6 +9,20 @@ use qtap_tests::{
 };
 use serde_json::Value;
 
+/// Runs a test program to its end; the fd numbers it printed.
+fn printed_fds(program: &mut Command) -> Vec<i64> {
+    let out = program.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect()
+}
+
 fn find<'a>(events: &'a [Value], call: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| syscall(e) == Some(call)).collect()
 }
@@ -386,19 +400,9 @@ fn each_data_call_shows_its_fd_bytes_peek_and_first_buffer() {
         &["--capture-bytes=64"],
     )
     .unwrap();
-    let out = Command::new(&program)
-        .args(["-c", DATA_CALLS, dir.join("file").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let fds = printed_fds(
+        Command::new(&program).args(["-c", DATA_CALLS, dir.join("file").to_str().unwrap()]),
     );
-    let fds: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|f| f.parse().unwrap())
-        .collect();
     let (sender, receiver) = (fds[0], fds[1]);
     let events = daemon.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -546,24 +550,15 @@ fn protocol_of_a_connection_its_dup_and_after_exec() {
     let script = dir.join("heads.py");
     std::fs::write(&script, HEADS).unwrap();
     let daemon = Daemon::start("mod:socket,fd:socket,exe.endsWith:/qtap-heads").unwrap();
-    let out = Command::new(&program).arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fds: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|f| f.parse().unwrap())
-        .collect();
+    let fds = printed_fds(Command::new(&program).arg(&script));
     let (a, d) = (fds[0], fds[1]);
     assert_eq!(fds[2], a, "the new image writes on the kept socket");
     let events = daemon.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let sent: Vec<(&str, i64, &str)> = events
+    let program_events = of_pid(&events, pid_of_comm(&events, "qtap-heads"));
+    let sent: Vec<(&str, i64, &str)> = program_events
         .iter()
-        .filter(|e| e["pid"].as_u64() == Some(u64::from(out_pid(&events, "qtap-heads"))))
         .filter(|e| matches!(syscall(e), Some("sendto" | "write")) && e["bytes"].as_i64() > Some(0))
         .map(|e| {
             (
@@ -586,7 +581,7 @@ fn protocol_of_a_connection_its_dup_and_after_exec() {
 }
 
 /// The pid of the process whose comm is `comm` in `events`.
-fn out_pid(events: &[Value], comm: &str) -> u32 {
+fn pid_of_comm(events: &[Value], comm: &str) -> u32 {
     events
         .iter()
         .find(|e| e["comm"] == comm)
