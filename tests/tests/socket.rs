@@ -400,9 +400,11 @@ fn each_data_call_shows_its_fd_bytes_peek_and_first_buffer() {
         &["--capture-bytes=64"],
     )
     .unwrap();
-    let fds = printed_fds(
-        Command::new(&program).args(["-c", DATA_CALLS, dir.join("file").to_str().unwrap()]),
-    );
+    let fds = printed_fds(Command::new(&program).args([
+        "-c",
+        DATA_CALLS,
+        dir.join("file").to_str().unwrap(),
+    ]));
     let (sender, receiver) = (fds[0], fds[1]);
     let events = daemon.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

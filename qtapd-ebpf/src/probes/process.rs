@@ -27,8 +27,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use qtap_common::{
-    conn_flag, hash_step, kind, limit, pred, stat, Config, ConnKey, ExecRecord, ExecScratch, ForkRecord,
-    Header, PatternKey, ProcSel, HASH_MUL,
+    conn_flag, hash_step, kind, limit, pred, stat, Config, ConnKey, ExecRecord, ExecScratch,
+    ForkRecord, Header, PatternKey, ProcSel, HASH_MUL,
 };
 
 use super::{count, creds, files, header, now, task_offsets, PROMPT};

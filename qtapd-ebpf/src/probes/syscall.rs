@@ -37,8 +37,8 @@ use qtap_common::{
 };
 
 use super::{
-    capture_bytes, clear_from, copy_head, count, files, header, library_tls_sessions, now, selected_for,
-    still_selected, submit, task_offsets, Urgency,
+    capture_bytes, clear_from, copy_head, count, files, header, library_tls_sessions, now,
+    selected_for, still_selected, submit, task_offsets, Urgency,
 };
 use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
