@@ -512,6 +512,19 @@ fn unix_sockets_show_peer_names_pids_and_socketpairs() {
             "{c}"
         );
     }
+    // Later calls on a connection keep what its connect found.
+    let client_reads: Vec<Value> = client_events
+        .iter()
+        .filter(|e| {
+            syscall(e).is_some_and(|s| READS.contains(&s)) && e["conn_info"]["role"] == "client"
+        })
+        .map(conn)
+        .collect();
+    assert_eq!(client_reads.len(), 2, "{client_events:#?}");
+    for c in &client_reads {
+        assert!(c["remote"] == path_text || c["remote"] == at_name, "{c}");
+        assert_eq!(c["peer_pid"].as_u64(), Some(u64::from(server_pid)), "{c}");
+    }
     let pair = client_events
         .iter()
         .find(|e| {

@@ -242,7 +242,12 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         Urgency::Prompt
     };
     if let Some(conn) = conn {
-        record.conn = conn;
+        // `HEAD_SENT` is the kernel's own note: qtapd compares the
+        // connection with the one it keeps, which must not change with it.
+        record.conn = Conn {
+            flags: conn.flags & !conn_flag::HEAD_SENT,
+            ..conn
+        };
         record.flags |= flag::CONN_KNOWN;
     }
     let first_head = record.head_len > 0
