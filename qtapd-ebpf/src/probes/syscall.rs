@@ -169,7 +169,8 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     // Only a session of a C TLS library's module has uprobes attached that
     // fill TLS_ACTIVE: without one, the lookup is skipped.
     // SAFETY: the value is copied out at once.
-    if let Some(active) = (library_tls_sessions() != 0)
+    let library_tls = library_tls_sessions() != 0;
+    if let Some(active) = library_tls
         .then(|| unsafe { TLS_ACTIVE.get(&id) })
         .flatten()
     {
@@ -182,6 +183,8 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
     };
     // The payload to capture: the first buffer of a data call.
     let mut payload = (0, 0);
+    // A known connection's first bytes go in this record: noted once sent.
+    let mut first_head = false;
     let conn = match call {
         call::SOCKET => on_socket(record, &pending, tgid),
         call::BIND => on_bind(record, &pending, key),
@@ -210,7 +213,12 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
                 record.flags |= file_kind(pending.fd);
                 sessions = keep_for_kind(record.flags, sessions);
             }
-            let head = wants_head(conn.as_ref());
+            // qtapd classifies a stream from its first non-empty head, so
+            // a known connection needs it once; a C TLS library session
+            // on every call (qtapd tells a memory-BIO process's
+            // ciphertext by it).
+            let unsent = conn.is_none_or(|c| c.flags & conn_flag::HEAD_SENT == 0);
+            let head = unsent || library_tls;
             if record.bytes > 0 && sessions != 0 && (head || capture_bytes() != 0) {
                 let (src, len) = first_buffer(call, pending.arg2);
                 payload = (src, len.min(record.bytes as u64));
@@ -218,6 +226,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
                     record.head_len = copy_head(src, payload.1, &mut record.head);
                 }
             }
+            first_head = conn.is_some() && unsent && record.head_len > 0;
             conn
         }
     };
@@ -250,27 +259,13 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         };
         record.flags |= flag::CONN_KNOWN;
     }
-    let first_head = record.head_len > 0
-        && conn.is_some_and(|c| c.flags & conn_flag::HEAD_SENT == 0)
-        && call != call::CONNECT
-        && call != call::BIND;
     if sessions != 0 && submit(buf, payload.0, payload.1, urgency) && first_head {
         mark_head_sent(key);
     }
 }
 
-/// Whether a data call on an fd with connection `conn` reads its first
-/// bytes: qtapd classifies a stream from its first non-empty `head`, so a
-/// connection needs them once (`conn_flag::HEAD_SENT`); an fd the kernel
-/// has no connection for, every time. A C TLS library session needs them
-/// on every call (qtapd tells a memory-BIO process's ciphertext by them).
-#[inline(always)]
-fn wants_head(conn: Option<&Conn>) -> bool {
-    conn.is_none_or(|c| c.flags & conn_flag::HEAD_SENT == 0) || library_tls_sessions() != 0
-}
-
 /// Notes in the connection table that `key`'s first bytes reached the
-/// ring (see [`wants_head`]).
+/// ring (`conn_flag::HEAD_SENT`): later data calls skip reading them.
 #[inline(always)]
 fn mark_head_sent(key: ConnKey) {
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
