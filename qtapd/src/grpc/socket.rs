@@ -4,17 +4,18 @@
 //! following symlinks. The `qtap` group is created if missing.
 
 use std::{
+    ffi::OsStr,
     fs, io,
     os::unix::{
         fs::{DirBuilderExt, MetadataExt},
-        io::AsRawFd,
+        io::{AsRawFd, RawFd},
     },
     path::Path,
     process::Command,
 };
 
 use nix::{
-    fcntl::AtFlags,
+    fcntl::{renameat, AtFlags},
     sys::stat::{fstatat, Mode},
     unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags},
 };
@@ -80,8 +81,9 @@ fn group_id(group: &str) -> Result<u32, SocketError> {
 /// symlink between the steps below. Every step after the directory check
 /// works on the directory's descriptor, never following a symlink: an
 /// old entry is removed only if it is a socket, the socket is bound under
-/// umask 0117 (so it is born 0660, never more open), and its group is set
-/// with `fchownat(AT_SYMLINK_NOFOLLOW)`.
+/// a temporary name and umask 0117 (so it is born 0660, never more open),
+/// its group is set with `fchownat(AT_SYMLINK_NOFOLLOW)`, and only then is
+/// it renamed to `path`.
 pub fn bind(path: &Path, group: &str) -> Result<UnixListener, SocketError> {
     let shown = path.display().to_string();
     let (dir, name) = match (path.parent(), path.file_name()) {
@@ -103,32 +105,18 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, SocketError> {
     let meta = dir_file.metadata().map_err(dir_error)?;
     check_dir(dir, &meta)?;
     let dirfd = Some(dir_file.as_raw_fd());
-    // A socket left by a daemon that was killed is replaced; anything
-    // else at the path is not ours to remove.
-    match fstatat(dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFSOCK => {
-            unlinkat(dirfd, name, UnlinkatFlags::NoRemoveDir).map_err(|e| SocketError::Bind {
-                path: shown.clone(),
-                source: e.into(),
-            })?;
-        }
-        Ok(st) => {
-            return Err(SocketError::Occupied {
-                path: shown,
-                what: kind_of(st.st_mode),
-            })
-        }
-        Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(SocketError::Bind {
-                path: shown,
-                source: e.into(),
-            })
-        }
-    }
+    // The socket is bound and chowned under a temporary name, then renamed
+    // into place: a client (or a restart's check) that finds `path` finds
+    // it already root:`group`, never root:root for a moment.
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(name);
+    temporary.push(".new");
+    let temporary = temporary.as_os_str();
+    clear(dirfd, temporary, &dir.join(temporary).display().to_string())?;
+    clear(dirfd, name, &shown)?;
     let gid = group_id(group)?;
     let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o117));
-    let listener = UnixListener::bind(path);
+    let listener = UnixListener::bind(dir.join(temporary));
     nix::sys::stat::umask(old);
     let listener = listener.map_err(|source| SocketError::Bind {
         path: shown.clone(),
@@ -136,7 +124,7 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, SocketError> {
     })?;
     fchownat(
         dirfd,
-        name,
+        temporary,
         Some(Uid::from_raw(0)),
         Some(Gid::from_raw(gid)),
         AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -145,8 +133,34 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, SocketError> {
         path: shown.clone(),
         source: e.into(),
     })?;
+    renameat(dirfd, temporary, dirfd, name).map_err(|e| SocketError::Bind {
+        path: shown.clone(),
+        source: e.into(),
+    })?;
     info!(path = %shown, group, mode = "0660", "listening");
     Ok(listener)
+}
+
+/// Removes a socket left at `name` by a daemon that was killed; anything
+/// else there is not ours to remove.
+fn clear(dirfd: Option<RawFd>, name: &OsStr, shown: &str) -> Result<(), SocketError> {
+    match fstatat(dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFSOCK => {
+            unlinkat(dirfd, name, UnlinkatFlags::NoRemoveDir).map_err(|e| SocketError::Bind {
+                path: shown.to_owned(),
+                source: e.into(),
+            })
+        }
+        Ok(st) => Err(SocketError::Occupied {
+            path: shown.to_owned(),
+            what: kind_of(st.st_mode),
+        }),
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(SocketError::Bind {
+            path: shown.to_owned(),
+            source: e.into(),
+        }),
+    }
 }
 
 /// Refuses a socket directory that someone other than root and qtapd's
@@ -203,6 +217,21 @@ mod tests {
         );
         assert!(error.to_string().contains("others can write"), "{error}");
         assert!(!dir.join("qtapd.sock").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_at_its_path_only_when_finished() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = scratch(0o755);
+        // A temporary socket left by a daemon killed mid-bind is replaced.
+        let leftover = std::os::unix::net::UnixListener::bind(dir.join(".qtapd.sock.new")).unwrap();
+        drop(leftover);
+        let _listener = bind(&dir.join("qtapd.sock"), "root").unwrap();
+        let meta = fs::symlink_metadata(dir.join("qtapd.sock")).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert!(!dir.join(".qtapd.sock.new").exists(), "renamed into place");
         fs::remove_dir_all(&dir).unwrap();
     }
 
