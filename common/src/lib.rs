@@ -717,13 +717,16 @@ pub struct FileOffsets {
 /// probe tells the last thread of a process by it on kernels whose
 /// `sched_process_exit` has no `group_dead`. `valid` also says the kernel
 /// has BTF, so data calls read their arguments at exit
-/// ([`call::args_at_exit`]).
+/// ([`call::args_at_exit`]) and every record its task's name straight
+/// from `task_struct.comm`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskOffsets {
     pub task_signal: u32,
     /// `signal_struct.live` (an `atomic_t`).
     pub signal_live: u32,
+    /// `task_struct.comm` (16 bytes).
+    pub task_comm: u32,
     /// 1 once qtapd set the offsets; while 0 the kernel does not look.
     pub valid: u32,
 }

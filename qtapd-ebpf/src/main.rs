@@ -110,6 +110,7 @@ static FILE_OFFSETS: FileOffsets = FileOffsets {
 static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     task_signal: 0,
     signal_live: 0,
+    task_comm: 0,
     valid: 0,
 };
 

@@ -26,8 +26,7 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs,
     },
     programs::TracePointContext,
 };
@@ -316,22 +315,21 @@ fn data_call(tgid: u32, call: u16) -> Option<Pending> {
 /// The first four arguments of the current task's syscall, from its saved
 /// user registers (`rdi`, `rsi`, `rdx`, `r10` on x86-64); `None` when
 /// they cannot be read.
+///
+/// `bpf_task_pt_regs` gives a BTF-typed pointer, which the verifier lets a
+/// program load from directly (each load guarded against a fault, like
+/// `bpf_probe_read_kernel` but without its helper call and copy).
 #[inline(always)]
 fn syscall_args() -> Option<[u64; 4]> {
-    use core::mem::offset_of;
-    // `r10` to `rdi` are eight consecutive words of `pt_regs`.
-    const FROM: usize = offset_of!(pt_regs, r10);
-    const _: () = assert!(offset_of!(pt_regs, rdi) == FROM + 7 * 8);
-    const _: () = assert!(offset_of!(pt_regs, rsi) == FROM + 6 * 8);
-    const _: () = assert!(offset_of!(pt_regs, rdx) == FROM + 5 * 8);
-    // SAFETY: the current task is valid while its program runs, and its
-    // registers are read through the fault-tolerant helper.
-    let words = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as usize;
-        bpf_probe_read_kernel((regs + FROM) as *const [u64; 8])
+    // SAFETY: the current task is valid while its program runs; its saved
+    // registers are read by BTF-checked, fault-guarded loads.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        if regs.is_null() {
+            return None;
+        }
+        Some([(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10])
     }
-    .ok()?;
-    Some([words[7], words[6], words[5], words[0]])
 }
 
 /// A unix socket's name from the `sockaddr_un` of `len` bytes at `addr`

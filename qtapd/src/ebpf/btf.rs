@@ -239,6 +239,7 @@ impl Structs {
         Ok(TaskOffsets {
             task_signal: self.offset("task_struct", "signal")?,
             signal_live: self.offset("signal_struct", "live")?,
+            task_comm: self.offset("task_struct", "comm")?,
             valid: 1,
         })
     }
@@ -328,6 +329,6 @@ mod tests {
         let task = Structs::from_kernel().unwrap().task_offsets().unwrap();
         // `live` follows `sigcnt` at the start of `signal_struct`.
         assert_eq!((task.valid, task.signal_live), (1, 4), "{task:?}");
-        assert!(task.task_signal > 0, "{task:?}");
+        assert!(task.task_signal > 0 && task.task_comm > 0, "{task:?}");
     }
 }
