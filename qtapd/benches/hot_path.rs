@@ -78,13 +78,13 @@ fn hot_path(c: &mut Criterion) {
     });
     let mut enricher = Enricher::new();
     group.bench_function("enrich a syscall record", |b| {
-        b.iter(|| enricher.syscall(black_box(&rec), true));
+        b.iter(|| enricher.syscall(black_box(&rec), &[], true));
     });
-    let (Some(event), _) = Enricher::new().syscall(&rec, true) else {
+    let (Some(event), _) = Enricher::new().syscall(&rec, &[], true) else {
         return;
     };
     let delivered = Delivered {
-        event: std::sync::Arc::new(event),
+        event,
         session: "s1".into(),
         seq: 1,
         capture: 0,

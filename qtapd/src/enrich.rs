@@ -19,8 +19,8 @@ use qtap_proto::v1::TlsFd;
 use crate::{
     cgroup::{self, Cgroup},
     events::{
-        addr_text, base, call_labels, derived::Notes, errno_name, family_name, is_data_call,
-        role_name, tls_call_labels, type_name, ConnInfo, Event, Text,
+        addr_text, call_labels, derived::Notes, errno_name, family_name, is_data_call, role_name,
+        shared_base, tls_call_labels, type_name, ConnInfo, Event, Text,
     },
     procfs::{self, FdTarget},
     protocol,
@@ -93,14 +93,14 @@ impl Enricher {
     /// The event of a record of `hdr`'s process, with the process's exe
     /// and cgroup (each read once per process, both found with one
     /// look-up of its state).
-    fn event(&mut self, hdr: &Header, msg: &'static str, caller: &'static str) -> Event {
+    fn event(&mut self, hdr: &Header, msg: &'static str, caller: &'static str) -> Arc<Event> {
         let Enricher { procs, cgroups } = self;
         let state = procs.entry(hdr.pid).or_default();
         let exe = state.exe.get_or_insert_with(|| exe_of(hdr.pid));
-        let mut event = base(hdr, msg, caller, Text::Shared(Arc::clone(exe)));
+        let mut shared = shared_base(hdr, msg, caller, Text::Shared(Arc::clone(exe)));
         let cgroup = state.cgroup.get_or_insert_with(|| cgroups.of_pid(hdr.pid));
-        event.cgroup.clone_from(cgroup);
-        event
+        Arc::make_mut(&mut shared).cgroup.clone_from(cgroup);
+        shared
     }
 
     /// The host's cgroups changed: paths are resolved anew (a process's
@@ -115,9 +115,16 @@ impl Enricher {
         Text::Shared(Arc::clone(exe))
     }
 
-    /// A syscall record: the fd's state follows it; its event is made
-    /// only when `build` (some session that selects it has a follower).
-    pub fn syscall(&mut self, rec: &SyscallRecord, build: bool) -> (Option<Event>, Notes) {
+    /// A syscall record: the fd's state follows it; its event, with the
+    /// `payload` the kernel captured, is made only when `build` (some
+    /// session that selects it has a follower). Like every event, it is
+    /// made behind its `Arc` ([`shared_base`]).
+    pub fn syscall(
+        &mut self,
+        rec: &SyscallRecord,
+        payload: &[u8],
+        build: bool,
+    ) -> (Option<Arc<Event>>, Notes) {
         let hdr = &rec.hdr;
         let pid = hdr.pid;
         // A new object on an fd number starts with nothing of the old one.
@@ -152,7 +159,8 @@ impl Enricher {
         notes.bound = stream.is_some_and(|s| s.bound);
         let event = build.then(|| {
             let labels = call_labels(rec.call);
-            let mut event = self.event(hdr, labels.msg, labels.caller);
+            let mut shared = self.event(hdr, labels.msg, labels.caller);
+            let event = Arc::make_mut(&mut shared);
             event.fd = Some(rec.fd);
             event.ret = Some(rec.ret);
             event.error = errno_name(rec.ret);
@@ -164,18 +172,24 @@ impl Enricher {
                 event.bytes = Some(rec.bytes);
                 event.peek = rec.flags & flag::PEEK != 0;
             }
-            stream_fields(&mut event, stream);
+            stream_fields(event, stream);
             event.open = Some(conn.is_some());
             event.conn_info = conn;
-            event
+            event.payload = payload.to_vec();
+            shared
         });
         self.track(rec);
         (event, notes)
     }
 
     /// A TLS library call: binds, frees, or moves plaintext on an `SSL*`;
-    /// its event is made only when `build`.
-    pub fn tls(&mut self, rec: &TlsRecord, build: bool) -> (Option<Event>, Notes) {
+    /// its event, with the plaintext `payload`, is made only when `build`.
+    pub fn tls(
+        &mut self,
+        rec: &TlsRecord,
+        payload: &[u8],
+        build: bool,
+    ) -> (Option<Arc<Event>>, Notes) {
         let hdr = &rec.hdr;
         let mut notes = Notes::default();
         let data = tls_call::is_data(rec.call);
@@ -236,7 +250,8 @@ impl Enricher {
             return (None, notes);
         }
         let labels = tls_call_labels(rec.call);
-        let mut event = self.event(hdr, labels.msg, labels.caller);
+        let mut shared = self.event(hdr, labels.msg, labels.caller);
+        let event = Arc::make_mut(&mut shared);
         if data {
             event.direction = Some(u32::from(rec.direction));
             event.bytes = Some(rec.bytes);
@@ -245,12 +260,13 @@ impl Enricher {
         event.ssl = Some(true);
         event.fd = fd;
         if let Some(fd) = fd {
-            stream_fields(&mut event, stream);
+            stream_fields(event, stream);
             let conn = known.or_else(|| self.resolve(hdr.pid, fd));
             event.open = Some(conn.is_some());
             event.conn_info = conn;
         }
-        (Some(event), notes)
+        event.payload = payload.to_vec();
+        (Some(shared), notes)
     }
 
     /// Keeps the state in step with the fd table the record describes,
@@ -417,38 +433,40 @@ impl Enricher {
         value
     }
 
-    pub fn exec(&mut self, rec: &ExecRecord) -> Event {
+    pub fn exec(&mut self, rec: &ExecRecord) -> Arc<Event> {
         let len = (rec.filename_len as usize).min(rec.filename.len());
         let filename: Arc<str> = String::from_utf8_lossy(&rec.filename[..len]).into();
         let pid = rec.hdr.pid;
         let after = self.proc(pid).after_exec(Arc::clone(&filename));
         self.procs.insert(pid, after);
-        let mut event = base(
+        let mut shared = shared_base(
             &rec.hdr,
             "process/exec",
             "tracepoint/sched/sched_process_exec",
             Text::Shared(Arc::clone(&filename)),
         );
+        let cgroup = self.cgroup(pid);
+        let event = Arc::make_mut(&mut shared);
         event.filename = Some(Text::Shared(filename));
-        event.cgroup = self.cgroup(pid);
-        event
+        event.cgroup = cgroup;
+        shared
     }
 
-    pub fn fork(&mut self, rec: &ForkRecord) -> Event {
-        let mut event = self.event(
+    pub fn fork(&mut self, rec: &ForkRecord) -> Arc<Event> {
+        let mut shared = self.event(
             &rec.hdr,
             "process/fork",
             "tracepoint/sched/sched_process_fork",
         );
-        if let Text::Shared(shared) = &event.exe {
-            self.proc(rec.child_pid).exe = Some(Arc::clone(shared));
+        if let Text::Shared(exe) = &shared.exe {
+            self.proc(rec.child_pid).exe = Some(Arc::clone(exe));
         }
-        event.child_pid = Some(rec.child_pid);
-        event
+        Arc::make_mut(&mut shared).child_pid = Some(rec.child_pid);
+        shared
     }
 
     /// The process is gone: returns the fds whose kernel entries to purge.
-    pub fn exit(&mut self, hdr: &Header) -> (Event, Vec<u32>) {
+    pub fn exit(&mut self, hdr: &Header) -> (Arc<Event>, Vec<u32>) {
         let event = self.event(hdr, "process/exit", "tracepoint/sched/sched_process_exit");
         let fds = self
             .procs
@@ -594,27 +612,31 @@ mod tests {
         let local = listener.local_addr().unwrap().to_string();
         let gone_fd = 99_999;
         let mut enricher = Enricher::new();
-        let (Some(accept), _) =
-            enricher.syscall(&record(call::ACCEPT4, listener.as_raw_fd(), gone_fd), true)
-        else {
+        let (Some(accept), _) = enricher.syscall(
+            &record(call::ACCEPT4, listener.as_raw_fd(), gone_fd),
+            &[],
+            true,
+        ) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(
-            accept.conn_info.unwrap().local.as_deref(),
+            accept.conn_info.as_ref().unwrap().local.as_deref(),
             Some(local.as_str())
         );
-        let (Some(write), _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1), true) else {
+        let (Some(write), _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1), &[], true)
+        else {
             panic!("an event is made when asked for")
         };
-        let conn = write.conn_info.unwrap();
+        let conn = write.conn_info.clone().unwrap();
         assert_eq!(conn.local.as_deref(), Some(local.as_str()));
         assert_eq!(conn.remote.as_deref(), Some("127.0.0.1:40000"));
         // After close, the fd number carries nothing over.
-        enricher.syscall(&record(call::CLOSE, gone_fd, -1), true);
-        let (Some(reused), _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1), true) else {
+        enricher.syscall(&record(call::CLOSE, gone_fd, -1), &[], true);
+        let (Some(reused), _) = enricher.syscall(&record(call::WRITEV, gone_fd, -1), &[], true)
+        else {
             panic!("an event is made when asked for")
         };
-        assert_eq!(reused.conn_info.unwrap().local, None);
+        assert_eq!(reused.conn_info.as_ref().unwrap().local, None);
     }
 
     /// A `socket()` record is read after the call returned, when its
@@ -625,11 +647,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut enricher = Enricher::new();
         let (Some(socket), _) =
-            enricher.syscall(&record(call::SOCKET, listener.as_raw_fd(), -1), true)
+            enricher.syscall(&record(call::SOCKET, listener.as_raw_fd(), -1), &[], true)
         else {
             panic!("an event is made when asked for")
         };
-        assert_eq!(socket.conn_info.unwrap().local, None);
+        assert_eq!(socket.conn_info.as_ref().unwrap().local, None);
     }
 
     /// A unix `connect` as the kernel records it: the name's first bytes
@@ -660,10 +682,10 @@ mod tests {
     fn unix_connect_names_come_from_the_record() {
         let mut enricher = Enricher::new();
         let mut remote = |rec: &SyscallRecord| {
-            let (Some(e), _) = enricher.syscall(rec, true) else {
+            let (Some(e), _) = enricher.syscall(rec, &[], true) else {
                 panic!("an event is made when asked for")
             };
-            e.conn_info.unwrap().as_ref().clone()
+            e.conn_info.as_deref().unwrap().clone()
         };
         let mut path = [0u8; 32];
         path[..20].copy_from_slice(b"/var/run/nscd/socket");
@@ -715,7 +737,7 @@ mod tests {
         let expected = enricher.cgroup(pid);
         assert!(expected.is_some(), "this test's process has a cgroup");
         let write = tls_record(pid, 0x5555_0000, tls_call::SSL_WRITE, -1, 5);
-        let (Some(event), _) = enricher.tls(&write, true) else {
+        let (Some(event), _) = enricher.tls(&write, &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(event.cgroup, expected);
@@ -728,14 +750,14 @@ mod tests {
     fn gnutls_binds_its_receive_and_send_fds_apart() {
         let mut enricher = Enricher::new();
         let set = gnutls_record(tls_call::GNUTLS_TRANSPORT_SET_INT2, 8, 9);
-        let (Some(bound), _) = enricher.tls(&set, true) else {
+        let (Some(bound), _) = enricher.tls(&set, &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(bound.msg.as_str(), "gnutls/gnutls_transport_set_int2");
         assert_eq!(bound.fd, Some(8));
         let fd_of = |enricher: &mut Enricher, call, ret| {
             enricher
-                .tls(&gnutls_record(call, -1, ret), true)
+                .tls(&gnutls_record(call, -1, ret), &[], true)
                 .0
                 .unwrap()
                 .fd
@@ -751,7 +773,7 @@ mod tests {
         let fds = enricher.tls_fds(90_100).unwrap();
         let seen: Vec<(i32, bool)> = fds.iter().map(|f| (f.fd, f.plaintext_seen)).collect();
         assert_eq!(seen, [(8, true), (9, true)]);
-        enricher.tls(&gnutls_record(tls_call::GNUTLS_DEINIT, -1, 0), true);
+        enricher.tls(&gnutls_record(tls_call::GNUTLS_DEINIT, -1, 0), &[], true);
         assert_eq!(fd_of(&mut enricher, tls_call::GNUTLS_RECORD_SEND, 5), None);
         assert!(
             enricher.tls_fds(90_101).is_none(),
@@ -776,20 +798,20 @@ mod tests {
             rec.head[..head.len()].copy_from_slice(head);
             rec
         };
-        enricher.tls(&tls(tls_call::SSL_READ, 0xa, -1), false);
-        enricher.syscall(&write(5, b"GET / HTTP/1.1\r\n"), false);
+        enricher.tls(&tls(tls_call::SSL_READ, 0xa, -1), &[], false);
+        enricher.syscall(&write(5, b"GET / HTTP/1.1\r\n"), &[], false);
         assert!(enricher.tls_fds(pid).unwrap().is_empty(), "plain bytes");
         // The handshake's first flight, made by an SSL_read.
-        enricher.tls(&tls(tls_call::SSL_READ, 0xb, -1), false);
-        let (Some(hello), _) = enricher.syscall(&write(6, &[0x16, 3, 1, 0, 5]), true) else {
+        enricher.tls(&tls(tls_call::SSL_READ, 0xb, -1), &[], false);
+        let (Some(hello), _) = enricher.syscall(&write(6, &[0x16, 3, 1, 0, 5]), &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(hello.ssl, Some(true));
-        let (Some(request), _) = enricher.tls(&tls(tls_call::SSL_WRITE, 0xb, 20), true) else {
+        let (Some(request), _) = enricher.tls(&tls(tls_call::SSL_WRITE, 0xb, 20), &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(request.fd, Some(6));
-        let (Some(other), _) = enricher.tls(&tls(tls_call::SSL_WRITE, 0xa, 20), true) else {
+        let (Some(other), _) = enricher.tls(&tls(tls_call::SSL_WRITE, 0xa, 20), &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(other.fd, None, "the first SSL* stays unbound");
@@ -822,15 +844,18 @@ mod tests {
         let mut send = record(call::SENDTO, 4, -1);
         send.hdr.pid = child.id();
         send.flags = flag::KIND_KNOWN | flag::SOCKET;
-        let (Some(event), _) = enricher.syscall(&send, true) else {
+        let (Some(event), _) = enricher.syscall(&send, &[], true) else {
             panic!("an event is made when asked for")
         };
-        let info = event.conn_info.expect("a socket has a connection entry");
+        let info = event
+            .conn_info
+            .clone()
+            .expect("a socket has a connection entry");
         assert_eq!(info.family, "unknown");
         let mut read = record(call::READ, 5, -1);
         read.hdr.pid = child.id();
         read.flags = flag::KIND_KNOWN;
-        let (Some(event), _) = enricher.syscall(&read, true) else {
+        let (Some(event), _) = enricher.syscall(&read, &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(event.conn_info, None);
@@ -845,34 +870,34 @@ mod tests {
         let mut enricher = Enricher::new();
         let mut other = record(call::ACCEPT4, 3, 9);
         other.conn.remote.port = 50_000;
-        enricher.syscall(&other, true);
-        enricher.syscall(&record(call::ACCEPT4, 3, 5), true);
-        let (Some(dup), _) = enricher.syscall(&record(call::DUP2, 5, 9), true) else {
+        enricher.syscall(&other, &[], true);
+        enricher.syscall(&record(call::ACCEPT4, 3, 5), &[], true);
+        let (Some(dup), _) = enricher.syscall(&record(call::DUP2, 5, 9), &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(dup.new_fd, Some(9));
-        let (Some(on_nine), _) = enricher.syscall(&record(call::WRITEV, 9, -1), true) else {
+        let (Some(on_nine), _) = enricher.syscall(&record(call::WRITEV, 9, -1), &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(
-            on_nine.conn_info.unwrap().remote.as_deref(),
+            on_nine.conn_info.as_ref().unwrap().remote.as_deref(),
             Some("127.0.0.1:40000"),
             "9 is 5's connection now, not its old one"
         );
-        enricher.syscall(&record(call::CLOSE, 9, -1), true);
-        let (Some(on_five), _) = enricher.syscall(&record(call::WRITEV, 5, -1), true) else {
+        enricher.syscall(&record(call::CLOSE, 9, -1), &[], true);
+        let (Some(on_five), _) = enricher.syscall(&record(call::WRITEV, 5, -1), &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(
-            on_five.conn_info.unwrap().remote.as_deref(),
+            on_five.conn_info.as_ref().unwrap().remote.as_deref(),
             Some("127.0.0.1:40000")
         );
         let mut file_dup = record(call::DUP2, 1, 5);
         file_dup.flags = 0;
-        enricher.syscall(&file_dup, true);
+        enricher.syscall(&file_dup, &[], true);
         let mut plain = record(call::WRITEV, 5, -1);
         plain.flags = 0;
-        let (Some(after), _) = enricher.syscall(&plain, true) else {
+        let (Some(after), _) = enricher.syscall(&plain, &[], true) else {
             panic!("an event is made when asked for")
         };
         let procs = &enricher.procs[&std::process::id()];
@@ -889,11 +914,11 @@ mod tests {
     fn exec_starts_afresh_and_exit_purges_the_kept_fds() {
         let pid = std::process::id();
         let mut enricher = Enricher::new();
-        enricher.syscall(&record(call::ACCEPT4, 3, 7), true);
+        enricher.syscall(&record(call::ACCEPT4, 3, 7), &[], true);
         let mut tls = record(call::WRITEV, 7, -1);
         tls.head_len = 5;
         tls.head[..5].copy_from_slice(&[0x16, 3, 1, 0, 5]);
-        let (Some(hello), _) = enricher.syscall(&tls, true) else {
+        let (Some(hello), _) = enricher.syscall(&tls, &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(hello.protocol, Some("tls"));
@@ -905,7 +930,7 @@ mod tests {
         let mut plain = record(call::WRITEV, 7, -1);
         plain.head_len = 4;
         plain.head[..4].copy_from_slice(b"GET ");
-        let (Some(after), _) = enricher.syscall(&plain, true) else {
+        let (Some(after), _) = enricher.syscall(&plain, &[], true) else {
             panic!("an event is made when asked for")
         };
         assert_eq!(after.protocol, Some("http1"), "no TLS carried over");

@@ -611,9 +611,8 @@ impl<K: Selector> Engine<K> {
                 if mask != 0 {
                     self.tls.watch_exec(&mut self.kernel, hdr.pid);
                 }
-                self.hub.deliver(mask, &Arc::new(event), |s, _| {
-                    s.spec.filter.wants(Module::Process)
-                });
+                self.hub
+                    .deliver(mask, &event, |s, _| s.spec.filter.wants(Module::Process));
             }
             Record::Creds(_) => {
                 self.access.deny(hdr.pid);
@@ -628,18 +627,16 @@ impl<K: Selector> Engine<K> {
                 let mask = self.admit(&hdr);
                 // After `admit`, which checked the parent if it had to.
                 self.access.fork(hdr.pid, rec.child_pid);
-                self.hub.deliver(mask, &Arc::new(event), |s, _| {
-                    s.spec.filter.wants(Module::Process)
-                });
+                self.hub
+                    .deliver(mask, &event, |s, _| s.spec.filter.wants(Module::Process));
             }
             Record::Exit(_) => {
                 let mask = self.admit(&hdr);
                 let (event, fds) = self.enricher.exit(&hdr);
                 self.kernel.forget_conns(hdr.pid, fds);
                 self.access.forget(hdr.pid);
-                self.hub.deliver(mask, &Arc::new(event), |s, _| {
-                    s.spec.filter.wants(Module::Process)
-                });
+                self.hub
+                    .deliver(mask, &event, |s, _| s.spec.filter.wants(Module::Process));
             }
             Record::Syscall(rec, payload) => {
                 // Enriched even when delivered to no one: the fd state
@@ -647,18 +644,16 @@ impl<K: Selector> Engine<K> {
                 // session with a follower.
                 let mask = self.admit(&hdr);
                 let build = self.hub.listened(mask);
-                if let (Some(mut event), notes) = self.enricher.syscall(&rec, build) {
-                    event.payload = payload.to_vec();
-                    self.deliver_fd_event(mask, &Arc::new(event), notes, Module::Socket);
+                if let (Some(event), notes) = self.enricher.syscall(&rec, payload, build) {
+                    self.deliver_fd_event(mask, &event, notes, Module::Socket);
                 }
             }
             Record::Tls(rec, payload) => {
                 let mask = self.admit(&hdr);
                 let build = self.hub.listened(mask);
-                if let (Some(mut event), notes) = self.enricher.tls(&rec, build) {
-                    event.payload = payload.to_vec();
+                if let (Some(event), notes) = self.enricher.tls(&rec, payload, build) {
                     let module = Module::of_tls_call(rec.call);
-                    self.deliver_fd_event(mask, &Arc::new(event), notes, module);
+                    self.deliver_fd_event(mask, &event, notes, module);
                 }
             }
         }
