@@ -3,9 +3,10 @@
 # session selects qtap-loadgen (64-byte writes over loopback TCP at RATE
 # writes/s); one follower runs `qtapctl trace follow --output json` to a
 # file; `perf record -g` samples qtapd and the follower while the load
-# runs. Prints each one's CPU per event received (from /proc ticks) and
-# its hottest symbols, self time, as perf reports them, and the kernel
-# probes' run time per event (kernel.bpf_stats_enabled, on for the run).
+# runs. Prints each one's CPU and context switches per event received
+# (from /proc) and its hottest symbols, self time, as perf reports them,
+# and the kernel probes' run time per event (kernel.bpf_stats_enabled, on
+# for the run).
 #
 # Usage: bench/profile.sh QTAPD QTAPCTL LOADGEN   (root)
 # Knobs: DURATION (5 s), RATE (100000 writes/s; 0 = as fast as it can),
@@ -27,6 +28,11 @@ source "$(dirname "$0")/daemon.sh" profile
 command -v perf >/dev/null || { echo "profile: perf is not installed (linux-perf)" >&2; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all a process's threads, voluntary (it slept: a
+# wakeup) and not (it was preempted).
+switches() {
+	cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v, n}'
+}
 
 "$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 qpid=$!
@@ -43,11 +49,15 @@ sysctl -qw kernel.bpf_stats_enabled=1
 trap 'sysctl -qw kernel.bpf_stats_enabled="$stats_before"; cleanup' EXIT
 read -r p0_ns p0_runs < <(probe_stats "$qpid")
 q0=$(cpu_ticks "$qpid") f0=$(cpu_ticks "$fpid")
+read -r qv0 qn0 < <(switches "$qpid")
+read -r fv0 fn0 < <(switches "$fpid")
 perf record -q -F 1999 ${PERF_CALL_GRAPH:--g} -p "$qpid,$fpid" -o "$work/perf.data" -- sleep "$((duration + 1))" 2>/dev/null &
 perf_pid=$!
 "$loadgen" "$duration" "$rate" >/dev/null
 wait "$perf_pid"
 q1=$(cpu_ticks "$qpid") f1=$(cpu_ticks "$fpid")
+read -r qv1 qn1 < <(switches "$qpid")
+read -r fv1 fn1 < <(switches "$fpid")
 read -r p1_ns p1_runs < <(probe_stats "$qpid")
 stopped=$(stop_session "$id")
 wait "$fpid" 2>/dev/null || true
@@ -61,6 +71,10 @@ awk -v q=$((q1 - q0)) -v f=$((f1 - f0)) -v n="$received" -v hz="$hz" 'BEGIN {
 	if (n == 0) { print "no events received"; exit 1 }
 	printf "qtapd CPU per event: %.2f us; follower CPU per event: %.2f us (ticks over the load and drain)\n",
 		q / hz / n * 1e6, f / hz / n * 1e6
+}'
+awk -v qv=$((qv1 - qv0)) -v qn=$((qn1 - qn0)) -v fv=$((fv1 - fv0)) -v fn=$((fn1 - fn0)) -v n="$received" 'BEGIN {
+	printf "context switches per 1000 events, voluntary (it slept) + preempted: qtapd %.2f + %.2f, follower %.2f + %.2f\n",
+		qv / n * 1000, qn / n * 1000, fv / n * 1000, fn / n * 1000
 }'
 awk -v ns=$((p1_ns - p0_ns)) -v runs=$((p1_runs - p0_runs)) -v n="$received" 'BEGIN {
 	printf "kernel probes (bpf_stats, every program qtapd holds, all processes): %.0f ns per run, %.2f runs and %.2f us per event\n",

@@ -891,9 +891,9 @@ impl<K: Selector> Engine<K> {
                 _ = ticker.tick() => self.tick(),
                 // Data records arrive without a wakeup (see
                 // `limit::WAKE_BYTES`): collected on this clock while a
-                // session's programs write, and at once when more is left
-                // over. `QUIET_TICKS` that find nothing stop the clock.
-                _ = drain.tick(), if more || (!resting && !self.hub.is_empty()) => {
+                // session's programs write. `QUIET_TICKS` that find
+                // nothing stop the clock.
+                _ = drain.tick(), if !more && !resting && !self.hub.is_empty() => {
                     let mut read = self.drain(ring.get_mut());
                     quiet = if read == 0 { quiet + 1 } else { 0 };
                     if quiet >= QUIET_TICKS && self.wake_at_next_record() {
@@ -905,7 +905,18 @@ impl<K: Selector> Engine<K> {
                     }
                     more = read == RING_BATCH;
                 }
-                guard = ring.readable_mut() => {
+                // What a batch cut short left is read at once, not on a
+                // timer: a timer set for now fires at the next
+                // millisecond, and the sleep until then was a context
+                // switch per `RING_BATCH` under a steady load.
+                () = std::future::ready(()), if more => {
+                    let read = self.drain(ring.get_mut());
+                    if read > 0 {
+                        quiet = 0;
+                    }
+                    more = read == RING_BATCH;
+                }
+                guard = ring.readable_mut(), if !more => {
                     let mut guard = guard?;
                     let read = self.drain(guard.get_inner_mut());
                     if read > 0 {
@@ -927,8 +938,8 @@ impl<K: Selector> Engine<K> {
             // (a drained batch of records, a heartbeat, a stop).
             self.flush();
             if more {
+                // The followers' streams and the RPCs run in between.
                 tokio::task::yield_now().await;
-                drain.reset_immediately();
             }
         }
         // What the kernel wrote before the stop still reaches the
