@@ -288,6 +288,13 @@ fn wake_if_idle() {
 /// below `WAKE_BYTES` (qtapd drains the ring on a short clock), a wakeup
 /// past it so a burst is read before it fills the ring. Exec, fork and
 /// credential records, which qtapd must act on at once, are [`PROMPT`].
+///
+/// Every record past the mark wakes, not only the one that crosses it.
+/// Each such wakeup is an `irq_work` (a self-interrupt, a VM exit here),
+/// and that cost, paid by the traced call, brakes a program that outruns
+/// qtapd: with waking at the crossing only, a flat-out loadgen with 16
+/// followers lost 40 % of its records to a full ring, against none
+/// (bench/history.md, 2026-12-04).
 #[inline(always)]
 fn data_wakeup() -> u64 {
     if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= limit::WAKE_BYTES {
