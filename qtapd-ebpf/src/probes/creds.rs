@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use qtap_common::{kind, stat, CredOffsets, Header, ProcSel};
 
-use super::{count, header, now, selected_now, PROMPT};
+use super::{count, header, now, selected_now, tracepoint_field, PROMPT};
 use crate::{CONFIG, CRED_OFFSETS, EVENTS, PROCS};
 
 /// `PR_SET_DUMPABLE` and the value that keeps a process dumpable.
@@ -28,7 +28,7 @@ const PR_SET_DUMPABLE: u64 = 4;
 const SUID_DUMP_USER: u64 = 1;
 
 #[inline(always)]
-fn offsets() -> CredOffsets {
+pub fn offsets() -> CredOffsets {
     // SAFETY: a `static` qtapd may rewrite at load; volatile keeps the
     // compiler from folding the default value.
     unsafe { core::ptr::read_volatile(&raw const CRED_OFFSETS) }
@@ -95,8 +95,13 @@ pub fn changed() {
 pub fn prctl(ctx: &TracePointContext) {
     let ts = now();
     // SAFETY: the first two arguments of the syscall enter record.
-    let (option, value) = unsafe { (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24)) };
-    if option != Ok(PR_SET_DUMPABLE) || value == Ok(SUID_DUMP_USER) {
+    let (option, value) = unsafe {
+        (
+            tracepoint_field::<u64>(ctx, 16),
+            tracepoint_field::<u64>(ctx, 24),
+        )
+    };
+    if option != PR_SET_DUMPABLE || value == SUID_DUMP_USER {
         return;
     }
     let Some(cfg) = CONFIG.get(0) else { return };

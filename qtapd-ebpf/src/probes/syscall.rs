@@ -37,7 +37,7 @@ use qtap_common::{
 
 use super::{
     capture_bytes, clear_from, copy_head, count, files, header, library_tls_sessions, now,
-    selected_for, still_selected, submit, task_offsets, Urgency,
+    selected_for, still_selected, submit, task_offsets, tracepoint_field, Urgency,
 };
 use crate::{CONFIG, CONNS, PENDING, SYSCALL_BUF, TLS_ACTIVE};
 
@@ -50,10 +50,25 @@ const MMSGHDR_LEN_OFF: u64 = 56;
 /// Offset of `msg_iov` in `struct msghdr` (also the start of `mmsghdr`).
 const MSGHDR_IOV_OFF: u64 = 16;
 
+/// Argument `index` of `call`'s enter record; 0 past the call's own
+/// arguments. A program that reads its record past the end is refused at
+/// attach (`EACCES`), so `call`, a constant in each program, must bound it.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, index: usize) -> u64 {
-    // SAFETY: offsets inside the syscall enter record (see module doc).
-    unsafe { ctx.read_at::<u64>(16 + 8 * index) }.unwrap_or(0)
+fn arg(ctx: &TracePointContext, call: u16, index: usize) -> u64 {
+    let count = match call {
+        call::CLOSE | call::DUP => 1,
+        call::DUP2 => 2,
+        call::SENDTO | call::RECVFROM => 6,
+        call::ACCEPT4 | call::SENDMMSG | call::SENDFILE => 4,
+        call::RECVMMSG => 5,
+        _ => 3,
+    };
+    if index >= count {
+        return 0;
+    }
+    // SAFETY: an offset inside the syscall enter record (see module doc),
+    // below its end (`count`).
+    unsafe { tracepoint_field::<u64>(ctx, 16 + 8 * index) }
 }
 
 /// The `sys_enter_<call>` hook: keep the arguments for the exit. A data
@@ -69,28 +84,28 @@ pub fn enter(ctx: &TracePointContext, call: u16) {
     let mut pending = Pending {
         sessions,
         call,
-        fd: arg(ctx, 0) as i32,
+        fd: arg(ctx, call, 0) as i32,
         ..Pending::default()
     };
     match call {
         call::SOCKET => {
             pending.fd = -1;
-            pending.arg1 = arg(ctx, 0);
-            pending.arg2 = arg(ctx, 1);
+            pending.arg1 = arg(ctx, call, 0);
+            pending.arg2 = arg(ctx, call, 1);
         }
         call::CONNECT | call::BIND => {
-            pending.addr = read_sockaddr(arg(ctx, 1));
-            pending.arg1 = arg(ctx, 2); // the address's length
+            pending.addr = read_sockaddr(arg(ctx, call, 1));
+            pending.arg1 = arg(ctx, call, 2); // the address's length
         }
-        call::ACCEPT | call::ACCEPT4 => pending.arg1 = arg(ctx, 1),
-        call::RECVFROM if arg(ctx, 3) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
-        call::RECVMSG if arg(ctx, 2) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
-        call::SENDMMSG | call::RECVMMSG => pending.arg1 = arg(ctx, 1),
+        call::ACCEPT | call::ACCEPT4 => pending.arg1 = arg(ctx, call, 1),
+        call::RECVFROM if arg(ctx, call, 3) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
+        call::RECVMSG if arg(ctx, call, 2) & MSG_PEEK != 0 => pending.flags = flag::PEEK,
+        call::SENDMMSG | call::RECVMMSG => pending.arg1 = arg(ctx, call, 1),
         _ => {}
     }
     // The data buffer (or the vector or message that holds it).
     if call != call::SOCKET {
-        pending.arg2 = arg(ctx, 1);
+        pending.arg2 = arg(ctx, call, 1);
     }
     // When every selecting session wants sockets only, a file or pipe is
     // told here and costs nothing more. A close must be told here in any
@@ -146,7 +161,7 @@ pub fn exit(ctx: &TracePointContext, call: u16) {
         (pending, still_selected(tgid, pending.sessions))
     };
     // SAFETY: offset of `ret` in the syscall exit record.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    let ret = unsafe { tracepoint_field::<i64>(ctx, 16) };
 
     let Some(buf) = SYSCALL_BUF.get_ptr_mut(0) else {
         return;
