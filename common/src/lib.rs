@@ -76,9 +76,15 @@ pub mod limit {
     /// Unread ring bytes past which a data record wakes qtapd's reader.
     /// Below it, data records are written without a wakeup and the reader
     /// collects them on its own clock (`engine::DRAIN_EVERY`): one wakeup
-    /// per record would be one context switch per traced call. 1/32 of the
-    /// ring: about 1,500 records, a few milliseconds of nginx at full speed.
-    pub const WAKE_BYTES: u64 = RING_BYTES as u64 / 32;
+    /// per record would be one context switch per traced call. 1/8 of the
+    /// ring: about 6,000 records, more than one tick of the clock gathers
+    /// from nginx at full speed (about 4,400). Each forced wakeup is a
+    /// self-interrupt (a VM exit here) paid by the traced call, so the
+    /// mark sits where only a reader that has fallen behind (descheduled
+    /// on a busy machine, or outrun) meets it. At 1/32 every tick crossed
+    /// it: a session selecting nginx, with no follower, forced 1,200
+    /// wakeups a second.
+    pub const WAKE_BYTES: u64 = RING_BYTES as u64 / 8;
     /// Selected processes at once.
     pub const PROCS: u32 = 32_768;
     /// Socket fds tracked at once.
