@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench, part 2: the event pipeline from kernel to followers. A load
 # generator (qtap-loadgen: 64-byte writes over loopback TCP to a reader in
-# the same process) is selected by a session; N followers run
+# the same process, or over a pipe) is selected by a session; N followers run
 # `qtapctl trace follow --output json > /dev/null`. For each run: the
 # syscalls the generator made, the records qtapd decoded, kernel ring
 # losses, events each follower received and lost, whether every event of
@@ -9,11 +9,17 @@
 # losses = the events the session had), and qtapd's CPU. After
 # the load the session is stopped: followers get what is queued for them
 # and the count of what they lost, and exit; the time that takes is the
-# drain.
+# drain. Over TCP the generator itself is the ceiling at "max" (its
+# syscalls and the kernel's TCP stack, on the cores it shares with qtapd
+# and the followers); a pipe's calls cost a fraction of that, so the pipe
+# rows load the pipeline past what it carries (the session then takes
+# every fd, `fd:any`, not sockets only).
 #
 # Usage: bench/pipeline.sh QTAPD QTAPCTL LOADGEN   (root)
 # Knobs: DURATION (5 s), FOLLOWERS ("1 4 16"), RATES (writes/s with one
-# follower, "50000 100000 200000 400000"), QUEUE_LEN (65536).
+# follower, "50000 100000 200000 400000"), PIPE_RATES (writes/s with one
+# follower over a pipe, 0 = as fast as it can: "500000 0"), QUEUE_LEN
+# (65536).
 # Prints a markdown section on stdout.
 set -euo pipefail
 
@@ -23,21 +29,23 @@ loadgen=$(realpath "$3")
 duration=${DURATION:-5}
 followers_list=${FOLLOWERS:-1 4 16}
 rates=${RATES:-50000 100000 200000 400000}
+pipe_rates=${PIPE_RATES-500000 0}
 queue_len=${QUEUE_LEN:-65536}
 # shellcheck source=bench/daemon.sh
 source "$(dirname "$0")/daemon.sh" pipeline
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run FOLLOWERS RATE(0 = as fast as possible) -> one table row
+# run FOLLOWERS RATE(0 = as fast as possible) [pipe] -> one table row
 run() {
-	local nf=$1 rate=$2
+	local nf=$1 rate=$2 transport=${3:-tcp} fds=
+	[[ $transport == pipe ]] && fds=,fd:any
 	"$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 	local qpid=$!
 	pids+=("$qpid")
 	for _ in $(seq 100); do "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
 	local id
-	id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")")
+	id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")$fds")
 	local fpids=()
 	for i in $(seq "$nf"); do
 		"${ctl[@]}" trace follow "$id" --output json --queue-len "$queue_len" >/dev/null 2>"$work/f$i.err" &
@@ -48,7 +56,7 @@ run() {
 	rec0=$(counter records)
 	ring0=$(counter kernel_ring_full)
 	cpu0=$(cpu_ticks "$qpid")
-	out=$("$loadgen" "$duration" "$rate")
+	out=$("$loadgen" "$duration" "$rate" "$transport")
 	sleep 0.5 # the last records out of the ring
 	rec1=$(counter records)
 	ring1=$(counter kernel_ring_full)
@@ -83,7 +91,7 @@ run() {
 	secs=$(sed 's/.*seconds=\([0-9.]*\).*/\1/' <<<"$out")
 	awk -v nf="$nf" -v rate="$rate" -v w="$writes" -v r="$reads" -v s="$secs" \
 		-v rec=$((rec1 - rec0)) -v ring=$((ring1 - ring0)) -v cpu=$((cpu1 - cpu0)) \
-		-v per="$per" -v drain="$drain" -v stopped="$stopped" 'BEGIN {
+		-v per="$per" -v drain="$drain" -v stopped="$stopped" -v over="$transport" 'BEGIN {
 		split(stopped, st, " "); offered = st[1]
 		n = split(per, f, "\n"); ev = 0; lost = 0; accounted = 0; exact = "yes"
 		for (i = 1; i <= n; i++) {
@@ -94,6 +102,7 @@ run() {
 		}
 		if (accounted != offered) exact = sprintf("no: %d received + queue-lost vs %d offered", accounted, offered)
 		target = rate > 0 ? sprintf("%d/s", rate) : "max"
+		if (over != "tcp") target = target ", " over
 		printf "| %d | %s | %.0f | %.0f | %d | %.0f | %.0f | %.1f | %s | %.0f%% |\n",
 			nf, target, (w + r) / s, rec / s, ring, ev / nf, lost / nf, drain, exact, cpu / (s + drain)
 	}'
@@ -108,4 +117,8 @@ done
 for nf in $followers_list; do
 	echo "bench: pipeline, $nf followers, max rate" >&2
 	run "$nf" 0
+done
+for rate in $pipe_rates; do
+	echo "bench: pipeline, 1 follower, $rate writes/s over a pipe" >&2
+	run 1 "$rate" pipe
 done

@@ -399,6 +399,10 @@ $(DURATION=${PIPELINE_DURATION:-5} "$(dirname "$0")/pipeline.sh" "$qtapd" "$qtap
 Reproduce: \`sudo make bench\`. qtap-loadgen (tests/src/bin) makes 64-byte
 writes over loopback TCP to a reader in the same process, at a fixed rate or
 as fast as it can; it shares the two cores with qtapd and the followers.
+Over TCP, "max" is the generator's own ceiling (qtapd's CPU says how much
+of a core the pipeline used); the rows marked "pipe" write over a pipe,
+whose calls cost a fraction of TCP's, with the session taking every fd
+(\`fd:any\`): they load the pipeline past what it carries.
 "Every event accounted": each follower's events received plus the queue
 losses qtapd reported to it equal the events the session offered it.
 

@@ -1,9 +1,13 @@
-//! `qtap-loadgen SECONDS [RATE]`: the event load of the pipeline benchmark
-//! (`bench/pipeline.sh`). A writer thread sends 64-byte messages over one
-//! loopback TCP connection to a reader thread of the same process, as fast
-//! as it can or at RATE writes per second (paced per millisecond), for
-//! SECONDS; then it prints `writes=N reads=M seconds=S` — the socket
-//! syscalls it made, each one a traced event.
+//! `qtap-loadgen SECONDS [RATE] [tcp | pipe]`: the event load of the
+//! pipeline benchmark (`bench/pipeline.sh`). A writer thread sends 64-byte
+//! messages to a reader thread of the same process, as fast as it can or
+//! at RATE writes per second (paced per millisecond; 0: as fast), for
+//! SECONDS; then it prints `writes=N reads=M seconds=S` — the syscalls it
+//! made, each one a traced event. Over one loopback TCP connection (`tcp`,
+//! the default), or over a pipe (`pipe`): a pipe's write and read cost a
+//! fraction of TCP's, so the load can outrun what the pipeline carries
+//! instead of being bounded by the kernel's TCP stack on the cores it
+//! shares with qtapd and the followers.
 //!
 //! `qtap-loadgen SECONDS ping-pong`: one thread writes a message and reads
 //! it back from the other end, in turn, as fast as it can: the cost of a
@@ -21,31 +25,39 @@ use std::{
 const MESSAGE: [u8; 64] = [b'q'; 64];
 
 fn main() {
-    const USAGE: &str = "usage: qtap-loadgen SECONDS [RATE | ping-pong]";
+    const USAGE: &str = "usage: qtap-loadgen SECONDS [RATE] [tcp | pipe] | SECONDS ping-pong";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() == 2 && args[1] == "ping-pong" {
-        ping_pong(args[0].parse().expect(USAGE));
-        return;
-    }
-    let args: Vec<u64> = args.iter().map(|a| a.parse().expect(USAGE)).collect();
-    let (seconds, rate) = match args[..] {
-        [s] => (s, 0),
-        [s, r] => (s, r),
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let seconds = |s: &str| s.parse::<u64>().expect(USAGE);
+    let (seconds, rate, transport) = match words[..] {
+        [s, "ping-pong"] => {
+            ping_pong(seconds(s));
+            return;
+        }
+        [s] => (seconds(s), 0, "tcp"),
+        [s, r] => (seconds(s), r.parse().expect(USAGE), "tcp"),
+        [s, r, t @ ("tcp" | "pipe")] => (seconds(s), r.parse().expect(USAGE), t),
         _ => panic!("{USAGE}"),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
+    let (mut sink, source): (Box<dyn Write + Send>, Box<dyn Read + Send>) = if transport == "pipe" {
+        let (source, sink) = std::io::pipe().expect("pipe");
+        (Box::new(sink), Box::new(source))
+    } else {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let conn = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        conn.set_nodelay(true).expect("nodelay");
+        let (server, _) = listener.accept().expect("accept");
+        (Box::new(conn), Box::new(server))
+    };
     let reader = thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
+        let mut source = source;
         let mut buf = vec![0u8; 64 * 1024];
         let mut reads = 0u64;
-        while conn.read(&mut buf).expect("read") > 0 {
+        while source.read(&mut buf).expect("read") > 0 {
             reads += 1;
         }
         reads
     });
-    let mut conn = TcpStream::connect(addr).expect("connect");
-    conn.set_nodelay(true).expect("nodelay");
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut writes = 0u64;
@@ -59,12 +71,12 @@ fn main() {
             }
         }
         for _ in 0..64 {
-            conn.write_all(&MESSAGE).expect("write");
+            sink.write_all(&MESSAGE).expect("write");
             writes += 1;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    drop(conn);
+    drop(sink);
     let reads = reader.join().expect("reader") + 1; // and the read of EOF
     println!("writes={writes} reads={reads} seconds={elapsed:.3}");
 }
