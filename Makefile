@@ -24,7 +24,7 @@ CARGO_DEB_VERSION := 3.8.0
 K8S_VALIDATE_VERSION := 1.37.0
 PKG := target/packaging
 
-.PHONY: all deps vm-deps build run test test-kernels deb bench profile soak lint clean
+.PHONY: all deps vm-deps build run test test-kernels deb bench profile probe-profile soak lint clean
 
 all: build
 
@@ -90,6 +90,14 @@ profile: build
 	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) linux-perf
 	cargo build --release --locked -p qtap-tests --bin qtap-loadgen
 	bench/profile.sh $(QTAPD) target/release/qtapctl target/release/qtap-loadgen
+
+# Where a traced program's time goes in the kernel programs: nginx under
+# wrk with a session selecting it, sampled by perf; the worker's share
+# under the syscall exit tracepoints and the functions it is spent in.
+# Needs root and perf (linux-perf).
+probe-profile: build
+	@scripts/bootstrap.sh $(BPF_LINKER_VERSION) $(DEB_PACKAGES) linux-perf
+	bench/probe-profile.sh $(QTAPD) target/release/qtapctl
 
 # The long runs of the reliability work (docs/reliability.md): each fuzz
 # target for FUZZ_SECONDS (120), then SOAK_SECONDS (600) of full-speed load

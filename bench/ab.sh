@@ -17,7 +17,10 @@
 # FOLLOWER (1; 0: the session has no follower, which measures the kernel
 # probes and qtapd alone, and a round counts when the kernel lost nothing),
 # RATE (0: as fast as nginx answers; N: about N req/s, as make bench's
-# fixed-rate rows load it, RATE/100 connections each pausing 10 ms).
+# fixed-rate rows load it, RATE/100 connections each pausing 10 ms),
+# SELECT (the session's process terms: "exe.endsWith:/nginx"; make bench
+# uses "exe.contains:nginx"), WRK_ARGS (more of wrk's options, e.g.
+# --latency as make bench gives it).
 set -euo pipefail
 
 (($# > 0)) || {
@@ -66,7 +69,8 @@ hz=$(getconf CLK_TCK)
 echo 'function delay() return 10 end' >"$work/pace.lua"
 load=(-c"$connections")
 ((rate == 0)) || load=(-c"$((rate / 100))" -s "$work/pace.lua")
-rps() { wrk -t1 "${load[@]}" -d"${duration}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
+read -ra wrk_args <<<"${WRK_ARGS:-}"
+rps() { wrk -t1 "${load[@]}" -d"${duration}s" "${wrk_args[@]}" "$url" | awk '/Requests\/sec/ {print $2}'; }
 
 # One round of build $1: prints "REQ_PER_S EVENTS QTAPD_US FOLLOWER_US
 # CPU_PERCENT OK SWITCHES", CPU_PERCENT being qtapd's and the follower's
@@ -79,7 +83,7 @@ round() {
 	qtapd_pid=$!
 	for _ in $(seq 100); do [[ -S $socket ]] && "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
 	local id fpid=$$ from
-	id=$("${ctl[@]}" trace start --filter "mod:socket,exe.endsWith:/nginx")
+	id=$("${ctl[@]}" trace start --filter "mod:socket,${SELECT:-exe.endsWith:/nginx}")
 	if ((follower)); then
 		"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
 		fpid=$!
