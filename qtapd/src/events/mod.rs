@@ -202,12 +202,18 @@ pub fn wall_clock(ts_ns: u64) -> SystemTime {
     boot() + Duration::from_nanos(ts_ns)
 }
 
-/// A kernel stamp as nanoseconds since the Unix epoch.
+/// A kernel stamp as nanoseconds since the Unix epoch: one addition per
+/// event (each compact record has one), where `wall_clock`'s
+/// `SystemTime` arithmetic normalized a timespec twice.
 #[must_use]
 pub fn unix_ns(ts_ns: u64) -> u64 {
-    wall_clock(ts_ns)
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    static BOOT_NS: OnceLock<u64> = OnceLock::new();
+    let boot_ns = *BOOT_NS.get_or_init(|| {
+        boot()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    boot_ns.saturating_add(ts_ns)
 }
 
 /// How a syscall's events are labelled: `msg` and `caller`, made once at
