@@ -13,13 +13,15 @@
 # syscalls and the kernel's TCP stack, on the cores it shares with qtapd
 # and the followers); a pipe's calls cost a fraction of that, so the pipe
 # rows load the pipeline past what it carries (the session then takes
-# every fd, `fd:any`, not sockets only).
+# every fd, `fd:any`, not sockets only). The last rows have their one
+# follower write the stream to a file as qtapd sends it (`--write`, the
+# compact form) instead of rendering JSON.
 #
 # Usage: bench/pipeline.sh QTAPD QTAPCTL LOADGEN   (root)
 # Knobs: DURATION (5 s), FOLLOWERS ("1 4 16"), RATES (writes/s with one
 # follower, "50000 100000 200000 400000"), PIPE_RATES (writes/s with one
-# follower over a pipe, 0 = as fast as it can: "500000 0"), QUEUE_LEN
-# (65536).
+# follower over a pipe, 0 = as fast as it can: "500000 0"), WRITE_RATES
+# (the same with a --write follower: "1000000 0"), QUEUE_LEN (65536).
 # Prints a markdown section on stdout.
 set -euo pipefail
 
@@ -30,15 +32,17 @@ duration=${DURATION:-5}
 followers_list=${FOLLOWERS:-1 4 16}
 rates=${RATES:-50000 100000 200000 400000}
 pipe_rates=${PIPE_RATES-500000 0}
+write_rates=${WRITE_RATES-1000000 0}
 queue_len=${QUEUE_LEN:-65536}
 # shellcheck source=bench/daemon.sh
 source "$(dirname "$0")/daemon.sh" pipeline
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run FOLLOWERS RATE(0 = as fast as possible) [pipe] -> one table row
+# run FOLLOWERS RATE(0 = as fast as possible) [tcp|pipe [json|write]] ->
+# one table row
 run() {
-	local nf=$1 rate=$2 transport=${3:-tcp} fds=
+	local nf=$1 rate=$2 transport=${3:-tcp} form=${4:-json} fds=
 	[[ $transport == pipe ]] && fds=,fd:any
 	"$qtapd" --socket "$socket" >/dev/null 2>"$work/qtapd.log" &
 	local qpid=$!
@@ -48,7 +52,9 @@ run() {
 	id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")$fds")
 	local fpids=()
 	for i in $(seq "$nf"); do
-		"${ctl[@]}" trace follow "$id" --output json --queue-len "$queue_len" >/dev/null 2>"$work/f$i.err" &
+		local out=(--output json)
+		[[ $form == write ]] && out=(--write "$work/f$i.qtaprec")
+		"${ctl[@]}" trace follow "$id" "${out[@]}" --queue-len "$queue_len" >/dev/null 2>"$work/f$i.err" &
 		fpids+=($!)
 	done
 	sleep 1
@@ -78,6 +84,7 @@ run() {
 	cpu1=$(cpu_ticks "$qpid")
 	kill "$qpid"
 	wait "$qpid" 2>/dev/null || true
+	rm -f "$work"/f*.qtaprec
 	# Each follower's last line: "qtapctl: N events, M lost (Q in qtapd's
 	# queue for this follower, seq gaps G), Ts".
 	local per
@@ -91,7 +98,7 @@ run() {
 	secs=$(sed 's/.*seconds=\([0-9.]*\).*/\1/' <<<"$out")
 	awk -v nf="$nf" -v rate="$rate" -v w="$writes" -v r="$reads" -v s="$secs" \
 		-v rec=$((rec1 - rec0)) -v ring=$((ring1 - ring0)) -v cpu=$((cpu1 - cpu0)) \
-		-v per="$per" -v drain="$drain" -v stopped="$stopped" -v over="$transport" 'BEGIN {
+		-v per="$per" -v drain="$drain" -v stopped="$stopped" -v over="$transport" -v form="$form" 'BEGIN {
 		split(stopped, st, " "); offered = st[1]
 		n = split(per, f, "\n"); ev = 0; lost = 0; accounted = 0; exact = "yes"
 		for (i = 1; i <= n; i++) {
@@ -103,6 +110,7 @@ run() {
 		if (accounted != offered) exact = sprintf("no: %d received + queue-lost vs %d offered", accounted, offered)
 		target = rate > 0 ? sprintf("%d/s", rate) : "max"
 		if (over != "tcp") target = target ", " over
+		if (form != "json") target = target ", --" form
 		printf "| %d | %s | %.0f | %.0f | %d | %.0f | %.0f | %.1f | %s | %.0f%% |\n",
 			nf, target, (w + r) / s, rec / s, ring, ev / nf, lost / nf, drain, exact, cpu / (s + drain)
 	}'
@@ -121,4 +129,8 @@ done
 for rate in $pipe_rates; do
 	echo "bench: pipeline, 1 follower, $rate writes/s over a pipe" >&2
 	run 1 "$rate" pipe
+done
+for rate in $write_rates; do
+	echo "bench: pipeline, 1 follower writing a file, $rate writes/s over a pipe" >&2
+	run 1 "$rate" pipe write
 done

@@ -402,7 +402,10 @@ as fast as it can; it shares the two cores with qtapd and the followers.
 Over TCP, "max" is the generator's own ceiling (qtapd's CPU says how much
 of a core the pipeline used); the rows marked "pipe" write over a pipe,
 whose calls cost a fraction of TCP's, with the session taking every fd
-(\`fd:any\`): they load the pipeline past what it carries.
+(\`fd:any\`): they load the pipeline past what it carries. The rows marked
+"--write" have their follower write the stream to a file as qtapd sends it
+(\`qtapctl trace follow --write\`, the compact form) instead of printing
+JSON to /dev/null.
 "Every event accounted": each follower's events received plus the queue
 losses qtapd reported to it equal the events the session offered it.
 

@@ -151,6 +151,15 @@ pub enum TraceCommand {
         #[arg(long, value_enum, default_value_t = Output::Console)]
         output: Output,
     },
+    /// Render a recording made by `follow --write` (or `start --follow
+    /// --write`), as following would have rendered the stream it kept,
+    /// ending with the same counts of events and losses.
+    Read {
+        /// The recording (`-`: stdin).
+        file: PathBuf,
+        #[command(flatten)]
+        view: ReadView,
+    },
     /// List the sessions you may see (all of them as root).
     List {
         /// console: a table; json: one object per session and line.
@@ -183,6 +192,43 @@ pub struct View {
     /// truncated packet. Unix sockets are left out.
     #[arg(long, value_name = "FILE")]
     pub pcapng: Option<PathBuf>,
+    /// Write the stream to FILE as qtapd sends it (compact batches, loss
+    /// reports), instead of rendering it (`-`: to stdout); `qtapctl trace
+    /// read FILE` renders it later, with any --output, --group-by or
+    /// --pcapng. Writing costs a fraction of rendering: for a session too
+    /// busy to render as it runs, or one capture looked at several ways.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "group_by", "pcapng"])]
+    pub write: Option<PathBuf>,
+}
+
+/// How `trace read` shows a recording: as `follow` shows a stream.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReadView {
+    /// console: aligned lines, coloured on a terminal; json: one object per
+    /// line (the fields of qtapd's --bpf-trace JSON plus session and seq).
+    #[arg(long, value_enum, default_value_t = Output::Console)]
+    pub output: Output,
+    /// Group events into per-fd flows (from accept/connect to close, with
+    /// totals in and out) instead of one line per event.
+    #[arg(long, value_enum)]
+    pub group_by: Option<GroupBy>,
+    /// Also write the socket data as a pcapng capture to FILE (`-`: to
+    /// stdout instead of the lines); see `follow --pcapng`. Only the bytes
+    /// the session captured are in the recording.
+    #[arg(long, value_name = "FILE")]
+    pub pcapng: Option<PathBuf>,
+}
+
+impl From<ReadView> for View {
+    fn from(read: ReadView) -> View {
+        View {
+            output: read.output,
+            group_by: read.group_by,
+            queue_len: 0,
+            pcapng: read.pcapng,
+            write: None,
+        }
+    }
 }
 
 impl View {

@@ -161,6 +161,82 @@ fn followers_are_told_why_the_stream_ended() {
     );
 }
 
+/// `follow --write FILE` keeps the stream as qtapd sent it, and `trace
+/// read FILE --output json` prints it as a JSON follower of the same
+/// session printed it, line for line, with the same counts; a file that
+/// is not a recording is refused by name.
+#[test]
+fn a_written_stream_reads_back_as_the_json_follower_printed_it() {
+    require_root();
+    let service = Service::start(&[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("qtap-e2e-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("curl.qtaprec");
+    let id = stdout_of(&service.ctl(&["trace", "start", "--filter", "exe.contains:curl"]));
+    let json = follow_json(&service, None, &id);
+    let writer = service
+        .ctl_command(None, &["trace", "follow", &id, "--write"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    service.wait_followers(&id, 2);
+    let (url, server) = http_server(2);
+    let curls = [run_curl(&url), run_curl(&url)];
+    server.join().unwrap();
+    // The stream ends for both followers with the session.
+    thread::sleep(Duration::from_millis(700));
+    stdout_of(&service.ctl(&["trace", "stop", &id]));
+    let wrote = writer.wait_with_output().unwrap();
+    let wrote_said = String::from_utf8_lossy(&wrote.stderr);
+    assert!(wrote.status.success(), "{wrote_said}");
+    let printed = json.stop().unwrap();
+    for curl in curls {
+        assert!(
+            of_pid(&printed, curl)
+                .iter()
+                .any(|e| syscall(e) == Some("connect")),
+            "curl {curl} was not traced: {printed:#?}"
+        );
+    }
+
+    let read = service
+        .ctl_command(None, &["trace", "read", "--output", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let read_said = String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success(), "{read_said}");
+    let replayed: Vec<serde_json::Value> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replayed, printed);
+    let counts = format!("{} events, 0 lost", printed.len());
+    assert!(wrote_said.contains(&counts), "{wrote_said}");
+    assert!(read_said.contains(&counts), "{read_said}");
+    assert!(
+        read_said.contains("the session ended: stopped by uid 0"),
+        "{read_said}"
+    );
+
+    let not_one = dir.join("not-a-recording");
+    std::fs::write(&not_one, "hello\n").unwrap();
+    let refused = service
+        .ctl_command(None, &["trace", "read"])
+        .arg(&not_one)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a qtapctl recording"),
+        "{refused:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    service.stop().unwrap();
+}
+
 /// `--metrics-listen`: Prometheus text with the sessions, followers and
 /// counters `qtapctl status` shows; anything but `GET /metrics` is 404.
 #[test]

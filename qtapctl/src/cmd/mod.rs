@@ -69,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let targets = conns.into_iter().map(|c| (c, target.clone())).collect();
             trace::follow(targets, options, &view).await
         }
+        Command::Trace(TraceCommand::Read { file, view }) => trace::read(&file, &view.into()),
         command => {
             each(&conns, |conn| {
                 let command = command.clone();

@@ -1,5 +1,6 @@
 //! `qtapctl trace follow`: one stream per daemon, reconnected after
-//! transport failures, merged and rendered.
+//! transport failures, merged and rendered (or written, `--write`: see
+//! `record`).
 
 use std::{
     fs::File,
@@ -13,13 +14,14 @@ use qtap_proto::{
     compact::Decoder,
     v1::{
         follow_item::Item, follow_trace_request::Target, CompactBatch, Event, FollowItem,
-        FollowTraceRequest, LossStage, TraceOptions,
+        FollowTraceRequest, LossStage, Lost, TraceOptions,
     },
 };
 use tokio::sync::mpsc;
 
 use qtapctl::render::{self, pcapng::Pcapng};
 
+use super::record;
 use crate::{cli::View, client};
 
 /// Why one daemon's stream ended.
@@ -50,7 +52,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 /// Counts shown when `follow` ends (per daemon: `seq` is per session).
 #[derive(Default)]
-struct Summary {
+pub(super) struct Summary {
     events: u64,
     lost: u64,
     /// Of `lost`, what qtapd reported for this follower's queue: each such
@@ -62,7 +64,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn event(&mut self, seq: u64) {
+    pub(super) fn event(&mut self, seq: u64) {
         self.events += 1;
         if self.last_seq != 0 && seq > self.last_seq + 1 {
             self.seq_gaps += seq - self.last_seq - 1;
@@ -114,7 +116,12 @@ pub async fn follow(
         tokio::spawn(follow_daemon(conn, request, tx.clone(), index));
     }
     drop(tx);
-    let mut renderer = renderer(view)?;
+    let mut sink = match &view.write {
+        Some(path) => Sink::Write(record::Writer::create(path)?),
+        None => Sink::Render(renderer(view)?),
+    };
+    // Daemons whose stream started over since their last item.
+    let mut restarted = vec![false; hosts.len()];
     let mut summaries: Vec<Summary> = hosts.iter().map(|_| Summary::default()).collect();
     // The ids of a compact stream are that stream's: a reconnection starts
     // with none.
@@ -132,22 +139,39 @@ pub async fn follow(
         };
         match note {
             Note::Item(item) => {
-                let stream = Stream {
-                    summary: &mut summaries[i],
-                    decoder: &mut decoders[i],
-                    host: &hosts[i],
+                let shown = match &mut sink {
+                    Sink::Render(renderer) => {
+                        let stream = Stream {
+                            summary: &mut summaries[i],
+                            decoder: &mut decoders[i],
+                            host: &hosts[i],
+                        };
+                        show_item(renderer.as_mut(), stream, *item)
+                    }
+                    Sink::Write(writer) => {
+                        let restart = std::mem::take(&mut restarted[i]);
+                        writer
+                            .item(i, &hosts[i], restart, &mut summaries[i], *item)
+                            .map_err(crate::cmd::stdout_error)
+                    }
                 };
-                if let Err(e) = show_item(renderer.as_mut(), stream, *item) {
+                if let Err(e) = shown {
                     break Err(e);
                 }
             }
             Note::Reconnecting(why) => {
                 decoders[i] = Decoder::new();
+                restarted[i] = true;
                 eprintln!("{}{why}", says(&hosts[i]));
             }
             Note::Ended(why) => {
                 let why = why.unwrap_or_else(|| "stopped, or qtapd shut down".into());
                 eprintln!("{}the session ended: {why}", says(&hosts[i]));
+                if let Sink::Write(writer) = &mut sink {
+                    if let Err(e) = writer.end(i, &hosts[i], why) {
+                        break Err(crate::cmd::stdout_error(e));
+                    }
+                }
             }
             Note::Failed(e) if several => {
                 eprintln!("{}{e:#}", says(&hosts[i]));
@@ -156,21 +180,12 @@ pub async fn follow(
             Note::Failed(e) => break Err(e),
         }
     };
-    let finished = renderer.finish().map_err(crate::cmd::stdout_error);
-    if several {
-        for (host, summary) in hosts.iter().zip(&summaries) {
-            eprintln!("{}{}", says(host), summary.line());
-        }
+    let finished = match &mut sink {
+        Sink::Render(renderer) => renderer.finish(),
+        Sink::Write(writer) => writer.finish(),
     }
-    let mut total = Summary::default();
-    for summary in &summaries {
-        total.add(summary);
-    }
-    eprintln!(
-        "qtapctl: {}, {:.1}s",
-        total.line(),
-        started.elapsed().as_secs_f64()
-    );
+    .map_err(crate::cmd::stdout_error);
+    report(&hosts, &summaries, Some(started));
     result.and(finished)?;
     anyhow::ensure!(
         failures.is_empty(),
@@ -178,6 +193,35 @@ pub async fn follow(
         failures.join(", ")
     );
     Ok(())
+}
+
+/// Where followed items go.
+enum Sink {
+    Render(Box<dyn render::Render>),
+    /// `--write`.
+    Write(record::Writer),
+}
+
+/// Says on stderr what each daemon's stream held (when there are several:
+/// `hosts` are their names) and in all, and how long it took.
+pub(super) fn report(hosts: &[String], summaries: &[Summary], started: Option<Instant>) {
+    if hosts.len() > 1 {
+        for (host, summary) in hosts.iter().zip(summaries) {
+            eprintln!("{}{}", says(host), summary.line());
+        }
+    }
+    let mut total = Summary::default();
+    for summary in summaries {
+        total.add(summary);
+    }
+    match started {
+        Some(started) => eprintln!(
+            "qtapctl: {}, {:.1}s",
+            total.line(),
+            started.elapsed().as_secs_f64()
+        ),
+        None => eprintln!("qtapctl: {}", total.line()),
+    }
 }
 
 /// Resolves at Ctrl-C (SIGINT) or SIGTERM (`timeout`, `kill`, systemd):
@@ -197,7 +241,7 @@ fn interrupted() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 /// The renderer of `--output`/`--group-by`, and beside it (or instead of
 /// it, for `--pcapng -`) the capture.
-fn renderer(view: &View) -> anyhow::Result<Box<dyn render::Render>> {
+pub(super) fn renderer(view: &View) -> anyhow::Result<Box<dyn render::Render>> {
     let lines = render::new(view.output, view.group_by);
     let Some(path) = &view.pcapng else {
         return Ok(lines);
@@ -266,15 +310,15 @@ async fn follow_once(
 }
 
 /// What the main loop keeps of one daemon's stream.
-struct Stream<'a> {
-    summary: &'a mut Summary,
-    decoder: &'a mut Decoder,
+pub(super) struct Stream<'a> {
+    pub(super) summary: &'a mut Summary,
+    pub(super) decoder: &'a mut Decoder,
     /// Labels its events (empty with one daemon).
-    host: &'a str,
+    pub(super) host: &'a str,
 }
 
 /// Renders one item of a daemon's stream.
-fn show_item(
+pub(super) fn show_item(
     renderer: &mut dyn render::Render,
     stream: Stream<'_>,
     item: FollowItem,
@@ -291,18 +335,7 @@ fn show_item(
             return show_compact(renderer, summary, decoder, &batch, host)
         }
         Some(Item::Lost(lost)) => {
-            summary.lost += lost.count;
-            let stage = LossStage::try_from(lost.stage).unwrap_or_default();
-            if stage == LossStage::DaemonQueue {
-                summary.queue_lost += lost.count;
-            }
-            eprintln!(
-                "{}lost {} events: {}",
-                says(host),
-                lost.count,
-                stage.meaning()
-            );
-            renderer.lost(lost.count, stage.meaning());
+            renderer.lost(lost.count, lost_item(summary, &lost, host));
             return Ok(());
         }
         Some(Item::Heartbeat(_) | Item::End(_)) | None => return Ok(()),
@@ -311,6 +344,23 @@ fn show_item(
         host.clone_into(&mut event.host);
     }
     show(renderer, summary, &events)
+}
+
+/// Counts a report of lost events into `summary` and says it on stderr;
+/// returns what the loss means.
+pub(super) fn lost_item(summary: &mut Summary, lost: &Lost, host: &str) -> &'static str {
+    summary.lost += lost.count;
+    let stage = LossStage::try_from(lost.stage).unwrap_or_default();
+    if stage == LossStage::DaemonQueue {
+        summary.queue_lost += lost.count;
+    }
+    eprintln!(
+        "{}lost {} events: {}",
+        says(host),
+        lost.count,
+        stage.meaning()
+    );
+    stage.meaning()
 }
 
 /// Renders the events of a compact batch, read in place.
