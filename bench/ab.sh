@@ -85,7 +85,8 @@ round() {
 	local id fpid=$$ from
 	id=$("${ctl[@]}" trace start --filter "mod:socket,${SELECT:-exe.endsWith:/nginx}")
 	if ((follower)); then
-		"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
+		rm -f "$work/follow.sum"
+		"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 --summary "$work/follow.sum" >"$work/follow.json" 2>"$work/follow.err" &
 		fpid=$!
 		for _ in $(seq 100); do (($(followers "$id") > 0)) && break; sleep 0.05; done
 	fi
@@ -107,7 +108,7 @@ round() {
 	read -r offered lost < <(stop_session "$id")
 	if ((follower)); then
 		wait "$fpid" 2>/dev/null || true
-		read -r received told queue_told < <(grep -h 'events,' "$work/follow.err" | tail -1 | tr -d '(),' | awk '{print $2, $4, $6}')
+		read -r received told queue_told _ < <(follower_counts "$work/follow.sum")
 	else
 		offered=$records received=$records
 	fi

@@ -1,6 +1,7 @@
 # Sourced by the bench scripts: qtapd's counters as typed values, read
 # from `qtapctl status --output json` and `qtapctl trace stop --output
-# json`, never from the lines printed for people. Needs `ctl` (qtapctl
+# json`, and a follower's from its `--summary` file, never from the lines
+# printed for people. Needs `ctl` (qtapctl
 # with its --socket).
 
 # counter NAME: one of the daemon's counters (records, kernel_ring_full,
@@ -42,4 +43,16 @@ followers() {
 	"${ctl[@]}" trace list --output json | python3 -c '
 import json, sys
 print(sum(s["followers"] for s in map(json.loads, sys.stdin) if s["id"] == sys.argv[1]))' "$1"
+}
+
+# follower_counts FILE: what a follower run with `--summary FILE` received
+# ("EVENTS LOST LOST_IN_QUEUE SEQ_GAPS"); all 0 when it wrote none.
+follower_counts() {
+	python3 -c '
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    s = {}
+print(*(s.get(k, 0) for k in ("events", "lost", "lost_in_queue", "seq_gaps")))' "$1"
 }

@@ -54,7 +54,8 @@ run() {
 	for i in $(seq "$nf"); do
 		local out=(--output json)
 		[[ $form == write ]] && out=(--write "$work/f$i.qtaprec")
-		"${ctl[@]}" trace follow "$id" "${out[@]}" --queue-len "$queue_len" >/dev/null 2>"$work/f$i.err" &
+		rm -f "$work/f$i.sum"
+		"${ctl[@]}" trace follow "$id" "${out[@]}" --queue-len "$queue_len" --summary "$work/f$i.sum" >/dev/null 2>"$work/f$i.err" &
 		fpids+=($!)
 	done
 	sleep 1
@@ -85,13 +86,9 @@ run() {
 	kill "$qpid"
 	wait "$qpid" 2>/dev/null || true
 	rm -f "$work"/f*.qtaprec
-	# Each follower's last line: "qtapctl: N events, M lost (Q in qtapd's
-	# queue for this follower, seq gaps G), Ts".
+	# Each follower's "EVENTS LOST LOST_IN_QUEUE SEQ_GAPS".
 	local per
-	per=$(for i in $(seq "$nf"); do
-		grep -h 'events,' "$work/f$i.err" | tail -1 | tr -d '(),' |
-			awk '{print $2, $4, $6, $15}'
-	done)
+	per=$(for i in $(seq "$nf"); do follower_counts "$work/f$i.sum"; done)
 	local writes reads secs
 	writes=$(sed 's/.*writes=\([0-9]*\).*/\1/' <<<"$out")
 	reads=$(sed 's/.*reads=\([0-9]*\).*/\1/' <<<"$out")

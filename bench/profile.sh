@@ -39,7 +39,7 @@ qpid=$!
 pids+=("$qpid")
 for _ in $(seq 100); do "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
 id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")")
-"${ctl[@]}" trace follow "$id" --output json >"$work/follow.json" 2>"$work/follow.err" &
+"${ctl[@]}" trace follow "$id" --output json --summary "$work/follow.sum" >"$work/follow.json" 2>"$work/follow.err" &
 fpid=$!
 pids+=("$fpid")
 sleep 1
@@ -61,7 +61,7 @@ read -r fv1 fn1 < <(switches "$fpid")
 read -r p1_ns p1_runs < <(probe_stats "$qpid")
 stopped=$(stop_session "$id")
 wait "$fpid" 2>/dev/null || true
-received=$(grep -h 'events,' "$work/follow.err" | tail -1 | awk '{print $2}')
+read -r received _ < <(follower_counts "$work/follow.sum")
 hz=$(getconf CLK_TCK)
 
 echo "## Profile: one JSON follower, loadgen at ${rate} writes/s for ${duration} s"

@@ -120,7 +120,8 @@ echo 'function delay() return 10 end' >"$work/pace.lua"
 # (tens of ms) would be offered and not counted.
 follow_nginx() {
 	id=$("${ctl[@]}" trace start --filter "mod:socket,${1:-}exe.contains:${2:-nginx}")
-	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 >"$work/follow.json" 2>"$work/follow.err" &
+	rm -f "$work/follow.sum"
+	"${ctl[@]}" trace follow "$id" --output json --queue-len 65536 --summary "$work/follow.sum" >"$work/follow.json" 2>"$work/follow.err" &
 	follower_pid=$!
 	for _ in $(seq 100); do (($(followers "$id") > 0)) && break; sleep 0.05; done
 	records_from=$(counter records)
@@ -140,9 +141,8 @@ account() {
 	kernel=$(kernel_lost)
 	read -r offered lost < <(stop_session "$id")
 	wait "$follower_pid" 2>/dev/null || true
-	# The follower's last line: "qtapctl: N events, M lost (...)".
 	local queue_told
-	read -r received told queue_told < <(grep -h 'events,' "$work/follow.err" | tail -1 | tr -d '(),' | awk '{print $2, $4, $6}')
+	read -r received told queue_told _ < <(follower_counts "$work/follow.sum")
 	local ok=1
 	# A mod:socket/openssl session selecting nginx alone turns each kernel
 	# record into one event: what the kernel produced is what is offered.

@@ -80,7 +80,7 @@ for _ in $(seq 100); do "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; 
 id=$("${ctl[@]}" trace start --filter "exe.endsWith:/$(basename "$loadgen")")
 fpids=()
 for i in 1 2; do
-	"${ctl[@]}" trace follow "$id" --output json >/dev/null 2>"$work/f$i.err" &
+	"${ctl[@]}" trace follow "$id" --output json --summary "$work/f$i.sum" >/dev/null 2>"$work/f$i.err" &
 	fpids+=($!)
 	pids+=($!)
 done
@@ -129,9 +129,7 @@ offered=$(awk '{print $1}' <<<"$stopped")
 	echo "| records lost in the kernel ring (counted) | $ring_lost |"
 	echo "| events the session offered its followers (both) | $offered |"
 	for i in 1 2; do
-		# "qtapctl: N events, M lost (Q in qtapd's queue …, seq gaps G), Ts"
-		read -r ev lost queue gaps < <(grep -h 'events,' "$work/f$i.err" | tail -1 | tr -d '(),' |
-			awk '{print $2, $4, $6, $15}')
+		read -r ev lost queue gaps < <(follower_counts "$work/f$i.sum")
 		echo "| follower $i: events received / lost in its queue / seq gaps | $ev / $queue / $gaps |"
 		echo "$ev $queue $gaps" >>"$work/followers"
 	done

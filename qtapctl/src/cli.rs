@@ -199,6 +199,13 @@ pub struct View {
     /// busy to render as it runs, or one capture looked at several ways.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "group_by", "pcapng"])]
     pub write: Option<PathBuf>,
+    /// When the stream ends, also write its counts to FILE as one JSON
+    /// object, for scripts: the numbers of the summary line on stderr
+    /// (`events`, `lost`, `lost_in_queue`: of those, lost in qtapd's queue
+    /// for this follower, `seq_gaps`) and `seconds`, with `daemons` (each
+    /// one's counts and `host`) when there are several.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
 }
 
 /// How `trace read` shows a recording: as `follow` shows a stream.
@@ -227,6 +234,7 @@ impl From<ReadView> for View {
             queue_len: 0,
             pcapng: read.pcapng,
             write: None,
+            summary: None,
         }
     }
 }

@@ -602,13 +602,18 @@ fn followers_coming_and_going() {
 }
 
 /// Runs `qtapctl trace follow ID --output json --queue-len N` with stdout
-/// counted and stderr kept; `summary` parses its last line.
+/// counted and its end-of-stream counts written to a `--summary` file.
 struct RawFollower {
     child: std::process::Child,
+    summary: std::path::PathBuf,
 }
 
 impl RawFollower {
     fn spawn(service: &Service, id: &str, queue_len: &str) -> RawFollower {
+        let summary = std::env::temp_dir().join(format!(
+            "qtap-e2e-summary-{}-{id}-{queue_len}.json",
+            std::process::id()
+        ));
         let child = service
             .ctl_command(
                 None,
@@ -620,13 +625,15 @@ impl RawFollower {
                     "json",
                     "--queue-len",
                     queue_len,
+                    "--summary",
                 ],
             )
+            .arg(&summary)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        RawFollower { child }
+        RawFollower { child, summary }
     }
 
     fn signal(&self, signal: i32) {
@@ -640,16 +647,16 @@ impl RawFollower {
         let out = self.child.wait_with_output().unwrap();
         let lines = String::from_utf8_lossy(&out.stdout).lines().count();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        // "qtapctl: N events, M lost (Q in qtapd's queue …, seq gaps G), Ts"
-        let summary = stderr
-            .lines()
-            .rfind(|l| l.contains(" events, "))
-            .unwrap_or_else(|| panic!("no summary: {stderr}"));
-        let numbers: Vec<u64> = summary
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        (lines, numbers[0], numbers[2])
+        let written = std::fs::read_to_string(&self.summary)
+            .unwrap_or_else(|e| panic!("no summary ({e}): {stderr}"));
+        let _ = std::fs::remove_file(&self.summary);
+        let summary: serde_json::Value = serde_json::from_str(&written).unwrap();
+        let count = |key: &str| {
+            summary[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {key} in {summary}"))
+        };
+        (lines, count("events"), count("lost_in_queue"))
     }
 }
 

@@ -163,8 +163,9 @@ fn followers_are_told_why_the_stream_ended() {
 
 /// `follow --write FILE` keeps the stream as qtapd sent it, and `trace
 /// read FILE --output json` prints it as a JSON follower of the same
-/// session printed it, line for line, with the same counts; a file that
-/// is not a recording is refused by name.
+/// session printed it, line for line, with the same counts (on stderr,
+/// and as JSON with `--summary`); a file that is not a recording is
+/// refused by name.
 #[test]
 fn a_written_stream_reads_back_as_the_json_follower_printed_it() {
     require_root();
@@ -177,6 +178,8 @@ fn a_written_stream_reads_back_as_the_json_follower_printed_it() {
     let writer = service
         .ctl_command(None, &["trace", "follow", &id, "--write"])
         .arg(&file)
+        .arg("--summary")
+        .arg(dir.join("summary.json"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -214,6 +217,11 @@ fn a_written_stream_reads_back_as_the_json_follower_printed_it() {
         .collect();
     assert_eq!(replayed, printed);
     let counts = format!("{} events, 0 lost", printed.len());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["events"], printed.len());
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["seq_gaps"], 0);
     assert!(wrote_said.contains(&counts), "{wrote_said}");
     assert!(read_said.contains(&counts), "{read_said}");
     assert!(

@@ -79,6 +79,16 @@ impl Summary {
         self.seq_gaps += other.seq_gaps;
     }
 
+    /// The counts as the object `--summary` writes.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "events": self.events,
+            "lost": self.lost,
+            "lost_in_queue": self.queue_lost,
+            "seq_gaps": self.seq_gaps,
+        })
+    }
+
     fn line(&self) -> String {
         format!(
             "{} events, {} lost ({} in qtapd's queue for this follower, seq gaps {})",
@@ -186,7 +196,11 @@ pub async fn follow(
     }
     .map_err(crate::cmd::stdout_error);
     report(&hosts, &summaries, Some(started));
-    result.and(finished)?;
+    let written = match &view.summary {
+        Some(path) => write_summary(path, &hosts, &summaries, started),
+        None => Ok(()),
+    };
+    result.and(finished).and(written)?;
     anyhow::ensure!(
         failures.is_empty(),
         "following failed on {}",
@@ -222,6 +236,30 @@ pub(super) fn report(hosts: &[String], summaries: &[Summary], started: Option<In
         ),
         None => eprintln!("qtapctl: {}", total.line()),
     }
+}
+
+/// `--summary FILE`: the counts of [`report`]'s lines as one JSON object.
+fn write_summary(
+    path: &std::path::Path,
+    hosts: &[String],
+    summaries: &[Summary],
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut total = Summary::default();
+    for summary in summaries {
+        total.add(summary);
+    }
+    let mut object = total.json();
+    object["seconds"] = started.elapsed().as_secs_f64().into();
+    if hosts.len() > 1 {
+        let daemons = hosts.iter().zip(summaries).map(|(host, summary)| {
+            let mut daemon = summary.json();
+            daemon["host"] = host.as_str().into();
+            daemon
+        });
+        object["daemons"] = daemons.collect();
+    }
+    std::fs::write(path, format!("{object}\n")).with_context(|| format!("write {}", path.display()))
 }
 
 /// Resolves at Ctrl-C (SIGINT) or SIGTERM (`timeout`, `kill`, systemd):
