@@ -162,7 +162,7 @@ pub async fn follow(
                         let restart = std::mem::take(&mut restarted[i]);
                         writer
                             .item(i, &hosts[i], restart, &mut summaries[i], *item)
-                            .map_err(crate::cmd::stdout_error)
+                            .map_err(|e| writer.failed(e))
                     }
                 };
                 if let Err(e) = shown {
@@ -179,7 +179,7 @@ pub async fn follow(
                 eprintln!("{}the session ended: {why}", says(&hosts[i]));
                 if let Sink::Write(writer) = &mut sink {
                     if let Err(e) = writer.end(i, &hosts[i], why) {
-                        break Err(crate::cmd::stdout_error(e));
+                        break Err(writer.failed(e));
                     }
                 }
             }
@@ -191,10 +191,9 @@ pub async fn follow(
         }
     };
     let finished = match &mut sink {
-        Sink::Render(renderer) => renderer.finish(),
-        Sink::Write(writer) => writer.finish(),
-    }
-    .map_err(crate::cmd::stdout_error);
+        Sink::Render(renderer) => renderer.finish().map_err(crate::cmd::stdout_error),
+        Sink::Write(writer) => writer.finish().map_err(|e| writer.failed(e)),
+    };
     report(&hosts, &summaries, Some(started));
     let written = match &view.summary {
         Some(path) => write_summary(path, &hosts, &summaries, started),

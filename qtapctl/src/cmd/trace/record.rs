@@ -34,6 +34,8 @@ const ITEM_MAX: usize = 256 << 20;
 /// Where `--write` puts a follow stream.
 pub struct Writer {
     out: Box<dyn Write>,
+    /// The file's name; `None`: stdout.
+    path: Option<std::path::PathBuf>,
     /// One item, encoded.
     buf: Vec<u8>,
 }
@@ -44,7 +46,8 @@ impl Writer {
         // Batches are tens of kilobytes: a large buffer makes a write per
         // several of them.
         const BUFFER: usize = 1 << 20;
-        let out: Box<dyn Write> = if path.as_os_str() == "-" {
+        let to_stdout = path.as_os_str() == "-";
+        let out: Box<dyn Write> = if to_stdout {
             Box::new(BufWriter::with_capacity(BUFFER, io::stdout()))
         } else {
             let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
@@ -52,13 +55,22 @@ impl Writer {
         };
         let mut writer = Writer {
             out,
+            path: (!to_stdout).then(|| path.to_owned()),
             buf: Vec::new(),
         };
-        writer
-            .out
-            .write_all(MAGIC)
-            .with_context(|| format!("write {}", path.display()))?;
+        if let Err(e) = writer.out.write_all(MAGIC) {
+            return Err(writer.failed(e));
+        }
         Ok(writer)
+    }
+
+    /// What a failed write means: a closed stdout ends the follow quietly,
+    /// as it does when rendering; anything else names the file.
+    pub fn failed(&self, error: io::Error) -> anyhow::Error {
+        match &self.path {
+            None => crate::cmd::stdout_error(error),
+            Some(path) => anyhow::Error::new(error).context(format!("write {}", path.display())),
+        }
     }
 
     /// Counts daemon `stream`'s `item` into `summary` (and says what it
