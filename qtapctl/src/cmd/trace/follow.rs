@@ -72,6 +72,15 @@ impl Summary {
         self.last_seq = seq;
     }
 
+    /// The counts of several streams together.
+    fn total(summaries: &[Summary]) -> Summary {
+        let mut total = Summary::default();
+        for summary in summaries {
+            total.add(summary);
+        }
+        total
+    }
+
     fn add(&mut self, other: &Summary) {
         self.events += other.events;
         self.lost += other.lost;
@@ -223,10 +232,7 @@ pub(super) fn report(hosts: &[String], summaries: &[Summary], started: Option<In
             eprintln!("{}{}", says(host), summary.line());
         }
     }
-    let mut total = Summary::default();
-    for summary in summaries {
-        total.add(summary);
-    }
+    let total = Summary::total(summaries);
     match started {
         Some(started) => eprintln!(
             "qtapctl: {}, {:.1}s",
@@ -244,11 +250,7 @@ fn write_summary(
     summaries: &[Summary],
     started: Instant,
 ) -> anyhow::Result<()> {
-    let mut total = Summary::default();
-    for summary in summaries {
-        total.add(summary);
-    }
-    let mut object = total.json();
+    let mut object = Summary::total(summaries).json();
     object["seconds"] = started.elapsed().as_secs_f64().into();
     if hosts.len() > 1 {
         let daemons = hosts.iter().zip(summaries).map(|(host, summary)| {
