@@ -73,7 +73,7 @@ impl Writer {
         }
     }
 
-    /// Counts daemon `stream`'s `item` into `summary` (and says what it
+    /// Counts daemon `index`'s `item` into `summary` (and says what it
     /// lost on stderr, as rendering does) and writes it; `restart`: the
     /// first item after a reconnection.
     pub fn item(
@@ -101,30 +101,35 @@ impl Writer {
             Some(Item::Heartbeat(_)) => return Ok(()),
             Some(Item::End(_)) | None => {}
         }
-        self.write(&RecordedItem {
-            stream: u32::try_from(index).unwrap_or(u32::MAX),
-            host: host.to_owned(),
-            restart,
-            item: Some(item),
-        })
+        self.write(index, host, restart, item)
     }
 
     /// Keeps that daemon `index`'s session ended, and why.
     pub fn end(&mut self, index: usize, host: &str, detail: String) -> io::Result<()> {
-        self.write(&RecordedItem {
-            stream: u32::try_from(index).unwrap_or(u32::MAX),
-            host: host.to_owned(),
-            restart: false,
-            item: Some(FollowItem {
-                item: Some(Item::End(SessionEnd {
-                    detail,
-                    ..SessionEnd::default()
-                })),
-            }),
-        })
+        let end = SessionEnd {
+            detail,
+            ..SessionEnd::default()
+        };
+        let item = FollowItem {
+            item: Some(Item::End(end)),
+        };
+        self.write(index, host, false, item)
     }
 
-    fn write(&mut self, recorded: &RecordedItem) -> io::Result<()> {
+    /// Writes `item` of daemon `index` as one [`RecordedItem`].
+    fn write(
+        &mut self,
+        index: usize,
+        host: &str,
+        restart: bool,
+        item: FollowItem,
+    ) -> io::Result<()> {
+        let recorded = RecordedItem {
+            stream: u32::try_from(index).unwrap_or(u32::MAX),
+            host: host.to_owned(),
+            restart,
+            item: Some(item),
+        };
         self.buf.clear();
         recorded
             .encode_length_delimited(&mut self.buf)
