@@ -756,16 +756,30 @@ func main() {
 const GO_SERVER: &str = r#"package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "you asked for %s\n", r.URL.Path)
 	})
-	fmt.Println(http.ListenAndServeTLS(os.Args[1], os.Args[2], os.Args[3], nil))
+	server := &http.Server{Addr: os.Args[1]}
+	stopped := make(chan struct{})
+	go func() {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		// Returns once every answer's tls.(*Conn).Write has returned.
+		server.Shutdown(context.Background())
+		close(stopped)
+	}()
+	fmt.Println(server.ListenAndServeTLS(os.Args[2], os.Args[3]))
+	<-stopped
 }
 "#;
 
@@ -883,8 +897,12 @@ fn go_server_binds_each_connections_plaintext_to_its_fd() {
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect();
-    let _ = server.kill();
-    let _ = server.wait();
+    // A client has its answer once the server's write syscall is done,
+    // before `(*Conn).Write` returns: a kill now could stop the server
+    // between the two. It shuts down gracefully on SIGTERM instead.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(server.wait().unwrap().success(), "the Go server shut down");
     for (n, out) in answers.into_iter().enumerate() {
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
