@@ -13,6 +13,11 @@ fn main() -> anyhow::Result<()> {
         out.join("qtap_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // A batch's records and payloads as `Bytes`: the daemon encodes a
+    // session's batch once and every follower of it shares the buffers.
+    tonic_prost_build::configure()
+        .bytes(".qtap.v1.CompactBatch.records")
+        .bytes(".qtap.v1.CompactBatch.payloads")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -359,8 +359,8 @@ mod tests {
         .write(&mut records);
         let first = CompactBatch {
             definitions: vec![text(1, "syscall/read"), text(2, "/usr/bin/curl")],
-            records: records.clone(),
-            payloads: b"hi".to_vec(),
+            records: records.clone().into(),
+            payloads: b"hi".to_vec().into(),
             session: "s1".into(),
             ..CompactBatch::default()
         };
@@ -416,7 +416,7 @@ mod tests {
     fn malformed_batches_are_errors() {
         let mut d = Decoder::new();
         let short = CompactBatch {
-            records: vec![0; RECORD_BYTES - 1],
+            records: vec![0; RECORD_BYTES - 1].into(),
             ..CompactBatch::default()
         };
         assert_eq!(
@@ -430,7 +430,7 @@ mod tests {
         }
         .write(&mut records);
         let no_payload = CompactBatch {
-            records,
+            records: records.into(),
             ..CompactBatch::default()
         };
         assert_eq!(d.events(&no_payload), Err(CompactError::Payload));

@@ -179,7 +179,9 @@ pub struct View {
     /// totals in and out) instead of one line per event.
     #[arg(long, value_enum)]
     pub group_by: Option<GroupBy>,
-    /// Items qtapd may queue for this follower before it counts losses.
+    /// Events qtapd may queue for this follower before it counts losses
+    /// (its batches, of up to 512 and at most half the queue, go whole or
+    /// are lost whole).
     #[arg(long, default_value_t = 0)]
     pub queue_len: u32,
     /// Also write the socket data as a pcapng capture to FILE (`-`: to

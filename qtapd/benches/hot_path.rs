@@ -13,8 +13,11 @@ use qtap_common::{
 };
 use qtap_proto::time::Rfc3339;
 use qtapd::{
-    engine::item::Delivered, enrich::Enricher, events::decode::decode, filter::Filter,
-    grpc::compact::Encoder, protocol,
+    engine::{compact::Encoder, item::Delivered},
+    enrich::Enricher,
+    events::decode::decode,
+    filter::Filter,
+    protocol,
 };
 
 fn record() -> SyscallRecord {

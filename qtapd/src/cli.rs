@@ -146,7 +146,7 @@ pub struct Args {
     /// hold at once, in all and per session.
     #[arg(long, value_name = "N", default_value_t = Limits::default().user.followers)]
     pub user_max_followers: usize,
-    /// Longest follower queue (items) a user other than root may ask for.
+    /// Longest follower queue (events) a user other than root may ask for.
     #[arg(long, value_name = "N", default_value_t = Limits::default().user.queue_len)]
     pub user_max_queue_len: usize,
     /// Bytes of events one follower of a user other than root may have

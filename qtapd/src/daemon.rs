@@ -74,8 +74,12 @@ pub async fn bpf_trace(
         otlp_endpoint: None,
     };
     let session = engine.start(spec)?;
-    let (_, mut follower) =
-        engine.follow(Target::Id(session.id), Caller { uid: 0 }, TRACE_QUEUE_LEN)?;
+    let (_, mut follower) = engine.follow(
+        Target::Id(session.id),
+        Caller { uid: 0 },
+        TRACE_QUEUE_LEN,
+        false,
+    )?;
     // No RPCs in this mode: the command queue stays empty.
     let (_no_rpcs, commands) = mpsc::channel(1);
     info!(%filter, "tracing; already-running processes selected");
@@ -99,8 +103,9 @@ pub async fn bpf_trace(
                     let stage = LossStage::try_from(lost.stage).unwrap_or_default();
                     warn!(stage = stage.meaning(), lost = lost.count, "events lost");
                 }
-                // The end is qtapd's own shutdown, logged by `run`.
-                Item::Heartbeat(_) | Item::End(_) => {}
+                // The end is qtapd's own shutdown, logged by `run`; this
+                // queue asked for events, not compact batches.
+                Item::Heartbeat(_) | Item::End(_) | Item::Compact(_) => {}
             }
         }
     });

@@ -108,7 +108,7 @@ fn records_through(
         .expect("a session starts");
     let queue_len = usize::from(data.first().copied().unwrap_or(0) % 32) + 1;
     let (_, mut rx) = engine
-        .follow(Follow::Id(session.id.clone()), ROOT, queue_len)
+        .follow(Follow::Id(session.id.clone()), ROOT, queue_len, false)
         .expect("a follower attaches");
 
     let (mut received, mut reported_lost, mut ended) = (0u64, 0u64, 0);
@@ -116,7 +116,7 @@ fn records_through(
         Item::Event(_) => received += 1,
         Item::Lost(lost) => reported_lost += lost.count,
         Item::End(_) => ended += 1,
-        other @ Item::Heartbeat(_) => panic!("unexpected item {other:?}"),
+        other @ (Item::Heartbeat(_) | Item::Compact(_)) => panic!("unexpected item {other:?}"),
     };
     let mut rest = data.get(1..).unwrap_or_default();
     let mut handled = 0u64;

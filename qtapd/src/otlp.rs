@@ -98,7 +98,8 @@ pub async fn export(endpoint: String, session: String, mut rx: Receiver) -> Tota
                         Ok(LossStage::AccessUnverified) => totals.unverified += lost.count,
                         _ => totals.queue_lost += lost.count,
                     },
-                    Some(Item::Heartbeat(_) | Item::End(_)) => {}
+                    // Its queue asked for events, not compact batches.
+                    Some(Item::Heartbeat(_) | Item::End(_) | Item::Compact(_)) => {}
                     None => open = false,
                 },
                 () = &mut flush_at => break,

@@ -4,6 +4,7 @@
 //! engine only through [`Command`]s, so selection changes happen in order
 //! with the records they affect and nothing needs a lock.
 
+pub mod compact;
 pub mod hub;
 pub mod item;
 pub mod queue;
@@ -147,6 +148,8 @@ pub enum Command {
         target: Target,
         caller: Caller,
         queue_len: usize,
+        /// The follower takes the session's compact batches.
+        compact: bool,
         reply: oneshot::Sender<Result<(SessionInfo, queue::Receiver), EngineError>>,
     },
 }
@@ -332,6 +335,7 @@ impl<K: Selector> Engine<K> {
             len: crate::otlp::QUEUE_LEN,
             bytes: self.limits.tier(Caller { uid: owner }).queue_bytes,
             uid: owner,
+            compact: false,
         };
         let rx = self.hub.follow_exporter(id, queue)?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -471,6 +475,7 @@ impl<K: Selector> Engine<K> {
         target: Target,
         caller: Caller,
         queue_len: usize,
+        compact: bool,
     ) -> Result<(SessionInfo, queue::Receiver), EngineError> {
         let id = match target {
             Target::Id(id) => {
@@ -518,6 +523,7 @@ impl<K: Selector> Engine<K> {
             len: queue_len,
             bytes: tier.queue_bytes,
             uid: caller.uid,
+            compact,
         };
         let rx = self.hub.follow(&id, queue)?;
         let info = self.hub.get(&id).map(Session::info).unwrap_or_default();
@@ -560,7 +566,7 @@ impl<K: Selector> Engine<K> {
                 procs_full: stats.procs_full,
                 tls_full: stats.tls_full,
                 malformed: self.malformed,
-                follower_queue_full: self.hub.queue_losses,
+                follower_queue_full: self.hub.queue_losses(),
             }),
         }
     }
@@ -577,9 +583,10 @@ impl<K: Selector> Engine<K> {
                 target,
                 caller,
                 queue_len,
+                compact,
                 reply,
             } => {
-                drop(reply.send(self.follow(target, caller, queue_len)));
+                drop(reply.send(self.follow(target, caller, queue_len, compact)));
             }
         }
     }

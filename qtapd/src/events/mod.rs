@@ -2,8 +2,9 @@
 //! enrichment and shared (`Arc`) by every session and follower it goes
 //! to. Its strings are labels made at compile time or shared with the
 //! state they come from, so making one allocates once; each follower's
-//! stream turns it into its wire form (`Event::to_wire`, or a compact
-//! record in `grpc::compact`).
+//! stream turns it into its wire form (`Event::to_wire`), or its session
+//! makes it a compact record once for all its compact followers
+//! (`engine::compact`).
 
 pub mod decode;
 pub mod derived;

@@ -1,9 +1,10 @@
 //! A follower's stream: what is queued for it when the stream is polled
 //! goes out in the form it asked for. Plain: one message per item.
 //! Batched: runs of events as one `EventBatch`, loss notices and
-//! heartbeats on their own. Compact: runs of events as one `CompactBatch`
-//! (`compact`). Nothing waits to fill a batch, so a quiet session sees
-//! each event as soon as it happens.
+//! heartbeats on their own. Compact: the session's `CompactBatch`es as
+//! the hub made them (`engine::compact`), each one message. Nothing waits
+//! to fill a batch, so a quiet session sees each event as soon as it
+//! happens.
 
 use std::{
     collections::VecDeque,
@@ -17,18 +18,18 @@ use qtap_proto::{
 };
 use tokio_stream::Stream;
 
-use super::compact::Encoder;
 use crate::engine::{item::Item, queue::Receiver};
 
-/// Most items taken from the queue per message.
-pub(super) const MAX_BATCH: usize = 512;
+/// Most items taken from the queue at once, and events in an `EventBatch`.
+const MAX_BATCH: usize = 512;
 
-/// The form a follower asked for (`FollowTraceRequest`).
+/// How a follower's items go out (`FollowTraceRequest`): one message
+/// each (plain, and compact, whose items are already batches), or runs
+/// of events as one `EventBatch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
     Plain,
     Batched,
-    Compact,
 }
 
 pub struct Batches {
@@ -38,7 +39,6 @@ pub struct Batches {
     ready: VecDeque<FollowItem>,
     taken: Vec<Item>,
     time: Rfc3339,
-    compact: Encoder,
 }
 
 impl Batches {
@@ -49,7 +49,6 @@ impl Batches {
             ready: VecDeque::new(),
             taken: Vec::with_capacity(MAX_BATCH),
             time: Rfc3339::new(),
-            compact: Encoder::new(),
         }
     }
 
@@ -60,40 +59,33 @@ impl Batches {
             ready,
             taken,
             time,
-            compact,
             ..
         } = self;
         let mut events = Vec::new();
         for item in taken.drain(..) {
             match (item, *form) {
-                (Item::Event(d), Form::Compact) => compact.push(&d),
                 (Item::Event(d), Form::Batched) => events.push(d.to_wire(time)),
                 (other, _) => {
-                    flush(ready, &mut events, compact);
+                    flush(ready, &mut events);
                     ready.push_back(other.to_wire(time));
                 }
             }
         }
-        flush(ready, &mut events, compact);
+        flush(ready, &mut events);
     }
 }
 
 /// The run of events gathered so far, as one message.
-fn flush(
-    ready: &mut VecDeque<FollowItem>,
-    events: &mut Vec<qtap_proto::v1::Event>,
-    compact: &mut Encoder,
-) {
-    let item = if !compact.is_empty() {
-        follow_item::Item::Compact(compact.take())
-    } else if !events.is_empty() {
-        follow_item::Item::Batch(EventBatch {
-            events: std::mem::take(events),
-        })
-    } else {
+fn flush(ready: &mut VecDeque<FollowItem>, events: &mut Vec<qtap_proto::v1::Event>) {
+    if events.is_empty() {
         return;
+    }
+    let batch = EventBatch {
+        events: std::mem::take(events),
     };
-    ready.push_back(FollowItem { item: Some(item) });
+    ready.push_back(FollowItem {
+        item: Some(follow_item::Item::Batch(batch)),
+    });
 }
 
 impl Stream for Batches {
@@ -163,17 +155,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn compact_runs_and_plain_items_keep_the_order() {
-        let compact = items(Form::Compact).await;
-        let mut decoder = qtap_proto::compact::Decoder::new();
-        let mut seqs = |i: &Wire| match i {
-            Wire::Compact(b) => decoder.events(b).unwrap().iter().map(|e| e.seq).collect(),
-            _ => vec![],
-        };
-        assert_eq!(compact.len(), 3);
-        assert_eq!(seqs(&compact[0]), vec![1, 2, 3]);
-        assert!(matches!(compact[1], Wire::Heartbeat(_)));
-        assert_eq!(seqs(&compact[2]), vec![4]);
+    async fn plain_items_go_one_by_one() {
         let plain = items(Form::Plain).await;
         assert_eq!(plain.len(), 5);
         assert!(matches!(&plain[3], Wire::Heartbeat(_)));

@@ -3,7 +3,6 @@
 //! map errors to precise status codes.
 
 mod batch;
-pub mod compact;
 pub mod socket;
 #[cfg(test)]
 mod tests;
@@ -159,9 +158,10 @@ impl Qtap for Service {
     ) -> Result<Response<FollowStream>, tonic::Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let form = if req.compact {
-            batch::Form::Compact
-        } else if req.batch {
+        let compact = req.compact;
+        // A compact follower's queue holds the session's batches, made by
+        // the hub: they go out one by one, like plain items.
+        let form = if req.batch && !compact {
             batch::Form::Batched
         } else {
             batch::Form::Plain
@@ -172,6 +172,7 @@ impl Qtap for Service {
                 target,
                 caller,
                 queue_len,
+                compact,
                 reply,
             })
             .await??;

@@ -1,6 +1,9 @@
 //! The sending end of the compact form (`qtap_proto::compact`): delivered
 //! events become fixed-layout records, and each string or connection is
-//! sent once per stream as a definition. Strings are recognised by where
+//! sent once as a definition. A session has one encoder and all its
+//! compact followers share the batches it makes (`hub`): a follower that
+//! joins later, or misses a batch, gets what keeps its ids right (a
+//! start-over, the missed batch's definitions). Strings are recognised by where
 //! they live — a label made at compile time, an exe or connection shared
 //! with qtapd's state — so an event costs a few table lookups and one
 //! record, never a string copy. The tables hold what they name (so an
@@ -11,22 +14,23 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
+use prost::bytes::Bytes;
 use qtap_proto::{
     compact::{flag, present, Record, ID_LIMIT, RECORD_BYTES},
     v1::{definition::Value, CompactBatch, ConnInfo, Definition},
 };
 
-use super::batch::MAX_BATCH;
-use crate::{
-    engine::item::Delivered,
-    events::{c_str, unix_ns, Text},
-};
+use super::item::Delivered;
+use crate::events::{c_str, unix_ns, Text};
 
-/// Ids a stream keeps before its tables start over. They start over only
-/// between batches, and a batch's records define at most 14 ids each, so
-/// the ids stay below what a receiver takes (`ID_LIMIT`).
+/// Most records in a batch.
+pub const MAX_RECORDS: usize = 512;
+
+/// Ids an encoder keeps before its tables start over. They start over
+/// only between batches, and a batch's records define at most 14 ids
+/// each, so the ids stay below what a receiver takes (`ID_LIMIT`).
 const MAX_IDS: u32 = 1 << 16;
-const _: () = assert!(MAX_IDS as usize + 14 * MAX_BATCH < ID_LIMIT as usize);
+const _: () = assert!(MAX_IDS as usize + 14 * MAX_RECORDS < ID_LIMIT as usize);
 
 /// Slots of the memo in front of the text table.
 const MEMO: usize = 64;
@@ -51,7 +55,11 @@ pub struct Encoder {
     conns: HashMap<usize, (u32, Arc<ConnInfo>)>,
     /// The last id given.
     last: u32,
+    /// The batch being made: its definitions, reset and session; its
+    /// records and payloads are below until it is taken.
     batch: CompactBatch,
+    records: Vec<u8>,
+    payloads: Vec<u8>,
 }
 
 impl Encoder {
@@ -63,33 +71,52 @@ impl Encoder {
     /// Whether no record waits to be taken.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.batch.records.is_empty()
+        self.records.is_empty()
     }
 
     /// Records in the batch being made.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.batch.records.len() / RECORD_BYTES
+        self.records.len() / RECORD_BYTES
+    }
+
+    /// The batch being made: bytes of records, bytes of payloads, and
+    /// definitions.
+    #[must_use]
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.records.len(),
+            self.payloads.len(),
+            self.batch.definitions.len(),
+        )
+    }
+
+    /// Forgets every id: the next batch says so (`reset`) and defines
+    /// again what it uses. Only between batches.
+    pub fn start_over(&mut self) {
+        debug_assert!(self.is_empty());
+        self.texts.clear();
+        self.memo = Memo::default();
+        self.last_comm = None;
+        self.last_conn = (0, 0);
+        self.held.clear();
+        self.comms.clear();
+        self.conns.clear();
+        self.last = 0;
+        self.batch.definitions.clear();
+        self.batch.reset = true;
     }
 
     /// Adds a delivered event to the batch being made.
     pub fn push(&mut self, d: &Delivered) {
         if self.is_empty() && self.last >= MAX_IDS {
-            self.texts.clear();
-            self.memo = Memo::default();
-            self.last_comm = None;
-            self.last_conn = (0, 0);
-            self.held.clear();
-            self.comms.clear();
-            self.conns.clear();
-            self.last = 0;
-            self.batch.reset = true;
+            self.start_over();
         }
         if self.is_empty() {
             d.session.as_ref().clone_into(&mut self.batch.session);
             // Room for a whole batch at once, not grown by doubling (each
             // growth copied every record before it).
-            self.batch.records.reserve(MAX_BATCH * RECORD_BYTES);
+            self.records.reserve(MAX_RECORDS * RECORD_BYTES);
         }
         let e = &*d.event;
         let payload = d.payload();
@@ -144,13 +171,17 @@ impl Encoder {
             pod_uid: self.shared(e.cgroup.as_ref().and_then(|c| c.pod_uid.as_ref())),
             unit: self.shared(e.cgroup.as_ref().and_then(|c| c.unit.as_ref())),
         };
-        record.write(&mut self.batch.records);
-        self.batch.payloads.extend_from_slice(payload);
+        record.write(&mut self.records);
+        self.payloads.extend_from_slice(payload);
     }
 
     /// The batch made since the last take.
     pub fn take(&mut self) -> CompactBatch {
-        std::mem::take(&mut self.batch)
+        CompactBatch {
+            records: Bytes::from(std::mem::take(&mut self.records)),
+            payloads: Bytes::from(std::mem::take(&mut self.payloads)),
+            ..std::mem::take(&mut self.batch)
+        }
     }
 
     fn define(&mut self, value: Value) -> u32 {
