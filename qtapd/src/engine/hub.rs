@@ -363,6 +363,7 @@ impl Session {
         let events = self.encoder.len() as u64;
         let batch = Arc::new(self.encoder.take());
         let (mut delivered_to, mut lost) = (0, 0);
+        let before = self.followers.len();
         self.followers.retain_mut(|f| {
             if !f.compact {
                 return true;
@@ -390,6 +391,19 @@ impl Session {
         });
         self.delivered += delivered_to;
         self.lost += lost;
+        if self.followers.len() != before {
+            self.compact_followers_changed();
+        }
+    }
+
+    /// Compact followers came or went: the seal point follows their
+    /// queues, and with none left the encoder lets go of what its tables
+    /// name (one that joins starts them over anyway).
+    fn compact_followers_changed(&mut self) {
+        self.seal_at = SealAt::for_followers(&self.followers);
+        if self.encoder.is_empty() && !self.followers.iter().any(|f| f.compact) {
+            self.encoder.start_over();
+        }
     }
 
     /// Offers a control item (loss notice, heartbeat) to every follower,
@@ -397,6 +411,7 @@ impl Session {
     /// queue just misses it.
     fn offer_all(&mut self, item: &Item, memory: &mut Memory) {
         self.seal(memory);
+        let before = self.followers.len();
         self.followers
             .retain_mut(|f| match f.offer(item.clone(), memory) {
                 Offer::Gone => {
@@ -405,6 +420,9 @@ impl Session {
                 }
                 Offer::Sent | Offer::Full => true,
             });
+        if self.followers.len() != before {
+            self.compact_followers_changed();
+        }
         self.note_idle();
     }
 
@@ -441,6 +459,7 @@ impl Session {
             }
         });
         if self.followers.len() != before {
+            self.compact_followers_changed();
             self.note_idle();
         }
     }
@@ -508,8 +527,7 @@ impl Default for SealAt {
 }
 
 impl SealAt {
-    /// As the compact followers among `followers` need it (computed as
-    /// one joins; one that leaves leaves the batches smaller).
+    /// As the compact followers among `followers` need it.
     fn for_followers(followers: &[Follower]) -> SealAt {
         followers
             .iter()
@@ -718,7 +736,7 @@ impl Hub {
             unreported: 0,
             unverified: 0,
         });
-        session.seal_at = SealAt::for_followers(&session.followers);
+        session.compact_followers_changed();
         session.note_idle();
         Ok(rx)
     }
@@ -1226,6 +1244,35 @@ mod tests {
             }
         }
         assert_eq!(received + lost, 600);
+    }
+
+    /// When its last compact follower leaves, a session's encoder lets go
+    /// of what its tables named, and the seal point that follower's short
+    /// queue set goes with it.
+    #[test]
+    fn the_encoder_lets_go_when_its_last_compact_follower_leaves() {
+        let mut hub = Hub::default();
+        let id = hub.create(spec("pid:1")).unwrap().id.clone();
+        let slot = hub.get(&id).unwrap().slot;
+        let short = Queue {
+            compact: true,
+            ..Queue::from(10)
+        };
+        let compact = hub.follow(&id, short).unwrap();
+        let mut plain = hub.follow(&id, 64).unwrap();
+        assert_eq!(hub.get(&id).unwrap().seal_at.events, 5);
+        let conn = Arc::new(qtap_proto::v1::ConnInfo::default());
+        let with_conn = Event {
+            conn_info: Some(Arc::clone(&conn)),
+            ..event(1)
+        };
+        hub.deliver(1 << slot, &Arc::new(with_conn), |_, _| true);
+        drop(drain(&mut hub, &mut plain));
+        assert!(Arc::strong_count(&conn) > 1, "the encoder names it");
+        drop(compact);
+        hub.flush();
+        assert_eq!(Arc::strong_count(&conn), 1, "nothing holds it");
+        assert_eq!(hub.get(&id).unwrap().seal_at.events, MAX_RECORDS);
     }
 
     mod properties {
