@@ -165,8 +165,25 @@ pub struct Decoder {
     /// By id: looked up about fifteen times per event, so a vector, not a
     /// hash map.
     texts: Vec<Option<String>>,
-    conns: Vec<Option<ConnInfo>>,
+    conns: Vec<Option<Conn>>,
     time: Rfc3339,
+}
+
+/// A defined connection, and its JSON object made once (a JSON line
+/// copies it whole).
+#[derive(Debug)]
+struct Conn {
+    info: ConnInfo,
+    json: String,
+}
+
+impl Conn {
+    fn new(info: ConnInfo) -> Conn {
+        let mut json = Vec::new();
+        crate::json::push_conn(&mut json, &info);
+        let json = String::from_utf8(json).expect("JSON is UTF-8");
+        Conn { info, json }
+    }
 }
 
 /// Puts `value` at `id` in `table`, growing it as needed.
@@ -218,7 +235,7 @@ impl Decoder {
         for d in &batch.definitions {
             match &d.value {
                 Some(Value::Text(text)) => set(&mut self.texts, d.id, text.clone())?,
-                Some(Value::Conn(conn)) => set(&mut self.conns, d.id, conn.clone())?,
+                Some(Value::Conn(conn)) => set(&mut self.conns, d.id, Conn::new(conn.clone()))?,
                 None => return Err(CompactError::EmptyDefinition(d.id)),
             }
         }
@@ -269,7 +286,7 @@ impl Decoder {
         ts: &'a str,
     ) -> Result<EventView<'a>, CompactError> {
         let has = |bit: u16| r.present & bit != 0;
-        let conn_info = match r.conn {
+        let conn = match r.conn {
             0 => None,
             id => match self.conns.get(id as usize) {
                 Some(Some(conn)) => Some(conn),
@@ -294,7 +311,8 @@ impl Decoder {
             ssl: has(present::SSL).then_some(r.flags & flag::SSL != 0),
             protocol: self.text(r.protocol)?,
             open: has(present::OPEN).then_some(r.flags & flag::OPEN != 0),
-            conn_info,
+            conn_info: conn.map(|c| &c.info),
+            conn_json: conn.map(|c| c.json.as_str()),
             filename: self.text(r.filename)?,
             child_pid: has(present::CHILD_PID).then_some(r.child_pid),
             session,
@@ -387,6 +405,51 @@ mod tests {
             ..again
         };
         assert_eq!(d.events(&reset), Err(CompactError::UnknownId(1)));
+    }
+
+    /// A connection's JSON object is made once, when it is defined; a
+    /// line that copies it is the line its message prints, escapes and
+    /// `null`s included.
+    #[test]
+    fn a_view_with_a_connection_prints_its_messages_line() {
+        let mut d = Decoder::new();
+        let mut records = Vec::new();
+        Record {
+            msg: 1,
+            conn: 2,
+            ..Record::default()
+        }
+        .write(&mut records);
+        let conn = ConnInfo {
+            family: "unix".into(),
+            r#type: "stream".into(),
+            role: "client".into(),
+            local: None,
+            remote: Some("/run/a \"quoted\"\tpath".into()),
+            peer_pid: Some(7),
+            ..ConnInfo::default()
+        };
+        let batch = CompactBatch {
+            definitions: vec![
+                text(1, "syscall/write"),
+                Definition {
+                    id: 2,
+                    value: Some(Value::Conn(conn)),
+                },
+            ],
+            records: records.into(),
+            ..CompactBatch::default()
+        };
+        let (record, payload) = d.define(&batch).unwrap().next().unwrap().unwrap();
+        let view = d.view(&record, payload, "s1", "ts").unwrap();
+        assert!(view.conn_json.is_some());
+        let (mut from_view, mut from_message) = (Vec::new(), Vec::new());
+        crate::json::push_view_line(&mut from_view, &view);
+        crate::json::push_view_line(&mut from_message, &view.to_event().view());
+        assert_eq!(
+            String::from_utf8(from_view).unwrap(),
+            String::from_utf8(from_message).unwrap()
+        );
     }
 
     #[test]

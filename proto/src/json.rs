@@ -147,7 +147,7 @@ fn needs_escape(s: &[u8]) -> bool {
 }
 
 /// `conn_info`'s object (`local` and `remote` are `null` when unknown).
-fn push_conn(buf: &mut Vec<u8>, c: &ConnInfo) {
+pub(crate) fn push_conn(buf: &mut Vec<u8>, c: &ConnInfo) {
     let mut o = Object::new(buf);
     o.str(key!("family"), &c.family);
     o.str_or_null(key!("local"), c.local.as_deref());
@@ -177,9 +177,10 @@ fn push_object(buf: &mut Vec<u8>, e: &EventView<'_>) {
     o.str(key!("comm"), e.comm);
     if is_socket_msg(e.msg) {
         o.buf.extend_from_slice(key!("conn_info"));
-        match e.conn_info {
-            Some(conn) => push_conn(o.buf, conn),
-            None => o.buf.extend_from_slice(b"null"),
+        match (e.conn_json, e.conn_info) {
+            (Some(json), _) => o.buf.extend_from_slice(json.as_bytes()),
+            (None, Some(conn)) => push_conn(o.buf, conn),
+            (None, None) => o.buf.extend_from_slice(b"null"),
         }
     }
     o.opt_str(key!("container_id"), e.container_id);

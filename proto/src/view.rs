@@ -25,6 +25,9 @@ pub struct EventView<'a> {
     pub protocol: Option<&'a str>,
     pub open: Option<bool>,
     pub conn_info: Option<&'a ConnInfo>,
+    /// `conn_info`'s JSON object, when the stream keeps it made (a compact
+    /// stream makes it once per connection); else it is made per line.
+    pub conn_json: Option<&'a str>,
     pub filename: Option<&'a str>,
     pub child_pid: Option<u32>,
     pub session: &'a str,
@@ -63,6 +66,7 @@ impl Event {
             protocol: self.protocol.as_deref(),
             open: self.open,
             conn_info: self.conn_info.as_ref(),
+            conn_json: None,
             filename: self.filename.as_deref(),
             child_pid: self.child_pid,
             session: &self.session,
