@@ -317,31 +317,8 @@ impl Session {
             seq: self.seq,
             capture: self.spec.capture_bytes,
         };
-        let (mut delivered_to, mut lost, mut batched) = (0, 0, false);
-        self.followers.retain_mut(|f| {
-            if f.compact {
-                batched = true;
-                return true;
-            }
-            match f.offer(Item::Event(delivered.clone()), memory) {
-                Offer::Sent => {
-                    delivered_to += 1;
-                    true
-                }
-                Offer::Full => {
-                    f.unreported += 1;
-                    lost += 1;
-                    true
-                }
-                Offer::Gone => {
-                    f.release(memory);
-                    false
-                }
-            }
-        });
-        self.delivered += delivered_to;
-        self.lost += lost;
-        if batched {
+        self.offer_events(false, 1, || Item::Event(delivered.clone()), |_| {}, memory);
+        if self.followers.iter().any(|f| f.compact) {
             self.encoder.push(&delivered);
             let (records, payloads, definitions) = self.encoder.sizes();
             if self.encoder.len() >= self.seal_at.events
@@ -362,24 +339,43 @@ impl Session {
         }
         let events = self.encoder.len() as u64;
         let batch = Arc::new(self.encoder.take());
-        let (mut delivered_to, mut lost) = (0, 0);
-        let before = self.followers.len();
-        self.followers.retain_mut(|f| {
-            if !f.compact {
-                return true;
-            }
-            let shared = Shared {
+        let shared = || {
+            Item::Compact(Shared {
                 batch: Arc::clone(&batch),
                 events,
-            };
-            match f.offer(Item::Compact(shared), memory) {
+            })
+        };
+        if self.offer_events(true, events, shared, |f| f.miss(&batch), memory) {
+            self.compact_followers_changed();
+        }
+    }
+
+    /// Offers the `events` events of `item()` to each follower that takes
+    /// that form (`compact` or not): each counts as delivered, or as lost
+    /// when its queue is full (and `missed` is told), and a follower that
+    /// left is dropped. Whether one left.
+    fn offer_events(
+        &mut self,
+        compact: bool,
+        events: u64,
+        item: impl Fn() -> Item,
+        mut missed: impl FnMut(&mut Follower),
+        memory: &mut Memory,
+    ) -> bool {
+        let (mut delivered, mut lost) = (0, 0);
+        let before = self.followers.len();
+        self.followers.retain_mut(|f| {
+            if f.compact != compact {
+                return true;
+            }
+            match f.offer(item(), memory) {
                 Offer::Sent => {
-                    delivered_to += events;
+                    delivered += events;
                     true
                 }
                 Offer::Full => {
                     f.unreported += events;
-                    f.miss(&batch);
+                    missed(f);
                     lost += events;
                     true
                 }
@@ -389,11 +385,9 @@ impl Session {
                 }
             }
         });
-        self.delivered += delivered_to;
+        self.delivered += delivered;
         self.lost += lost;
-        if self.followers.len() != before {
-            self.compact_followers_changed();
-        }
+        self.followers.len() != before
     }
 
     /// Compact followers came or went: the seal point follows their
