@@ -607,7 +607,9 @@ pub fn serve_once(listener: &TcpListener) -> (usize, usize) {
     (request.len(), response.len())
 }
 
-/// Runs `curl -s -o /dev/null URL` to completion; returns its pid.
+/// Runs `curl -s -o /dev/null URL` to completion (a minute at most, so a
+/// request that never ends fails the test instead of hanging it);
+/// returns its pid.
 pub fn run_curl(url: &str) -> u32 {
     run_curl_at("curl", url)
 }
@@ -635,7 +637,7 @@ pub fn curl_plain_then_https(plain: &str, https: &str) {
 /// [`run_curl`] with curl at another path.
 pub fn run_curl_at(program: impl AsRef<std::ffi::OsStr>, url: &str) -> u32 {
     let mut child = Command::new(program)
-        .args(["-s", "-o", "/dev/null", url])
+        .args(["-s", "--max-time", "60", "-o", "/dev/null", url])
         .spawn()
         .expect("curl is installed (make test installs it)");
     let pid = child.id();

@@ -207,7 +207,7 @@ fn unselected_processes_emit_nothing() {
     let python = Command::new("python3")
         .args([
             "-c",
-            &format!("import urllib.request; urllib.request.urlopen('{url}').read()"),
+            &format!("import urllib.request; urllib.request.urlopen('{url}', timeout=60).read()"),
         ])
         .spawn()
         .expect("python3");
