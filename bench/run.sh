@@ -153,11 +153,14 @@ account() {
 
 url_static="http://127.0.0.1:$port/"
 url_ok="http://127.0.0.1:$port/ok"
-scenarios=(baseline idle other quiet nginx ok_base ok_quiet ok_nginx https_base https go_base go_tls strace)
-command -v bpftrace >/dev/null && scenarios+=(bpftrace bpfcount)
+scenarios=(baseline idle other quiet nginx ok_base ok_quiet ok_nginx https_base https https_other go_base go_tls strace)
+command -v bpftrace >/dev/null && scenarios+=(https_count bpftrace bpfcount)
 fixed_rates=(1000 10000)
 for r in "${fixed_rates[@]}"; do scenarios+=("base@$r" "qtap@$r"); done
 declare -A rps p50 p99 extra accounting
+
+# The libssl nginx maps (wrk maps it too): scenario 5c's uprobes.
+libssl=$(ldd /usr/sbin/nginx | awk '/libssl/ {print $3}')
 
 # nginx's syscalls as bpftrace probes (enter and exit of each).
 nginx_calls="read write writev recvfrom"
@@ -217,6 +220,16 @@ run_scenario() {
 		account "$s"
 		stop_pid "$qtapd_pid"
 		;;
+	https_other)
+		# The system's libssl is probed for every process that maps it
+		# while any session takes TLS records, whoever it selects.
+		start_qtapd
+		"${ctl[@]}" trace start --filter 'mod:socket,mod:openssl,exe.contains:qtap-bench-nothing' >/dev/null
+		sleep 1
+		result=$(url="https://127.0.0.1:$tls_port/" load)
+		stop_pid "$qtapd_pid"
+		;;
+	https_count) result=$(url="https://127.0.0.1:$tls_port/" under_bpftrace "uprobe:$libssl:SSL_read,uprobe:$libssl:SSL_write { @[probe] = count(); }") ;;
 	go_base) result=$(url="https://127.0.0.1:$go_port/" load) ;;
 	go_tls)
 		start_qtapd
@@ -286,8 +299,10 @@ declare -A label=(
 	[ok_base]="7a. \`return 200\` baseline (no qtapd); the × columns of 7a–7 are against it"
 	[ok_quiet]="7q. \`return 200\`, session selecting nginx, no follower"
 	[ok_nginx]="7. \`return 200\`, session selecting nginx, one json follower"
-	[https_base]="5a. HTTPS baseline (no qtapd); the × columns of 5a and 5 are against it"
+	[https_base]="5a. HTTPS baseline (no qtapd); the × columns of 5a–5c are against it"
 	[https]="5. HTTPS, session with mod:socket,mod:openssl selecting nginx, one json follower"
+	[https_other]="5o. HTTPS, session with mod:socket,mod:openssl selecting another program, no follower"
+	[https_count]="5c. bpftrace counting calls of SSL_read and SSL_write in the libssl nginx and wrk map (the cost of these uprobes alone)"
 	[go_base]="8a. HTTPS Go server (net/http, GOMAXPROCS=1; no qtapd); the × columns of 8a and 8 are against it"
 	[go_tls]="8. HTTPS Go server, session with mod:socket,mod:gotls selecting it, one json follower"
 	[strace]="6a. strace -f -p <worker> to a file"
@@ -378,6 +393,15 @@ Scenarios run in alternation, $rounds rounds; figures are medians, min–max is 
 $table
 
 $cost.
+
+The TLS rows are bound by uprobes, not by qtap's pipeline. A uprobe on a
+file fires in every process that maps it: while any session takes TLS
+records, each \`SSL_read\` and \`SSL_write\` of every process using the
+system's libssl traps into the kernel, wrk's as well as nginx's, whoever
+the session selects (5o). Debian's libssl begins both functions with
+\`sub \$0x18,%rsp\`, an instruction the kernel cannot emulate, so each
+trap also single-steps it out of line; 5c is that price paid alone, by a
+program that counts the calls and does nothing else.
 
 ## Fixed rate
 
