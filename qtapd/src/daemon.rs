@@ -79,6 +79,7 @@ pub async fn bpf_trace(
         Caller { uid: 0 },
         TRACE_QUEUE_LEN,
         false,
+        None,
     )?;
     // No RPCs in this mode: the command queue stays empty.
     let (_no_rpcs, commands) = mpsc::channel(1);

@@ -108,7 +108,7 @@ fn records_through(
         .expect("a session starts");
     let queue_len = usize::from(data.first().copied().unwrap_or(0) % 32) + 1;
     let (_, mut rx) = engine
-        .follow(Follow::Id(session.id.clone()), ROOT, queue_len, false)
+        .follow(Follow::Id(session.id.clone()), ROOT, queue_len, false, None)
         .expect("a follower attaches");
 
     let (mut received, mut reported_lost, mut ended) = (0u64, 0u64, 0);

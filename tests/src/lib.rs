@@ -542,6 +542,12 @@ impl Follower {
         Ok(Follower { child, events })
     }
 
+    /// The follower's process.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The first event printed so far that `matches`, waiting for one up
     /// to `within`.
     pub fn wait_for(&self, within: Duration, matches: impl Fn(&Value) -> bool) -> Option<Value> {

@@ -116,6 +116,41 @@ fn root_sessions_trace_their_own_processes_and_stop_cleanly() {
     service.stop().unwrap();
 }
 
+/// A follower is left out of the session it reads: with no process term
+/// in the filter it would trace its own reads of the stream, each read
+/// making more to read.
+#[test]
+fn a_follower_does_not_trace_itself() {
+    require_root();
+    let service = Service::start(&[]).unwrap();
+    let follower = Follower::spawn(service.ctl_command(
+        None,
+        &[
+            "trace",
+            "follow",
+            "--filter",
+            "mod:socket",
+            "--output",
+            "json",
+        ],
+    ))
+    .unwrap();
+    // The session starts with the follower: a curl before it is missed.
+    let traced_curl = (0..5).any(|_| {
+        let (url, server) = http_server(1);
+        let curl = u64::from(run_curl(&url));
+        server.join().unwrap();
+        follower
+            .wait_for(Duration::from_secs(2), |e| e["pid"].as_u64() == Some(curl))
+            .is_some()
+    });
+    assert!(traced_curl, "the session traced none of curl's calls");
+    let me = follower.pid();
+    let events = follower.stop().unwrap();
+    let own = of_pid(&events, me);
+    assert!(own.is_empty(), "the follower traced itself: {own:#?}");
+}
+
 /// A follower whose session ends is told why: stopped (and by whom), or
 /// qtapd shutting down on SIGTERM; it then exits 0 on its own, and qtapd
 /// exits within its grace.

@@ -10,6 +10,9 @@ pub mod item;
 pub mod queue;
 mod tls_targets;
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -150,6 +153,9 @@ pub enum Command {
         queue_len: usize,
         /// The follower takes the session's compact batches.
         compact: bool,
+        /// The follower's process, when qtapd knows it (a unix-socket
+        /// peer): left out of the session it reads ([`Engine::follow`]).
+        reader: Option<u32>,
         reply: oneshot::Sender<Result<(SessionInfo, queue::Receiver), EngineError>>,
     },
 }
@@ -378,16 +384,24 @@ impl<K: Selector> Engine<K> {
         let bit = 1u64 << session.slot;
         self.kernel.forget_sessions(bit);
         for (tgid, mask) in self.kernel.selected() {
-            if mask & bit != 0 {
-                let rest = mask & !bit;
-                if rest == 0 {
-                    self.kernel.deselect(tgid);
-                } else {
-                    self.kernel.select(tgid, rest)?;
-                }
-            }
+            self.unselect(tgid, mask, bit)?;
         }
         Ok(())
+    }
+
+    /// Takes the sessions of `bits` from process `tgid`, selected for
+    /// the sessions of `mask`.
+    fn unselect(&mut self, tgid: u32, mask: u64, bits: u64) -> Result<(), KernelError> {
+        if mask & bits == 0 {
+            return Ok(());
+        }
+        let rest = mask & !bits;
+        if rest == 0 {
+            self.kernel.deselect(tgid);
+            Ok(())
+        } else {
+            self.kernel.select(tgid, rest)
+        }
     }
 
     fn reinstall(&mut self) -> Result<(), EngineError> {
@@ -470,12 +484,18 @@ impl<K: Selector> Engine<K> {
         Ok(selected)
     }
 
+    /// Attaches a follower to a session (started for it with
+    /// `Target::Session`). The follower's own process (`reader`) is left
+    /// out of that session: a filter with no process term selects it, and
+    /// then its reads of the stream are the session's events, each read
+    /// making more to read.
     pub fn follow(
         &mut self,
         target: Target,
         caller: Caller,
         queue_len: usize,
         compact: bool,
+        reader: Option<u32>,
     ) -> Result<(SessionInfo, queue::Receiver), EngineError> {
         let id = match target {
             Target::Id(id) => {
@@ -526,6 +546,16 @@ impl<K: Selector> Engine<K> {
             compact,
         };
         let rx = self.hub.follow(&id, queue)?;
+        if let (Some(pid), Some(slot)) = (reader, self.hub.get(&id).map(|s| s.slot)) {
+            let mask = self
+                .kernel
+                .selected()
+                .into_iter()
+                .find_map(|(tgid, mask)| (tgid == pid).then_some(mask));
+            if let Err(error) = self.unselect(pid, mask.unwrap_or(0), 1 << slot) {
+                warn!(session = %id, pid, %error, "the follower's own calls stay selected");
+            }
+        }
         let info = self.hub.get(&id).map(Session::info).unwrap_or_default();
         debug!(session = %id, uid = caller.uid, "follower attached");
         Ok((info, rx))
@@ -584,9 +614,10 @@ impl<K: Selector> Engine<K> {
                 caller,
                 queue_len,
                 compact,
+                reader,
                 reply,
             } => {
-                drop(reply.send(self.follow(target, caller, queue_len, compact)));
+                drop(reply.send(self.follow(target, caller, queue_len, compact, reader)));
             }
         }
     }

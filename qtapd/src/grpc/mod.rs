@@ -71,6 +71,14 @@ impl Service {
             "remote callers need a client certificate signed by qtapd's --client-ca",
         ))
     }
+
+    /// The process at the other end of a unix-socket call, as qtapd's pid
+    /// namespace numbers it (none when it is not visible there).
+    fn peer_pid<T>(request: &Request<T>) -> Option<u32> {
+        let cred = request.extensions().get::<UdsConnectInfo>()?.peer_cred?;
+        u32::try_from(cred.pid()?).ok().filter(|&pid| pid != 0)
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -157,6 +165,7 @@ impl Qtap for Service {
         request: Request<FollowTraceRequest>,
     ) -> Result<Response<FollowStream>, tonic::Status> {
         let caller = self.caller(&request)?;
+        let reader = Self::peer_pid(&request);
         let req = request.into_inner();
         let compact = req.compact;
         // A compact follower's queue holds the session's batches, made by
@@ -173,6 +182,7 @@ impl Qtap for Service {
                 caller,
                 queue_len,
                 compact,
+                reader,
                 reply,
             })
             .await??;
