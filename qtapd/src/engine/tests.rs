@@ -64,13 +64,13 @@ fn a_follower_is_left_out_of_the_session_it_reads() {
             .follow(Target::Id(id.to_owned()), ROOT, 16, false, reader)
             .expect("a follower attaches")
     };
-    // Reading session a, it leaves a alone; b still selects it.
+    // Once it reads session a, a no longer selects it; b still does.
     let _a_stream = follow(&mut engine, &a, Some(pid));
     assert_eq!(mask_of(&engine, pid), b_bit);
     // A follower whose process qtapd does not know changes nothing.
     let _remote = follow(&mut engine, &b, None);
     assert_eq!(mask_of(&engine, pid), b_bit);
-    // Reading b as well, it is selected by no session.
+    // Once it reads b as well, no session selects it.
     let _b_stream = follow(&mut engine, &b, Some(pid));
     assert_eq!(mask_of(&engine, pid), 0);
     assert!(engine
