@@ -34,6 +34,9 @@ impl Selector for MemoryKernel {
     fn selected(&self) -> Vec<(u32, u64)> {
         self.procs.iter().map(|(k, v)| (*k, *v)).collect()
     }
+    fn selection(&self, tgid: u32) -> u64 {
+        self.procs.get(&tgid).copied().unwrap_or(0)
+    }
     fn forget_conns(&mut self, _: u32, _: Vec<u32>) {}
     fn forget_sessions(&mut self, _: u64) {}
     fn sweep_conns(&mut self) -> usize {

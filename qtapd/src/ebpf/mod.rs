@@ -263,6 +263,8 @@ pub trait Selector {
     fn deselect(&mut self, tgid: u32);
     /// The selected processes (and threads) with their session masks.
     fn selected(&self) -> Vec<(u32, u64)>;
+    /// The session mask of one process (0: not selected).
+    fn selection(&self, tgid: u32) -> u64;
     /// Forgets the connection entries of an exited process.
     fn forget_conns(&mut self, tgid: u32, fds: Vec<u32>);
     /// Removes the session bits `sessions` from every syscall and TLS call
@@ -420,6 +422,10 @@ impl Selector for Kernel {
             .filter_map(Result::ok)
             .map(|(k, v)| (k, v.sessions))
             .collect()
+    }
+
+    fn selection(&self, tgid: u32) -> u64 {
+        self.procs.get(&tgid, 0).map_or(0, |s| s.sessions)
     }
 
     /// Forgets the kernel's connection entries of an exited process.

@@ -547,12 +547,8 @@ impl<K: Selector> Engine<K> {
         };
         let rx = self.hub.follow(&id, queue)?;
         if let (Some(pid), Some(slot)) = (reader, self.hub.get(&id).map(|s| s.slot)) {
-            let mask = self
-                .kernel
-                .selected()
-                .into_iter()
-                .find_map(|(tgid, mask)| (tgid == pid).then_some(mask));
-            if let Err(error) = self.unselect(pid, mask.unwrap_or(0), 1 << slot) {
+            let mask = self.kernel.selection(pid);
+            if let Err(error) = self.unselect(pid, mask, 1 << slot) {
                 warn!(session = %id, pid, %error, "the follower's own calls stay selected");
             }
         }

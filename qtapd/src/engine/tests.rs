@@ -21,12 +21,7 @@ impl Drop for Sleeper {
 
 /// The sessions `pid` is selected for.
 fn mask_of(engine: &Engine<MemoryKernel>, pid: u32) -> u64 {
-    engine
-        .kernel
-        .selected()
-        .into_iter()
-        .find_map(|(tgid, mask)| (tgid == pid).then_some(mask))
-        .unwrap_or(0)
+    engine.kernel.selection(pid)
 }
 
 /// Starts a session selecting `pid`; returns its id and its bit.
