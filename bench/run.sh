@@ -289,6 +289,13 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 minmax() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
+# per_round S AGAINST: the median over rounds of S's req/s over AGAINST's
+# in the same round, which a drift between rounds moves less than the
+# ratio of the two medians does.
+per_round() {
+	paste -d' ' <(echo "${rps[$1]}" | tr ' ' '\n' | grep -v '^$') <(echo "${rps[$2]}" | tr ' ' '\n' | grep -v '^$') |
+		awk '{print $1 / $2}' | median
+}
 
 declare -A label=(
 	[baseline]="1. baseline (no qtapd)"
@@ -324,8 +331,8 @@ for s in "${!accounting[@]}"; do
 	true
 done
 table=$(
-	echo "| scenario | req/s (median) | min–max | × baseline | p50 ms (× base) | p99 ms (× base) | kernel records | events offered | received | lost in queue | lost in kernel | every event accounted |"
-	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+	echo "| scenario | req/s (median) | min–max | × baseline | × its round's baseline | p50 ms (× base) | p99 ms (× base) | kernel records | events offered | received | lost in queue | lost in kernel | every event accounted |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 	for s in "${scenarios[@]}"; do
 		[[ $s == *@* ]] && continue
 		r=$(echo "${rps[$s]}" | median)
@@ -338,8 +345,8 @@ table=$(
 		awk -v l="${label[$s]}" -v r="$r" -v mm="$(echo "${rps[$s]}" | minmax)" \
 			-v base="$(echo "${rps[$against]}" | median)" -v a="$a" -v b="$b" \
 			-v ba="$(echo "${p50[$against]}" | median)" -v bb="$(echo "${p99[$against]}" | median)" \
-			-v ev="$(events_of "$s")" \
-			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.3f (%.2f) | %.3f (%.2f) | %s |\n", l, r, mm, r / base, a, a / ba, b, b / bb, ev }'
+			-v ev="$(events_of "$s")" -v pr="$(per_round "$s" "$against")" \
+			'BEGIN { printf "| %s | %.0f | %s | %.2f | %.2f | %.3f (%.2f) | %.3f (%.2f) | %s |\n", l, r, mm, r / base, pr, a, a / ba, b, b / bb, ev }'
 	done
 )
 
@@ -388,7 +395,7 @@ report=$(
 
 Machine: $machine. Measured $(date -u +%Y-%m-%d).
 Reproduce: \`sudo make bench\` (ROUNDS=$rounds, DURATION=${duration}s, wrk -t$threads -c$connections, keep-alive, one nginx worker, a 17-byte static file; scenarios 7 a \`return 200\` location, no file I/O).
-Scenarios run in alternation, $rounds rounds; figures are medians, min–max is the spread of req/s.
+Scenarios run in alternation, $rounds rounds; figures are medians, min–max is the spread of req/s. "× baseline" divides two medians; "× its round's baseline" is the median of each round's ratio to that round's baseline, which a drift of the machine between rounds moves less.
 
 $table
 
