@@ -153,14 +153,16 @@ account() {
 
 url_static="http://127.0.0.1:$port/"
 url_ok="http://127.0.0.1:$port/ok"
+# The libssl nginx maps (wrk maps it too): scenario 5c's uprobes.
+libssl=$(ldd /usr/sbin/nginx | awk '/libssl/ {print $3}')
 scenarios=(baseline idle other quiet nginx ok_base ok_quiet ok_nginx https_base https https_other go_base go_tls strace)
-command -v bpftrace >/dev/null && scenarios+=(https_count bpftrace bpfcount)
+if command -v bpftrace >/dev/null; then
+	[[ -n $libssl ]] && scenarios+=(https_count)
+	scenarios+=(bpftrace bpfcount)
+fi
 fixed_rates=(1000 10000)
 for r in "${fixed_rates[@]}"; do scenarios+=("base@$r" "qtap@$r"); done
 declare -A rps p50 p99 extra accounting
-
-# The libssl nginx maps (wrk maps it too): scenario 5c's uprobes.
-libssl=$(ldd /usr/sbin/nginx | awk '/libssl/ {print $3}')
 
 # nginx's syscalls as bpftrace probes (enter and exit of each).
 nginx_calls="read write writev recvfrom"
