@@ -19,11 +19,6 @@ impl Drop for Sleeper {
     }
 }
 
-/// The sessions `pid` is selected for.
-fn mask_of(engine: &Engine<MemoryKernel>, pid: u32) -> u64 {
-    engine.kernel.selection(pid)
-}
-
 /// Starts a session selecting `pid`; returns its id and its bit.
 fn start(engine: &mut Engine<MemoryKernel>, pid: u32) -> (String, u64) {
     let request = StartTraceRequest {
@@ -49,7 +44,7 @@ fn a_follower_is_left_out_of_the_session_it_reads() {
     let (a, a_bit) = start(&mut engine, pid);
     let (b, b_bit) = start(&mut engine, pid);
     assert_eq!(
-        mask_of(&engine, pid),
+        engine.kernel.selection(pid),
         a_bit | b_bit,
         "both sessions select it"
     );
@@ -61,13 +56,13 @@ fn a_follower_is_left_out_of_the_session_it_reads() {
     };
     // Once it reads session a, a no longer selects it; b still does.
     let _a_stream = follow(&mut engine, &a, Some(pid));
-    assert_eq!(mask_of(&engine, pid), b_bit);
+    assert_eq!(engine.kernel.selection(pid), b_bit);
     // A follower whose process qtapd does not know changes nothing.
     let _remote = follow(&mut engine, &b, None);
-    assert_eq!(mask_of(&engine, pid), b_bit);
+    assert_eq!(engine.kernel.selection(pid), b_bit);
     // Once it reads b as well, no session selects it.
     let _b_stream = follow(&mut engine, &b, Some(pid));
-    assert_eq!(mask_of(&engine, pid), 0);
+    assert_eq!(engine.kernel.selection(pid), 0);
     assert!(engine
         .kernel
         .selected()
